@@ -1,0 +1,270 @@
+//! Which fields weft acts on. A field outside this table is parsed and validated but has
+//! no effect yet, and `weft analyze` says so (WEFT0001) instead of ignoring it silently.
+//!
+//! This table is the contract of the translation to xDS: a field moves in here in the
+//! same change that makes the translator honour it.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use weft_api::diag::codes;
+use weft_api::istio::AuthorizationAction;
+use weft_api::{Diagnostic, FieldPath, Resource, Spec};
+
+/// Traffic-policy fields, shared by a DestinationRule's top level, its subsets and its
+/// port-level settings.
+const TRAFFIC_POLICY: &[&str] = &[
+    "loadBalancer.simple",
+    "loadBalancer.consistentHash.httpHeaderName",
+    "loadBalancer.consistentHash.httpCookie",
+    "loadBalancer.consistentHash.useSourceIp",
+    "loadBalancer.consistentHash.httpQueryParameterName",
+    "loadBalancer.consistentHash.ringHash",
+    "loadBalancer.consistentHash.maglev",
+    "loadBalancer.consistentHash.minimumRingSize",
+    "loadBalancer.localityLbSetting",
+    "connectionPool.tcp.maxConnections",
+    "connectionPool.tcp.connectTimeout",
+    "connectionPool.http.http1MaxPendingRequests",
+    "connectionPool.http.http2MaxRequests",
+    "connectionPool.http.maxRequestsPerConnection",
+    "connectionPool.http.maxRetries",
+    "connectionPool.http.idleTimeout",
+    "connectionPool.http.h2UpgradePolicy",
+    "outlierDetection.consecutive5xxErrors",
+    "outlierDetection.consecutiveGatewayErrors",
+    "outlierDetection.consecutiveErrors",
+    "outlierDetection.interval",
+    "outlierDetection.baseEjectionTime",
+    "outlierDetection.maxEjectionPercent",
+    "outlierDetection.minHealthPercent",
+    "tls",
+    "portLevelSettings.port",
+];
+
+/// Supported field prefixes per kind, relative to `spec`. A prefix covers its subtree.
+fn supported(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "VirtualService" => &[
+            "hosts",
+            "gateways",
+            "exportTo",
+            "http.name",
+            "http.match.uri",
+            "http.match.scheme",
+            "http.match.method",
+            "http.match.authority",
+            "http.match.headers",
+            "http.match.queryParams",
+            "http.match.withoutHeaders",
+            "http.match.ignoreUriCase",
+            "http.match.port",
+            "http.match.sourceLabels",
+            "http.match.sourceNamespace",
+            "http.match.gateways",
+            "http.match.name",
+            "http.route",
+            "http.redirect",
+            "http.directResponse",
+            "http.rewrite",
+            "http.timeout",
+            "http.retries.attempts",
+            "http.retries.perTryTimeout",
+            "http.retries.retryOn",
+            "http.retries.backoff",
+            "http.fault",
+            "http.mirror",
+            "http.mirrorPercentage",
+            "http.mirrors",
+            "http.corsPolicy.allowOrigins",
+            "http.corsPolicy.allowMethods",
+            "http.corsPolicy.allowHeaders",
+            "http.corsPolicy.exposeHeaders",
+            "http.corsPolicy.maxAge",
+            "http.corsPolicy.allowCredentials",
+            "http.headers",
+            "tcp",
+            "tls",
+        ],
+        "DestinationRule" => &["host", "exportTo", "subsets.name", "subsets.labels", "workloadSelector"],
+        "Gateway" => &[
+            "selector",
+            "servers.port",
+            "servers.hosts",
+            "servers.name",
+            "servers.tls.httpsRedirect",
+            "servers.tls.mode",
+            "servers.tls.serverCertificate",
+            "servers.tls.privateKey",
+            "servers.tls.caCertificates",
+            "servers.tls.credentialName",
+            "servers.tls.subjectAltNames",
+            "servers.tls.minProtocolVersion",
+            "servers.tls.maxProtocolVersion",
+            "servers.tls.cipherSuites",
+        ],
+        "ServiceEntry" => &[
+            "hosts",
+            "addresses",
+            "ports",
+            "location",
+            "resolution",
+            "endpoints",
+            "exportTo",
+            "workloadSelector",
+            "subjectAltNames",
+        ],
+        "WorkloadEntry" => &["address", "ports", "labels", "network", "locality", "weight", "serviceAccount"],
+        "Sidecar" => &[
+            "workloadSelector",
+            "egress",
+            "ingress.port",
+            "ingress.bind",
+            "ingress.captureMode",
+            "ingress.defaultEndpoint",
+            "outboundTrafficPolicy.mode",
+        ],
+        "AuthorizationPolicy" => &["selector", "action", "rules"],
+        "PeerAuthentication" => &["selector", "mtls", "portLevelMtls"],
+        "RequestAuthentication" => &[
+            "selector",
+            "jwtRules.issuer",
+            "jwtRules.audiences",
+            "jwtRules.jwks",
+            "jwtRules.jwksUri",
+            "jwtRules.fromHeaders",
+            "jwtRules.fromParams",
+            "jwtRules.forwardOriginalToken",
+            "jwtRules.outputPayloadToHeader",
+            "jwtRules.outputClaimToHeaders",
+        ],
+        "Telemetry" => &[
+            "selector",
+            "tracing.providers",
+            "tracing.randomSamplingPercentage",
+            "tracing.customTags",
+            "tracing.disableSpanReporting",
+            "metrics.providers",
+            "metrics.overrides",
+            "accessLogging.providers",
+            "accessLogging.disabled",
+            "accessLogging.filter",
+        ],
+        _ => &[],
+    }
+}
+
+/// Reports each unsupported field a resource sets, once per field.
+pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
+    let spec = match &resource.spec {
+        Spec::VirtualService(s) => serde_json::to_value(s),
+        Spec::DestinationRule(s) => serde_json::to_value(s),
+        Spec::Gateway(s) => serde_json::to_value(s),
+        Spec::ServiceEntry(s) => serde_json::to_value(s),
+        Spec::WorkloadEntry(s) => serde_json::to_value(s),
+        Spec::Sidecar(s) => serde_json::to_value(s),
+        Spec::AuthorizationPolicy(s) => {
+            if s.action == Some(AuthorizationAction::Custom) {
+                out.push(resource.diagnostic(
+                    codes::NOT_SUPPORTED_YET,
+                    &FieldPath::root().field("spec").field("action"),
+                    "action CUSTOM is not supported yet (it needs external authorization); this policy is not enforced",
+                ));
+            }
+            serde_json::to_value(s)
+        }
+        Spec::PeerAuthentication(s) => serde_json::to_value(s),
+        Spec::RequestAuthentication(s) => serde_json::to_value(s),
+        Spec::Telemetry(s) => serde_json::to_value(s),
+        _ => return,
+    };
+    let Ok(spec) = spec else { return };
+    let allowed = supported(&resource.kind);
+    let is_supported = |pattern: &str| {
+        allowed.iter().any(|a| covers(a, pattern))
+            || (resource.kind == "DestinationRule" && traffic_policy_supported(pattern))
+    };
+    let mut reported = BTreeSet::new();
+    walk(&spec, &FieldPath::root().field("spec"), "", &is_supported, &mut |path, pattern| {
+        if reported.insert(pattern.to_owned()) {
+            out.push(resource.diagnostic(
+                codes::NOT_SUPPORTED_YET,
+                path,
+                "not supported yet: weft accepts this field but does not act on it",
+            ));
+        }
+    });
+}
+
+fn covers(prefix: &str, pattern: &str) -> bool {
+    pattern == prefix || (pattern.starts_with(prefix) && pattern.as_bytes().get(prefix.len()) == Some(&b'.'))
+}
+
+fn traffic_policy_supported(pattern: &str) -> bool {
+    let rest = pattern
+        .strip_prefix("subsets.trafficPolicy.")
+        .or_else(|| pattern.strip_prefix("trafficPolicy."))
+        .map(|p| p.strip_prefix("portLevelSettings.").filter(|q| *q != "port" && !q.starts_with("port.")).unwrap_or(p));
+    match rest {
+        Some(rest) => TRAFFIC_POLICY.iter().any(|a| covers(a, rest)),
+        None => matches!(
+            pattern,
+            "trafficPolicy"
+                | "subsets.trafficPolicy"
+                | "trafficPolicy.portLevelSettings"
+                | "subsets.trafficPolicy.portLevelSettings"
+        ),
+    }
+}
+
+/// Reports every set field that no supported prefix covers, descending into objects and
+/// lists whose children may be supported even though they are not wholly.
+fn walk(
+    value: &Value,
+    path: &FieldPath,
+    pattern: &str,
+    is_supported: &dyn Fn(&str) -> bool,
+    report: &mut impl FnMut(&FieldPath, &str),
+) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let child = if pattern.is_empty() { k.clone() } else { format!("{pattern}.{k}") };
+                let child_path = path.field(k);
+                if is_supported(&child) {
+                    continue;
+                }
+                if (v.is_object() || v.is_array()) && !is_data_map(&child) {
+                    walk(v, &child_path, &child, is_supported, report);
+                } else {
+                    report(&child_path, &child);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, &path.index(i), pattern, is_supported, report);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Maps whose keys are data (labels, headers), not field names.
+fn is_data_map(pattern: &str) -> bool {
+    [
+        "labels",
+        "matchLabels",
+        "headers",
+        "queryParams",
+        "withoutHeaders",
+        "sourceLabels",
+        "set",
+        "add",
+        "ports",
+        "portLevelMtls",
+        "customTags",
+    ]
+    .iter()
+    .any(|leaf| pattern == *leaf || pattern.ends_with(&format!(".{leaf}")))
+}

@@ -1,0 +1,249 @@
+//! YAML (and JSON, which is YAML) text to JSON values that remember their lines.
+//!
+//! Documents are split on `---` separator lines the way `kubectl` splits them, so a
+//! broken document does not hide the good ones around it. Each document is parsed by
+//! `saphyr` (YAML 1.2, duplicate keys rejected, alias expansion bounded) into a tree with
+//! source spans, then turned into a `serde_json::Value` plus an index from field path to
+//! line, which is what diagnostics point at.
+
+use std::collections::HashMap;
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use serde_json::{Map, Number, Value};
+
+use crate::path::{FieldPath, Segment};
+
+/// Deepest nesting accepted; deeper input is refused rather than risking the stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// One YAML document of a stream.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The document as JSON.
+    pub value: Value,
+    /// The line each field path starts on.
+    pub lines: LineIndex,
+    /// The first line of the document's content.
+    pub line: usize,
+}
+
+/// A document that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SyntaxError {
+    /// 1-based line in the whole stream.
+    pub line: usize,
+    /// What the parser said.
+    pub message: String,
+}
+
+/// From field path to the line it starts on.
+#[derive(Debug, Clone, Default)]
+pub struct LineIndex(HashMap<FieldPath, usize>);
+
+impl LineIndex {
+    /// The line of `path`, or of its nearest ancestor that has one.
+    pub fn line_of(&self, path: &FieldPath) -> Option<usize> {
+        let mut current = Some(path.clone());
+        while let Some(p) = current {
+            if let Some(line) = self.0.get(&p) {
+                return Some(*line);
+            }
+            current = p.parent();
+        }
+        None
+    }
+
+    /// The index of the subtree under `prefix`, re-rooted there (used for `List` items).
+    pub fn subtree(&self, prefix: &FieldPath) -> LineIndex {
+        let n = prefix.segments().len();
+        LineIndex(
+            self.0
+                .iter()
+                .filter(|(p, _)| p.segments().len() >= n && p.segments()[..n] == *prefix.segments())
+                .map(|(p, line)| {
+                    let rest = p.segments()[n..].iter().cloned().fold(FieldPath::root(), |acc, s| match s {
+                        Segment::Field(f) => acc.field(&f),
+                        Segment::Index(i) => acc.index(i),
+                        Segment::Key(k) => acc.key(&k),
+                    });
+                    (rest, *line)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Splits a stream into documents and parses each. Empty documents are skipped.
+pub fn parse_stream(text: &str) -> Vec<Result<Document, SyntaxError>> {
+    split_documents(text)
+        .into_iter()
+        .filter(|(_, chunk)| chunk.lines().any(|l| !is_blank_or_comment(l)))
+        .map(|(first_line, chunk)| parse_document(chunk, first_line))
+        .collect()
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#') || t == "..."
+}
+
+/// `(first line number, text)` for each document, split on `---` lines.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let content = line.trim_end_matches(['\n', '\r']);
+        if content == "---" || content.starts_with("--- ") || content.starts_with("---\t") {
+            docs.push((start_line, &text[start..offset]));
+            // The separator line may carry content (`--- {a: 1}`); keep it in the next document.
+            start = offset + 3;
+            start_line = i + 1;
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start..]));
+    docs
+}
+
+fn parse_document(chunk: &str, first_line: usize) -> Result<Document, SyntaxError> {
+    let shift = first_line - 1;
+    let nodes = MarkedYaml::load_from_str(chunk)
+        .map_err(|e| SyntaxError { line: e.marker().line() + shift, message: e.info().to_owned() })?;
+    let Some(root) = nodes.into_iter().next() else {
+        return Ok(Document { value: Value::Null, lines: LineIndex::default(), line: first_line });
+    };
+    let mut lines = LineIndex::default();
+    let line = root.span.start.line() + shift;
+    let value = convert(&root, &FieldPath::root(), shift, &mut lines, 0)?;
+    Ok(Document { value, lines, line })
+}
+
+fn convert(
+    node: &MarkedYaml<'_>,
+    path: &FieldPath,
+    shift: usize,
+    lines: &mut LineIndex,
+    depth: usize,
+) -> Result<Value, SyntaxError> {
+    let line = node.span.start.line() + shift;
+    if depth > MAX_DEPTH {
+        return Err(SyntaxError { line, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+    }
+    lines.0.entry(path.clone()).or_insert(line);
+    Ok(match &node.data {
+        YamlData::Value(scalar) => scalar_to_json(scalar),
+        YamlData::Representation(text, _, _) => Value::String(text.to_string()),
+        YamlData::Sequence(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| convert(item, &path.index(i), shift, lines, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        YamlData::Mapping(entries) => {
+            let mut map = Map::new();
+            for (key, value) in entries {
+                let name = key_to_string(key).ok_or_else(|| SyntaxError {
+                    line: key.span.start.line() + shift,
+                    message: "mapping keys must be scalars".into(),
+                })?;
+                let child = path.field(&name);
+                lines.0.insert(child.clone(), key.span.start.line() + shift);
+                let converted = convert(value, &child, shift, lines, depth + 1)?;
+                map.insert(name, converted);
+            }
+            Value::Object(map)
+        }
+        YamlData::Tagged(_, inner) => convert(inner, path, shift, lines, depth)?,
+        YamlData::Alias(_) | YamlData::BadValue => {
+            return Err(SyntaxError { line, message: "unresolved alias or unreadable value".into() });
+        }
+    })
+}
+
+fn scalar_to_json(scalar: &Scalar<'_>) -> Value {
+    match scalar {
+        Scalar::Null => Value::Null,
+        Scalar::Boolean(b) => Value::Bool(*b),
+        Scalar::Integer(i) => Value::Number((*i).into()),
+        Scalar::FloatingPoint(f) => {
+            Number::from_f64(f.into_inner()).map_or_else(|| Value::String(f.to_string()), Value::Number)
+        }
+        Scalar::String(s) => Value::String(s.to_string()),
+    }
+}
+
+/// Keys become strings, as Kubernetes does: `8080:` is the key `"8080"`.
+fn key_to_string(key: &MarkedYaml<'_>) -> Option<String> {
+    match &key.data {
+        YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
+        YamlData::Value(Scalar::Integer(i)) => Some(i.to_string()),
+        YamlData::Value(Scalar::FloatingPoint(f)) => Some(f.to_string()),
+        YamlData::Value(Scalar::Boolean(b)) => Some(b.to_string()),
+        YamlData::Value(Scalar::Null) => Some("null".into()),
+        YamlData::Representation(text, _, _) => Some(text.to_string()),
+        YamlData::Tagged(_, inner) => key_to_string(inner),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only(text: &str) -> Document {
+        let mut docs = parse_stream(text);
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        docs.remove(0).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn remembers_the_line_of_every_field() {
+        let doc = only("a: 1\nb:\n  c:\n  - x: 1\n  - x: 2\n    y: three\n");
+        assert_eq!(doc.value["b"]["c"][1]["y"], "three");
+        assert_eq!(doc.lines.line_of(&FieldPath::parse("b.c[1].y")), Some(6));
+        assert_eq!(doc.lines.line_of(&FieldPath::parse("b.c[1]")), Some(5));
+        assert_eq!(doc.lines.line_of(&FieldPath::parse("b.c[1].missing")), Some(5));
+    }
+
+    #[test]
+    fn splits_documents_and_keeps_stream_lines() {
+        let docs = parse_stream("# head\na: 1\n---\nb: 2\n---\n\n---\nc: [1, 2\n---\nd: 4\n");
+        assert_eq!(docs.len(), 4);
+        assert_eq!(docs[1].as_ref().map(|d| d.line).ok(), Some(4));
+        let err = docs[2].as_ref().err().cloned();
+        assert!(matches!(err, Some(SyntaxError { line: 8 | 9, .. })), "{err:?}");
+        assert_eq!(docs[3].as_ref().map(|d| d.value["d"].clone()).ok(), Some(Value::from(4)));
+    }
+
+    #[test]
+    fn integer_keys_become_strings() {
+        let doc = only("portLevelMtls:\n  8080:\n    mode: DISABLE\n");
+        assert_eq!(doc.value["portLevelMtls"]["8080"]["mode"], "DISABLE");
+    }
+
+    #[test]
+    fn json_is_yaml() {
+        let doc = only("{\"kind\": \"Gateway\",\n \"spec\": {\"servers\": [{\"port\": {\"number\": 80}}]}}");
+        assert_eq!(doc.value["spec"]["servers"][0]["port"]["number"], 80);
+        assert_eq!(doc.lines.line_of(&FieldPath::parse("spec.servers[0]")), Some(2));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        assert!(parse_stream("a: 1\na: 2\n")[0].is_err());
+    }
+
+    #[test]
+    fn alias_bombs_are_bounded() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = i - 1;
+            text.push_str(&format!("a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"));
+        }
+        assert!(parse_stream(&text)[0].is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The `weft` command.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weft_api::{Diagnostic, Level};
+
+use output::Format;
+
+/// weft: a service mesh that speaks Istio's APIs.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate Istio and Gateway API YAML, then check it as a whole (missing hosts,
+    /// subsets and gateways, conflicts, unreachable rules, ...), with Istio's message codes.
+    Analyze(AnalyzeArgs),
+    /// Validate each resource against Istio's schemas and rules, without cross-checks.
+    Validate(CheckArgs),
+    /// Print the version, the git commit and the TLS crypto provider.
+    Version {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Files or directories of YAML/JSON (directories are read recursively); `-` reads stdin.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+#[derive(Debug, clap::Args)]
+struct AnalyzeArgs {
+    #[command(flatten)]
+    check: CheckArgs,
+    /// Show findings at this level and above.
+    #[arg(long, value_enum, default_value_t = Threshold::Info)]
+    output_threshold: Threshold,
+    /// Exit non-zero when a finding at this level or above is found.
+    #[arg(long, value_enum, default_value_t = Threshold::Error)]
+    failure_threshold: Threshold,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Threshold {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Threshold {
+    fn admits(self, level: Level) -> bool {
+        match self {
+            Threshold::Info => true,
+            Threshold::Warning => level <= Level::Warning,
+            Threshold::Error => level == Level::Error,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Analyze(args) => {
+            let parsed = weft_config::load(&args.check.paths)?;
+            let mut findings = parsed.diagnostics;
+            findings.extend(weft_analyze::analyze(&parsed.resources));
+            weft_analyze::sort(&mut findings);
+            let shown: Vec<Diagnostic> =
+                findings.iter().filter(|d| args.output_threshold.admits(d.level)).cloned().collect();
+            let failed = findings.iter().any(|d| args.failure_threshold.admits(d.level));
+            output::diagnostics(args.check.output, &shown, true)?;
+            if args.check.output == Format::Text && shown.is_empty() {
+                eprintln!("✔ No validation issues found when analyzing {} resources.", parsed.resources.len());
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Validate(args) => {
+            let parsed = weft_config::load(&args.paths)?;
+            let shown: Vec<Diagnostic> =
+                parsed.diagnostics.iter().filter(|d| d.level <= Level::Warning).cloned().collect();
+            output::diagnostics(args.output, &shown, false)?;
+            if args.output == Format::Text && !parsed.has_errors() {
+                eprintln!("✔ {} resources are valid.", parsed.resources.len());
+            }
+            Ok(if parsed.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Version { output } => {
+            output::version(output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -56,9 +56,9 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     /// Indexes `resources`.
-    pub fn new(resources: &'a [Resource]) -> Self {
-        let mut cx = Context { resources: resources.iter().collect(), ..Default::default() };
-        for r in resources {
+    pub fn new(resources: impl IntoIterator<Item = &'a Resource>) -> Self {
+        let mut cx = Context { resources: resources.into_iter().collect(), ..Default::default() };
+        for r in cx.resources.clone() {
             let ns = r.namespace();
             match &r.spec {
                 Spec::ServiceEntry(se) => {

@@ -12,12 +12,15 @@ mod workloads;
 
 pub use context::{Context, DOMAIN_SUFFIX, fqdn};
 
-use weft_api::{Diagnostic, Resource};
+use std::collections::{HashMap, HashSet};
+
+use weft_api::diag::codes;
+use weft_api::{Diagnostic, FieldPath, Resource};
 
 /// Every cross-resource finding about `resources`, in file order.
 pub fn analyze(resources: &[Resource]) -> Vec<Diagnostic> {
-    let cx = Context::new(resources);
     let mut out = Vec::new();
+    let cx = Context::new(distinct(resources, &mut out));
     networking::check(&cx, &mut out);
     workloads::check(&cx, &mut out);
     gateway_api::check(&cx, &mut out);
@@ -26,6 +29,25 @@ pub fn analyze(resources: &[Resource]) -> Vec<Diagnostic> {
     }
     sort(&mut out);
     out
+}
+
+/// Each resource once: a resource defined again replaces the earlier definition, as
+/// `kubectl apply` would, and both places are reported (WEFT0006), since a mesh whose
+/// configuration depends on file order is a mesh waiting to surprise someone.
+fn distinct<'a>(resources: &'a [Resource], out: &mut Vec<Diagnostic>) -> Vec<&'a Resource> {
+    let mut last: HashMap<(&str, &str, &str, &str), usize> = HashMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        if let Some(earlier) = last.insert((r.group(), r.kind.as_str(), r.namespace(), r.name()), i) {
+            let first = &resources[earlier];
+            out.push(r.diagnostic(
+                codes::DUPLICATE_RESOURCE,
+                &FieldPath::root(),
+                format!("{} is also defined at {}; this later definition replaces it", r.id(), first.origin),
+            ));
+        }
+    }
+    let keep: HashSet<usize> = last.into_values().collect();
+    resources.iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, r)| r).collect()
 }
 
 /// Orders findings by file, line, then code, and drops exact repeats.

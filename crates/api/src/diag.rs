@@ -83,6 +83,7 @@ codes! {
     IGNORED_KIND = "WEFT0003" "IgnoredKind" Info;
     YAML_SYNTAX_ERROR = "WEFT0004" "YamlSyntaxError" Error;
     WEIGHTS_NOT_100 = "WEFT0005" "WeightsNotSummingTo100" Info;
+    DUPLICATE_RESOURCE = "WEFT0006" "DuplicateResource" Warning;
 }
 
 /// Where a resource came from: a file (or `-` for stdin) and the line its document starts.
@@ -113,10 +114,11 @@ pub struct ResourceName {
 
 impl fmt::Display for ResourceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = if self.name.is_empty() { "<unnamed>" } else { &self.name };
         if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
+            write!(f, "{} {name}", self.kind)
         } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+            write!(f, "{} {}/{name}", self.kind, self.namespace)
         }
     }
 }

@@ -143,10 +143,13 @@ fn parse_object(value: Value, lines: LineIndex, origin: Origin, parsed: &mut Par
         let schema = schema::istio_schemas().get(&format!("{group}/{kind}"));
         match schema {
             None => {
+                let known: Vec<&str> =
+                    schema::istio_schemas().values().filter(|s| s.group == group).map(|s| s.kind.as_str()).collect();
+                let hint = schema::closest(&kind, &known).map(|k| format!(" (did you mean {k}?)")).unwrap_or_default();
                 report(
-                    codes::UNSUPPORTED_KIND,
-                    &root,
-                    format!("{kind} ({group}) is not a kind weft knows; it is ignored"),
+                    codes::SCHEMA_VALIDATION_ERROR,
+                    &root.field("kind"),
+                    format!("{group} has no kind {kind}{hint}"),
                 );
                 None
             }

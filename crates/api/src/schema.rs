@@ -185,7 +185,12 @@ fn walk(schema: &Value, value: &Value, path: &FieldPath, out: &mut Vec<Violation
         let text = rule.get("rule").and_then(Value::as_str).unwrap_or("");
         if cel::check(text, value) == Some(false) {
             let message = rule.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or(text);
-            out.push(Violation { path: path.clone(), message: message.to_owned() });
+            // Say why a duration is refused: the rule's own message only says that it is.
+            let detail = match value.as_str().map(crate::duration::parse) {
+                Some(Err(why)) if text.starts_with("duration(") => format!(" ({why})"),
+                _ => String::new(),
+            };
+            out.push(Violation { path: path.clone(), message: format!("{message}{detail}") });
         }
     }
 }

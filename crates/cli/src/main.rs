@@ -94,7 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 findings.iter().filter(|d| args.output_threshold.admits(d.level)).cloned().collect();
             let failed = findings.iter().any(|d| args.failure_threshold.admits(d.level));
             output::diagnostics(args.check.output, &shown, true)?;
-            if args.check.output == Format::Text && shown.is_empty() {
+            if shown.is_empty() {
                 eprintln!("✔ No validation issues found when analyzing {} resources.", parsed.resources.len());
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
@@ -104,7 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let shown: Vec<Diagnostic> =
                 parsed.diagnostics.iter().filter(|d| d.level <= Level::Warning).cloned().collect();
             output::diagnostics(args.output, &shown, false)?;
-            if args.output == Format::Text && !parsed.has_errors() {
+            if !parsed.has_errors() {
                 eprintln!("✔ {} resources are valid.", parsed.resources.len());
             }
             Ok(if parsed.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -150,7 +150,7 @@ pub(super) fn gateway(f: &mut Findings, spec: &FieldPath, gw: &GatewaySpec) {
         }
         let tls_protocol = matches!(l.protocol.as_str(), "HTTPS" | "TLS");
         if tls_protocol && l.tls.is_none() {
-            f.error(&path.field("tls"), format!("a {} listener needs tls settings", l.protocol));
+            f.error(&path.field("tls"), format!("a listener with protocol {} needs tls settings", l.protocol));
         }
         if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TLS" | "TCP" | "UDP") && !l.protocol.contains('/') {
             f.error(

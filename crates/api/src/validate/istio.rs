@@ -646,7 +646,9 @@ pub(super) fn gateway(f: &mut Findings, spec: &FieldPath, gw: &GatewaySpec) {
         }
         let tls_protocol = protocol.eq_ignore_ascii_case("HTTPS") || protocol.eq_ignore_ascii_case("TLS");
         match &s.tls {
-            None if tls_protocol => f.error(&path.field("tls"), format!("a {protocol} server needs tls settings")),
+            None if tls_protocol => {
+                f.error(&path.field("tls"), format!("a server with protocol {protocol} needs tls settings"))
+            }
             Some(tls) => server_tls(f, &path.field("tls"), tls, protocol),
             None => {}
         }
@@ -968,7 +970,10 @@ fn wildcards(f: &mut Findings, path: &FieldPath, values: &[String]) {
         if v.is_empty() {
             f.error(&path.index(i), "must not be empty");
         } else if v != "*" && v.trim_start_matches('*').trim_end_matches('*').contains('*') {
-            f.error(&path.index(i), format!("{v:?}: \"*\" is only allowed as a prefix or a suffix"));
+            f.warn(
+                &path.index(i),
+                format!("{v:?}: \"*\" matches only as a prefix or a suffix; here it matches a literal \"*\""),
+            );
         }
     }
 }
@@ -982,7 +987,7 @@ fn auth_path(f: &mut Findings, path: &FieldPath, p: &str) {
             f.error(path, format!("{p:?}: path templates support only whole segments {{*}} and a final {{**}}"));
         }
     } else if p != "*" && p.trim_start_matches('*').trim_end_matches('*').contains('*') {
-        f.error(path, format!("{p:?}: \"*\" is only allowed as a prefix or a suffix"));
+        f.warn(path, format!("{p:?}: \"*\" matches only as a prefix or a suffix; here it matches a literal \"*\" (use {{*}} for one path segment)"));
     }
 }
 

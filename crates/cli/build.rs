@@ -4,10 +4,18 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=WEFT_GIT_COMMIT");
-    for path in ["../../.git/HEAD", "../../.git/index"] {
-        if std::path::Path::new(path).exists() {
-            println!("cargo:rerun-if-changed={path}");
-        }
+    // Rebuild when HEAD moves: HEAD itself, the branch it points at, and the index
+    // (which changes with every commit and every staged edit).
+    let git = std::path::Path::new("../../.git");
+    let mut watched = vec![git.join("HEAD"), git.join("index"), git.join("packed-refs")];
+    if let Some(branch) = std::fs::read_to_string(git.join("HEAD"))
+        .ok()
+        .and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_owned()))
+    {
+        watched.push(git.join(branch));
+    }
+    for path in watched.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
     let commit = std::env::var("WEFT_GIT_COMMIT").ok().or_else(|| {
         let out = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;

@@ -110,8 +110,11 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
 
 fn parse_document(chunk: &str, first_line: usize) -> Result<Document, SyntaxError> {
     let shift = first_line - 1;
-    let nodes = MarkedYaml::load_from_str(chunk)
-        .map_err(|e| SyntaxError { line: e.marker().line() + shift, message: e.info().to_owned() })?;
+    let nodes = MarkedYaml::load_from_str(chunk).map_err(|e| SyntaxError {
+        // The parser reports errors at the end of input on the line after the last one.
+        line: (e.marker().line() + shift).min(last_line(chunk, first_line)),
+        message: e.info().to_owned(),
+    })?;
     let Some(root) = nodes.into_iter().next() else {
         return Ok(Document { value: Value::Null, lines: LineIndex::default(), line: first_line });
     };
@@ -119,6 +122,13 @@ fn parse_document(chunk: &str, first_line: usize) -> Result<Document, SyntaxErro
     let line = root.span.start.line() + shift;
     let value = convert(&root, &FieldPath::root(), shift, &mut lines, 0)?;
     Ok(Document { value, lines, line })
+}
+
+/// The last line of `chunk` that has content, counting breaks as YAML does (LF, CRLF, CR).
+fn last_line(chunk: &str, first_line: usize) -> usize {
+    let trimmed = chunk.trim_end_matches(['\n', '\r']);
+    let breaks = trimmed.matches('\n').count() + trimmed.matches('\r').count() - trimmed.matches("\r\n").count();
+    first_line + breaks
 }
 
 fn convert(

@@ -1,0 +1,117 @@
+//! The `weft` command as users run it: inputs from stdin and directories, output
+//! formats, thresholds, exit codes, and `weft version`.
+
+mod common;
+
+use common::{run, run_in, stderr, stdout, workspace_root};
+
+const BAD_WEIGHT: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: shop
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+      weight: -1
+";
+
+#[test]
+fn reads_stdin_and_names_it_dash() {
+    let out = run_in(&workspace_root(), &["validate", "-"], Some(BAD_WEIGHT));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "-:11: VirtualService shop/reviews: spec.http[0].route[0].weight: must not be negative\n");
+}
+
+#[test]
+fn json_and_yaml_output_carry_the_same_findings() {
+    let json = run_in(&workspace_root(), &["analyze", "-o", "json", "-"], Some(BAD_WEIGHT));
+    let findings: serde_json::Value =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&json)));
+    let first = &findings[0];
+    assert_eq!(first["code"], "IST0106");
+    assert_eq!(first["level"], "Error");
+    assert_eq!(first["origin"], "VirtualService shop/reviews");
+    assert_eq!(first["reference"], "-:11");
+    assert_eq!(first["field"], "spec.http[0].route[0].weight");
+    assert_eq!(first["documentationUrl"], "https://istio.io/latest/docs/reference/config/analysis/ist0106/");
+
+    let yaml = run_in(&workspace_root(), &["analyze", "-o", "yaml", "-"], Some(BAD_WEIGHT));
+    let docs = weft_api::yaml::parse_stream(&stdout(&yaml));
+    let parsed = docs.first().and_then(|d| d.as_ref().ok()).map(|d| d.value.clone());
+    assert_eq!(parsed.as_ref(), Some(&findings), "{}", stdout(&yaml));
+    assert_eq!(json.status.code(), Some(1));
+    assert_eq!(yaml.status.code(), Some(1));
+}
+
+#[test]
+fn thresholds_choose_what_is_shown_and_what_fails() {
+    let warning_only = "\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: lua}
+spec: {}
+";
+    let default = run_in(&workspace_root(), &["analyze", "-"], Some(warning_only));
+    assert_eq!(default.status.code(), Some(0));
+    assert!(stdout(&default).starts_with("Warning [WEFT0002] -:1: EnvoyFilter default/lua:"), "{}", stdout(&default));
+
+    let strict = run_in(&workspace_root(), &["analyze", "--failure-threshold", "warning", "-"], Some(warning_only));
+    assert_eq!(strict.status.code(), Some(1));
+
+    let quiet = run_in(&workspace_root(), &["analyze", "--output-threshold", "error", "-"], Some(warning_only));
+    assert_eq!(stdout(&quiet), "");
+    assert_eq!(quiet.status.code(), Some(0));
+}
+
+#[test]
+fn an_unreadable_path_is_named_and_exits_2() {
+    let out = run(&["analyze", "no/such/config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no/such/config"), "{}", stderr(&out));
+}
+
+#[test]
+fn clean_configuration_exits_0_and_says_so() {
+    let out = run(&["analyze", "examples/bookinfo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("No validation issues found when analyzing 20 resources"), "{}", stderr(&out));
+}
+
+#[test]
+fn version_names_commit_and_crypto_provider() {
+    let out = run(&["version"]);
+    let text = stdout(&out);
+    assert!(text.starts_with(&format!("weft {}\n", env!("CARGO_PKG_VERSION"))), "{text}");
+    let commit = text.lines().find_map(|l| l.strip_prefix("git commit: ")).unwrap_or_default();
+    let hash = commit.trim_end_matches("-dirty");
+    assert!(hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "commit {commit:?}");
+    assert!(text.contains("TLS crypto provider: rustls/aws-lc-rs (FIPS mode: off)"), "{text}");
+
+    let json = run(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["tls"]["fips"], false);
+    assert!(v["tls"]["keyExchangeGroups"].as_array().is_some_and(|g| g.iter().any(|g| g == "X25519MLKEM768")));
+}
+
+#[test]
+fn a_directory_is_read_recursively_with_json_and_yml() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(dir.path().join("a/b")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("a/b/vs.yml"), BAD_WEIGHT).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("a/gw.json"),
+        r#"{"apiVersion":"networking.istio.io/v1","kind":"Gateway","metadata":{"name":"gw"},"spec":{"servers":[{"port":{"number":0,"name":"http","protocol":"HTTP"},"hosts":["*"]}]}}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_in(dir.path(), &["validate", "."], None);
+    assert_eq!(
+        stdout(&out),
+        "./a/b/vs.yml:11: VirtualService shop/reviews: spec.http[0].route[0].weight: must not be negative\n\
+         ./a/gw.json:1: Gateway default/gw: spec.servers[0].port.number: 0 must be 1..65535\n"
+    );
+}

@@ -14,81 +14,46 @@ struct Ref<'a> {
     namespace: Option<&'a str>,
 }
 
+/// A reference and the field it is written in.
+type Located<'a> = (FieldPath, Ref<'a>);
+
+/// The parent and backend references of an HTTPRoute or GRPCRoute. The two kinds have
+/// the same reference fields in different Rust types, hence a macro.
+macro_rules! route_refs {
+    ($spec:expr) => {{
+        let spec = FieldPath::root().field("spec");
+        let parents: Vec<Located> = $spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| {
+                let group = p.group.as_deref().unwrap_or(weft_api::resource::GATEWAY_GROUP);
+                let kind = p.kind.as_deref().unwrap_or("Gateway");
+                (
+                    spec.field("parentRefs").index(i),
+                    Ref { group, kind, name: &p.name, namespace: p.namespace.as_deref() },
+                )
+            })
+            .collect();
+        let mut backends: Vec<Located> = Vec::new();
+        for (i, rule) in $spec.rules.iter().flatten().enumerate() {
+            for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
+                let (group, kind) = (b.group.as_deref().unwrap_or(""), b.kind.as_deref().unwrap_or("Service"));
+                let path = spec.field("rules").index(i).field("backendRefs").index(j);
+                backends.push((path, Ref { group, kind, name: &b.name, namespace: b.namespace.as_deref() }));
+            }
+        }
+        (parents, backends)
+    }};
+}
+
 /// Runs the Gateway API checks.
 pub fn check(cx: &Context, out: &mut Vec<Diagnostic>) {
     for r in &cx.resources {
-        let spec = FieldPath::root().field("spec");
-        let (parents, backends): (Vec<(FieldPath, Ref)>, Vec<(FieldPath, Ref)>) = match &r.spec {
-            Spec::HttpRoute(s) => (
-                s.parent_refs
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        (
-                            spec.field("parentRefs").index(i),
-                            Ref {
-                                group: p.group.as_deref().unwrap_or(weft_api::resource::GATEWAY_GROUP),
-                                kind: p.kind.as_deref().unwrap_or("Gateway"),
-                                name: &p.name,
-                                namespace: p.namespace.as_deref(),
-                            },
-                        )
-                    })
-                    .collect(),
-                s.rules
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .flat_map(|(i, rule)| rule.backend_refs.iter().flatten().enumerate().map(move |(j, b)| (i, j, b)))
-                    .map(|(i, j, b)| {
-                        (
-                            spec.field("rules").index(i).field("backendRefs").index(j),
-                            Ref {
-                                group: b.group.as_deref().unwrap_or(""),
-                                kind: b.kind.as_deref().unwrap_or("Service"),
-                                name: &b.name,
-                                namespace: b.namespace.as_deref(),
-                            },
-                        )
-                    })
-                    .collect(),
-            ),
-            Spec::GrpcRoute(s) => (
-                s.parent_refs
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        (
-                            spec.field("parentRefs").index(i),
-                            Ref {
-                                group: p.group.as_deref().unwrap_or(weft_api::resource::GATEWAY_GROUP),
-                                kind: p.kind.as_deref().unwrap_or("Gateway"),
-                                name: &p.name,
-                                namespace: p.namespace.as_deref(),
-                            },
-                        )
-                    })
-                    .collect(),
-                s.rules
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .flat_map(|(i, rule)| rule.backend_refs.iter().flatten().enumerate().map(move |(j, b)| (i, j, b)))
-                    .map(|(i, j, b)| {
-                        (
-                            spec.field("rules").index(i).field("backendRefs").index(j),
-                            Ref {
-                                group: b.group.as_deref().unwrap_or(""),
-                                kind: b.kind.as_deref().unwrap_or("Service"),
-                                name: &b.name,
-                                namespace: b.namespace.as_deref(),
-                            },
-                        )
-                    })
-                    .collect(),
-            ),
+        let (parents, backends) = match &r.spec {
+            Spec::HttpRoute(s) => route_refs!(s),
+            Spec::GrpcRoute(s) => route_refs!(s),
             _ => continue,
         };
         for (path, p) in parents {

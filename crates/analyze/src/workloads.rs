@@ -8,6 +8,8 @@ use weft_api::{Diagnostic, FieldPath, Resource, Spec};
 
 use crate::context::Context;
 
+type Labels = BTreeMap<String, String>;
+
 /// The selector labels of a resource that has one, and the field they sit in.
 fn selector(r: &Resource) -> Option<(&'static str, Option<&BTreeMap<String, String>>)> {
     Some(match &r.spec {
@@ -23,7 +25,7 @@ fn selector(r: &Resource) -> Option<(&'static str, Option<&BTreeMap<String, Stri
 
 /// Runs the selector checks.
 pub fn check(cx: &Context, out: &mut Vec<Diagnostic>) {
-    let mut sidecars: HashMap<&str, Vec<(&Resource, Option<&BTreeMap<String, String>>)>> = HashMap::new();
+    let mut sidecars: HashMap<&str, Vec<(&Resource, Option<&Labels>)>> = HashMap::new();
     for r in &cx.resources {
         let Some((field, labels)) = selector(r) else { continue };
         let labels = labels.filter(|l| !l.is_empty());

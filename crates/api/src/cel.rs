@@ -68,7 +68,7 @@ pub fn check(rule: &str, value: &Value) -> Option<bool> {
                 .and_then(Value::as_array)
                 .is_some_and(|a| a.iter().any(|k| k.as_str().is_some_and(|s| s.contains('/'))));
             let resolution = if has("resolution") { str_field("resolution") } else { "NONE" };
-            !(cidr && !matches!(resolution, "STATIC" | "NONE"))
+            !cidr || matches!(resolution, "STATIC" | "NONE")
         }
         "((has(self.resolution) ? self.resolution : \"NONE\") == \"NONE\") ? !has(self.endpoints) : true" => {
             let resolution = if has("resolution") { str_field("resolution") } else { "NONE" };

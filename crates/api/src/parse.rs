@@ -153,7 +153,7 @@ fn parse_object(value: Value, lines: LineIndex, origin: Origin, parsed: &mut Par
                 );
                 None
             }
-            Some(schema) if !schema.versions.iter().any(|v| *v == version) => {
+            Some(schema) if !schema.versions.contains(&version) => {
                 report(
                     codes::SCHEMA_VALIDATION_ERROR,
                     &root.field("apiVersion"),

@@ -146,15 +146,11 @@ fn walk(schema: &Value, value: &Value, path: &FieldPath, out: &mut Vec<Violation
                 return fail(format!("{n} must be {lo}..{hi}"));
             }
         }
-        Some("number") => {
-            if !value.is_number() {
-                return fail(format!("must be a number, not {}", describe(value)));
-            }
+        Some("number") if !value.is_number() => {
+            return fail(format!("must be a number, not {}", describe(value)));
         }
-        Some("boolean") => {
-            if !value.is_boolean() {
-                return fail(format!("must be true or false, not {}", describe(value)));
-            }
+        Some("boolean") if !value.is_boolean() => {
+            return fail(format!("must be true or false, not {}", describe(value)));
         }
         _ => {}
     }

@@ -545,10 +545,11 @@ fn port_policy(
 ) {
     if let Some(lb) = lb {
         let lpath = path.field("loadBalancer");
-        if let Some(loc) = &lb.locality_lb_setting {
-            if !loc.distribute.is_empty() && !loc.failover.is_empty() {
-                f.error(&lpath.field("localityLbSetting"), "distribute and failover cannot both be set");
-            }
+        if let Some(loc) = &lb.locality_lb_setting
+            && !loc.distribute.is_empty()
+            && !loc.failover.is_empty()
+        {
+            f.error(&lpath.field("localityLbSetting"), "distribute and failover cannot both be set");
         }
         if let Some(ch) = &lb.consistent_hash
             && let Some(cookie) = &ch.http_cookie

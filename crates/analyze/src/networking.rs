@@ -24,14 +24,14 @@ pub fn check(cx: &Context, out: &mut Vec<Diagnostic>) {
                 let host = dr.host.as_deref().unwrap_or("");
                 if let Some(tp) = &dr.traffic_policy {
                     let path = spec.field("trafficPolicy");
-                    cert_verification(r, host, &path.field("tls"), tp.tls.as_ref(), false, out);
+                    cert_verification(r, host, &path.field("tls"), tp.tls.as_ref(), None, out);
                     for (i, p) in tp.port_level_settings.iter().enumerate() {
                         cert_verification(
                             r,
                             host,
                             &path.field("portLevelSettings").index(i).field("tls"),
                             p.tls.as_ref(),
-                            true,
+                            Some(p.port.as_ref().and_then(|p| p.number).unwrap_or_default()),
                             out,
                         );
                     }
@@ -43,7 +43,7 @@ pub fn check(cx: &Context, out: &mut Vec<Diagnostic>) {
                             host,
                             &spec.field("subsets").index(i).field("trafficPolicy").field("tls"),
                             tp.tls.as_ref(),
-                            false,
+                            None,
                             out,
                         );
                     }
@@ -318,7 +318,7 @@ fn cert_verification(
     host: &str,
     path: &FieldPath,
     tls: Option<&ClientTlsSettings>,
-    port_level: bool,
+    port: Option<u32>,
     out: &mut Vec<Diagnostic>,
 ) {
     let Some(tls) = tls else { return };
@@ -327,15 +327,15 @@ fn cert_verification(
         || tls.insecure_skip_verify == Some(true);
     if matches!(tls.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual)) && !verifies {
         let mode = tls.mode.map(ClientTlsMode::as_str).unwrap_or_default();
-        let (code, level) = if port_level {
-            (codes::NO_SERVER_CERT_VERIFICATION_PORT_LEVEL, "port level ")
-        } else {
-            (codes::NO_SERVER_CERT_VERIFICATION_DESTINATION_LEVEL, "")
+        let (code, at_port) = match port {
+            Some(n) => (codes::NO_SERVER_CERT_VERIFICATION_PORT_LEVEL, format!(" at port number:{n}")),
+            None => (codes::NO_SERVER_CERT_VERIFICATION_DESTINATION_LEVEL, String::new()),
         };
-        out.push(r.diagnostic(
-            code,
-            &path.field("caCertificates"),
-            format!("DestinationRule {} in namespace {} has {level}TLS mode set to {mode} but no caCertificates are set to validate server identity for host: {host}", r.name(), r.namespace()),
-        ));
+        let message = format!(
+            "DestinationRule {} in namespace {} has TLS mode set to {mode} but no caCertificates are set to validate server identity for host: {host}{at_port}",
+            r.name(),
+            r.namespace()
+        );
+        out.push(r.diagnostic(code, &path.field("caCertificates"), message));
     }
 }

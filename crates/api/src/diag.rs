@@ -59,25 +59,19 @@ macro_rules! codes {
 
 codes! {
     INTERNAL_ERROR = "IST0001" "InternalError" Error;
-    NOT_YET_IMPLEMENTED = "IST0104" "NotYetImplemented" Warning;
     REFERENCED_RESOURCE_NOT_FOUND = "IST0101" "ReferencedResourceNotFound" Error;
-    NAMESPACE_NOT_INJECTED = "IST0102" "NamespaceNotInjected" Info;
     SCHEMA_VALIDATION_ERROR = "IST0106" "SchemaValidationError" Error;
-    MISPLACED_ANNOTATION = "IST0107" "MisplacedAnnotation" Warning;
-    UNKNOWN_ANNOTATION = "IST0108" "UnknownAnnotation" Warning;
     CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS = "IST0109" "ConflictingMeshGatewayVirtualServiceHosts" Error;
     CONFLICTING_SIDECAR_WORKLOAD_SELECTORS = "IST0110" "ConflictingSidecarWorkloadSelectors" Error;
     MULTIPLE_SIDECARS_WITHOUT_WORKLOAD_SELECTORS = "IST0111" "MultipleSidecarsWithoutWorkloadSelectors" Error;
     VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED = "IST0112" "VirtualServiceDestinationPortSelectorRequired" Error;
-    DEPRECATED = "IST0121" "Deprecated" Info;
     NO_MATCHING_WORKLOADS_FOUND = "IST0127" "NoMatchingWorkloadsFound" Warning;
-    NO_SERVER_CERT_VERIFICATION_PORT_LEVEL = "IST0129" "NoServerCertificateVerificationPortLevel" Warning;
+    NO_SERVER_CERT_VERIFICATION_PORT_LEVEL = "IST0129" "NoServerCertificateVerificationPortLevel" Error;
     NO_SERVER_CERT_VERIFICATION_DESTINATION_LEVEL = "IST0128" "NoServerCertificateVerificationDestinationLevel" Error;
     VIRTUAL_SERVICE_UNREACHABLE_RULE = "IST0130" "VirtualServiceUnreachableRule" Warning;
     VIRTUAL_SERVICE_INEFFECTIVE_MATCH = "IST0131" "VirtualServiceIneffectiveMatch" Info;
     VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY = "IST0132" "VirtualServiceHostNotFoundInGateway" Warning;
     CONFLICTING_GATEWAYS = "IST0145" "ConflictingGateways" Error;
-    GATEWAY_PORT_NOT_DEFINED_ON_SERVICE = "IST0162" "GatewayPortNotDefinedOnService" Warning;
     NOT_SUPPORTED_YET = "WEFT0001" "NotSupportedYet" Warning;
     UNSUPPORTED_KIND = "WEFT0002" "UnsupportedKind" Warning;
     IGNORED_KIND = "WEFT0003" "IgnoredKind" Info;

@@ -1,0 +1,143 @@
+//! The mesh configuration one translation works from: valid resources, the service
+//! registry built from them, and lookups with Istio's precedence rules.
+
+use std::collections::BTreeMap;
+
+use weft_api::istio::{DestinationRuleSpec, GatewaySpec, IstioEgressListener, SidecarSpec, VirtualServiceSpec};
+use weft_api::validate::host_covers;
+use weft_api::{Resource, Spec};
+
+use crate::node::ProxyIdentity;
+use crate::registry::{Registry, Service, resolve_host};
+
+/// The namespace whose Sidecar and policies apply mesh-wide.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// One version of the mesh's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Increases with every accepted change.
+    pub version: u64,
+    /// Every valid resource.
+    pub resources: Vec<Resource>,
+    /// Services and endpoints.
+    pub registry: Registry,
+}
+
+fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl Snapshot {
+    /// A snapshot of `resources` (which must have passed validation).
+    pub fn new(version: u64, resources: Vec<Resource>) -> Self {
+        let registry = Registry::build(&resources);
+        Snapshot { version, resources, registry }
+    }
+
+    /// VirtualServices, in file order (the order Istio gives by creation time).
+    pub fn virtual_services(&self) -> impl Iterator<Item = (&Resource, &VirtualServiceSpec)> {
+        self.resources.iter().filter_map(|r| match &r.spec {
+            Spec::VirtualService(vs) => Some((r, vs.as_ref())),
+            _ => None,
+        })
+    }
+
+    /// The DestinationRule for a service host as seen from `proxy_namespace`: one in the
+    /// proxy's namespace first, then the service's, then the root namespace; the most
+    /// specific host wins within a namespace.
+    pub fn destination_rule(
+        &self,
+        hostname: &str,
+        proxy_namespace: &str,
+        service_namespace: &str,
+    ) -> Option<&DestinationRuleSpec> {
+        let candidates: Vec<(&Resource, &DestinationRuleSpec, String)> = self
+            .resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::DestinationRule(dr) => {
+                    let host = resolve_host(dr.host.as_deref().unwrap_or(""), r.namespace());
+                    host_covers(&host, hostname).then_some((r, dr.as_ref(), host))
+                }
+                _ => None,
+            })
+            .filter(|(r, dr, _)| {
+                dr.export_to.is_empty()
+                    || dr
+                        .export_to
+                        .iter()
+                        .any(|e| e == "*" || e == proxy_namespace || (e == "." && r.namespace() == proxy_namespace))
+            })
+            .collect();
+        for ns in [proxy_namespace, service_namespace, ROOT_NAMESPACE] {
+            let best = candidates
+                .iter()
+                .filter(|(r, _, _)| r.namespace() == ns)
+                .max_by_key(|(_, _, host)| (host == hostname, host.len()));
+            if let Some((_, dr, _)) = best {
+                return Some(dr);
+            }
+        }
+        None
+    }
+
+    /// The Sidecar resource that configures `proxy`: one in its namespace whose selector
+    /// matches it, else its namespace's selector-less one, else the root namespace's.
+    pub fn sidecar_for(&self, proxy: &ProxyIdentity) -> Option<&SidecarSpec> {
+        let sidecars: Vec<(&Resource, &SidecarSpec)> = self
+            .resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::Sidecar(s) => Some((r, s.as_ref())),
+                _ => None,
+            })
+            .collect();
+        let selected = sidecars.iter().find(|(r, s)| {
+            r.namespace() == proxy.namespace
+                && s.workload_selector
+                    .as_ref()
+                    .is_some_and(|w| !w.labels.is_empty() && labels_match(&w.labels, &proxy.labels))
+        });
+        let unselected = |ns: &str| {
+            sidecars
+                .iter()
+                .find(|(r, s)| r.namespace() == ns && s.workload_selector.as_ref().is_none_or(|w| w.labels.is_empty()))
+        };
+        selected.or_else(|| unselected(&proxy.namespace)).or_else(|| unselected(ROOT_NAMESPACE)).map(|(_, s)| *s)
+    }
+
+    /// Istio Gateways whose selector matches the proxy's labels.
+    pub fn gateways_for(&self, proxy: &ProxyIdentity) -> Vec<(&Resource, &GatewaySpec)> {
+        self.resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::Gateway(g) if labels_match(&g.selector, &proxy.labels) => Some((r, g.as_ref())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Services the proxy may reach through an egress listener (or at all, without one):
+    /// exported to its namespace and allowed by the listener's `hosts`.
+    pub fn services_for<'a>(&'a self, proxy: &ProxyIdentity, egress: Option<&IstioEgressListener>) -> Vec<&'a Service> {
+        self.registry
+            .services
+            .values()
+            .filter(|s| s.visible_from(&proxy.namespace))
+            .filter(|s| egress.is_none_or(|e| e.hosts.iter().any(|h| egress_host_allows(h, &proxy.namespace, s))))
+            .collect()
+    }
+}
+
+/// Whether a Sidecar egress host (`namespace/dnsName`) admits a service.
+fn egress_host_allows(pattern: &str, proxy_namespace: &str, service: &Service) -> bool {
+    let Some((ns, host)) = pattern.split_once('/') else { return false };
+    let ns_ok = match ns {
+        "*" => true,
+        "." => service.namespace == proxy_namespace,
+        "~" => false,
+        other => service.namespace == other,
+    };
+    ns_ok && (host == "*" || host_covers(host, &service.hostname))
+}

@@ -1,0 +1,364 @@
+//! Clusters (CDS) and their endpoints (EDS): one cluster per service port, one more per
+//! DestinationRule subset, shaped by the DestinationRule's traffic policy.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection, circuit_breakers::Thresholds, cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{Locality, RoutingPriority};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::util::pack_any;
+use weft_api::istio::{
+    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlier, Resolution, SimpleLb, TrafficPolicy,
+};
+
+use super::{ads, duration, duration_text, socket};
+use crate::node::{ProxyIdentity, Role};
+use crate::registry::{Endpoint, Protocol, Service, ServicePort};
+use crate::snapshot::Snapshot;
+
+/// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+pub fn cluster_name(direction: &str, port: u32, subset: &str, host: &str) -> String {
+    format!("{direction}|{port}|{subset}|{host}")
+}
+
+/// Default connect timeout, as Istio's meshConfig default.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The clusters `proxy` needs.
+pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> {
+    let mut out = Vec::new();
+    for service in reachable_services(snapshot, proxy) {
+        let dr = snapshot.destination_rule(&service.hostname, &proxy.namespace, &service.namespace);
+        for port in &service.ports {
+            let policy = effective_policy(dr.and_then(|d| d.traffic_policy.as_ref()), port.number);
+            out.push(outbound_cluster(service, port, "", &policy));
+            for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
+                let Some(name) = subset.name.as_deref() else { continue };
+                let mut merged = policy.clone();
+                if let Some(sp) = &subset.traffic_policy {
+                    overlay(&mut merged, &effective_policy(Some(sp), port.number));
+                }
+                out.push(outbound_cluster(service, port, name, &merged));
+            }
+        }
+    }
+    if proxy.role == Role::Sidecar {
+        out.extend(inbound_clusters(snapshot, proxy));
+    }
+    out
+}
+
+/// Services whose clusters a proxy gets: for sidecars, those its Sidecar's egress
+/// listeners admit (all visible ones without a Sidecar); all visible ones otherwise.
+pub(super) fn reachable_services<'a>(snapshot: &'a Snapshot, proxy: &ProxyIdentity) -> Vec<&'a Service> {
+    let egress =
+        if proxy.role == Role::Sidecar { snapshot.sidecar_for(proxy).map(|s| s.egress.as_slice()) } else { None };
+    match egress {
+        Some(listeners) if !listeners.is_empty() => {
+            let mut seen = BTreeSet::new();
+            listeners
+                .iter()
+                .flat_map(|e| snapshot.services_for(proxy, Some(e)))
+                .filter(|s| seen.insert(s.hostname.clone()))
+                .collect()
+        }
+        _ => snapshot.services_for(proxy, None),
+    }
+}
+
+fn inbound_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> {
+    let Some(sidecar) = snapshot.sidecar_for(proxy) else { return Vec::new() };
+    sidecar
+        .ingress
+        .iter()
+        .filter_map(|ing| {
+            let port = ing.port.as_ref()?.number?;
+            let (ip, target) = default_endpoint(ing.default_endpoint.as_deref(), port);
+            let name = cluster_name("inbound", port, "", "");
+            Some(Cluster {
+                name: name.clone(),
+                cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::Static as i32,
+                )),
+                connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+                load_assignment: Some(ClusterLoadAssignment {
+                    cluster_name: name,
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![lb_endpoint_for(&ip, target, 0)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Where an ingress listener forwards: `defaultEndpoint` (`127.0.0.1:8080`), or the
+/// listener's port on loopback.
+pub(super) fn default_endpoint(endpoint: Option<&str>, port: u32) -> (String, u32) {
+    endpoint
+        .and_then(|e| {
+            let (host, p) = e.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let host = if host == "0.0.0.0" {
+                "127.0.0.1"
+            } else if host == "::" {
+                "::1"
+            } else {
+                host
+            };
+            Some((host.to_owned(), p.parse().ok()?))
+        })
+        .unwrap_or_else(|| ("127.0.0.1".to_owned(), port))
+}
+
+/// The traffic policy for one port: the top-level settings, overridden field by field
+/// by the matching `portLevelSettings` entry.
+fn effective_policy(policy: Option<&TrafficPolicy>, port: u32) -> TrafficPolicy {
+    let Some(policy) = policy else { return TrafficPolicy::default() };
+    let mut out = TrafficPolicy {
+        load_balancer: policy.load_balancer.clone(),
+        connection_pool: policy.connection_pool.clone(),
+        outlier_detection: policy.outlier_detection.clone(),
+        tls: policy.tls.clone(),
+        ..Default::default()
+    };
+    if let Some(pl) = policy.port_level_settings.iter().find(|p| p.port.as_ref().and_then(|p| p.number) == Some(port)) {
+        if pl.load_balancer.is_some() {
+            out.load_balancer = pl.load_balancer.clone();
+        }
+        if pl.connection_pool.is_some() {
+            out.connection_pool = pl.connection_pool.clone();
+        }
+        if pl.outlier_detection.is_some() {
+            out.outlier_detection = pl.outlier_detection.clone();
+        }
+        if pl.tls.is_some() {
+            out.tls = pl.tls.clone();
+        }
+    }
+    out
+}
+
+/// Subset settings replace the destination's, field by field.
+fn overlay(base: &mut TrafficPolicy, top: &TrafficPolicy) {
+    if top.load_balancer.is_some() {
+        base.load_balancer = top.load_balancer.clone();
+    }
+    if top.connection_pool.is_some() {
+        base.connection_pool = top.connection_pool.clone();
+    }
+    if top.outlier_detection.is_some() {
+        base.outlier_detection = top.outlier_detection.clone();
+    }
+    if top.tls.is_some() {
+        base.tls = top.tls.clone();
+    }
+}
+
+fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy: &TrafficPolicy) -> Cluster {
+    let name = cluster_name("outbound", port.number, subset, &service.hostname);
+    let dns = matches!(service.resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(
+            policy
+                .connection_pool
+                .as_ref()
+                .and_then(|cp| cp.tcp.as_ref())
+                .and_then(|t| duration_text(t.connect_timeout.as_deref()))
+                .unwrap_or_else(|| duration(CONNECT_TIMEOUT)),
+        ),
+        ..Default::default()
+    };
+    if dns {
+        let kind = if service.resolution == Resolution::Dns {
+            cluster::DiscoveryType::StrictDns
+        } else {
+            cluster::DiscoveryType::LogicalDns
+        };
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
+        c.load_assignment = Some(load_assignment(&name, service, port, None));
+    } else {
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32));
+        c.eds_cluster_config = Some(cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: name.clone() });
+    }
+    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            )),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options
+            .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
+    }
+    apply_load_balancer(&mut c, policy.load_balancer.as_ref());
+    apply_connection_pool(&mut c, policy.connection_pool.as_ref());
+    apply_outlier_detection(&mut c, policy.outlier_detection.as_ref());
+    c
+}
+
+fn apply_load_balancer(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
+    let Some(lb) = lb else { return };
+    let policy = match (lb.simple, &lb.consistent_hash) {
+        (_, Some(ch)) if ch.maglev.is_some() => cluster::LbPolicy::Maglev,
+        (_, Some(ch)) => {
+            let min = ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size);
+            if let Some(min) = min {
+                c.lb_config = Some(cluster::LbConfig::RingHashLbConfig(cluster::RingHashLbConfig {
+                    minimum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value {
+                        value: u64::try_from(min).unwrap_or(1024),
+                    }),
+                    ..Default::default()
+                }));
+            }
+            cluster::LbPolicy::RingHash
+        }
+        (Some(SimpleLb::LeastConn | SimpleLb::LeastRequest), None) => cluster::LbPolicy::LeastRequest,
+        (Some(SimpleLb::Random), None) => cluster::LbPolicy::Random,
+        _ => cluster::LbPolicy::RoundRobin,
+    };
+    c.lb_policy = policy as i32;
+}
+
+fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>) {
+    let Some(pool) = pool else { return };
+    let u32v = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).map(|value| UInt32Value { value });
+    let tcp = pool.tcp.as_ref();
+    let http = pool.http.as_ref();
+    let thresholds = Thresholds {
+        priority: RoutingPriority::Default as i32,
+        max_connections: u32v(tcp.and_then(|t| t.max_connections)),
+        max_pending_requests: u32v(http.and_then(|h| h.http1_max_pending_requests)),
+        max_requests: u32v(http.and_then(|h| h.http2_max_requests)),
+        max_retries: u32v(http.and_then(|h| h.max_retries)),
+        ..Default::default()
+    };
+    if thresholds != (Thresholds { priority: RoutingPriority::Default as i32, ..Default::default() }) {
+        c.circuit_breakers = Some(CircuitBreakers { thresholds: vec![thresholds], ..Default::default() });
+    }
+    if let Some(idle) = http.and_then(|h| duration_text(h.idle_timeout.as_deref())) {
+        let mut options = c
+            .typed_extension_protocol_options
+            .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+            .and_then(|any| prost::Message::decode(any.value.as_slice()).ok())
+            .unwrap_or_else(HttpProtocolOptions::default);
+        options.common_http_protocol_options = Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+            idle_timeout: Some(idle),
+            ..Default::default()
+        });
+        if options.upstream_protocol_options.is_none() {
+            options.upstream_protocol_options =
+                Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(Default::default()));
+        }
+        c.typed_extension_protocol_options
+            .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
+    }
+}
+
+fn apply_outlier_detection(c: &mut Cluster, od: Option<&IstioOutlier>) {
+    let Some(od) = od else { return };
+    let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
+    let consecutive_5xx =
+        od.consecutive5xx_errors.or_else(|| od.consecutive_errors.and_then(|e| u32::try_from(e).ok()));
+    c.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx: u32v(Some(consecutive_5xx.unwrap_or(0))),
+        enforcing_consecutive_5xx: u32v(Some(if consecutive_5xx.unwrap_or(0) > 0 { 100 } else { 0 })),
+        consecutive_gateway_failure: u32v(od.consecutive_gateway_errors),
+        enforcing_consecutive_gateway_failure: u32v(od.consecutive_gateway_errors.map(|g| if g > 0 { 100 } else { 0 })),
+        interval: duration_text(od.interval.as_deref()),
+        base_ejection_time: duration_text(od.base_ejection_time.as_deref()),
+        max_ejection_percent: u32v(od.max_ejection_percent.and_then(|p| u32::try_from(p).ok())),
+        // Istio turns success-rate ejection off.
+        enforcing_success_rate: u32v(Some(0)),
+        ..Default::default()
+    });
+    if let Some(min) = od.min_health_percent {
+        let mut common = c.common_lb_config.take().unwrap_or_default();
+        common.healthy_panic_threshold = Some(envoy_types::pb::envoy::r#type::v3::Percent { value: f64::from(min) });
+        c.common_lb_config = Some(common);
+    }
+}
+
+/// The endpoints of every EDS cluster in `clusters`.
+pub fn endpoints_for(snapshot: &Snapshot, proxy: &ProxyIdentity, clusters: &[Cluster]) -> Vec<ClusterLoadAssignment> {
+    clusters
+        .iter()
+        .filter(|c| c.eds_cluster_config.is_some())
+        .filter_map(|c| {
+            let mut parts = c.name.splitn(4, '|');
+            let (_, port, subset, host) =
+                (parts.next()?, parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
+            let service = snapshot.registry.services.get(host)?;
+            let service_port = service.port(port)?;
+            let labels = if subset.is_empty() {
+                None
+            } else {
+                let dr = snapshot.destination_rule(host, &proxy.namespace, &service.namespace)?;
+                Some(dr.subsets.iter().find(|s| s.name.as_deref() == Some(subset))?.labels.clone())
+            };
+            Some(load_assignment(&c.name, service, service_port, labels.as_ref()))
+        })
+        .collect()
+}
+
+/// Endpoints grouped by locality, each locality weighted by its endpoints (gRPC's xDS
+/// client needs locality weights).
+fn load_assignment(
+    name: &str,
+    service: &Service,
+    port: &ServicePort,
+    subset: Option<&BTreeMap<String, String>>,
+) -> ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
+    for ep in &service.endpoints {
+        if subset.is_none_or(|labels| labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))) {
+            by_locality.entry(ep.locality.as_str()).or_default().push(ep);
+        }
+    }
+    let endpoints = by_locality
+        .into_iter()
+        .map(|(locality, eps)| {
+            let mut parts = locality.split('/');
+            LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region: parts.next().unwrap_or("").to_owned(),
+                    zone: parts.next().unwrap_or("").to_owned(),
+                    sub_zone: parts.next().unwrap_or("").to_owned(),
+                    ..Default::default()
+                }),
+                load_balancing_weight: Some(UInt32Value { value: eps.iter().map(|e| e.weight.max(1)).sum() }),
+                lb_endpoints: eps.iter().map(|e| lb_endpoint_for(&e.address, e.port_for(port), e.weight)).collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ClusterLoadAssignment { cluster_name: name.to_owned(), endpoints, ..Default::default() }
+}
+
+fn lb_endpoint_for(address: &str, port: u32, weight: u32) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: Some(socket(address, port)),
+            ..Default::default()
+        })),
+        load_balancing_weight: (weight > 0).then_some(UInt32Value { value: weight }),
+        ..Default::default()
+    }
+}

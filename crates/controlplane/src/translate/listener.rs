@@ -1,0 +1,226 @@
+//! Listeners (LDS). Sidecars without traffic capture get one listener per Sidecar
+//! egress port on its `bind` address (127.0.0.1 by default) and one per ingress port
+//! forwarding to `defaultEndpoint`, as Istio configures VM sidecars without iptables.
+//! Gateways get one listener per Gateway server port; proxyless gRPC clients an
+//! `api_listener` per requested `host:port`.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::google::protobuf::Duration;
+use envoy_types::util::pack_any;
+
+use super::cluster::{cluster_name, default_endpoint};
+use super::{ads, socket};
+use crate::node::{ProxyIdentity, Role};
+use crate::registry::{Protocol, resolve_host};
+use crate::snapshot::Snapshot;
+
+/// Network filter names.
+pub(super) const HCM: &str = "envoy.filters.network.http_connection_manager";
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+
+/// The listeners `proxy` needs.
+pub fn listeners_for(snapshot: &Snapshot, proxy: &ProxyIdentity, requested: &[String]) -> Vec<Listener> {
+    match proxy.role {
+        Role::Sidecar => sidecar_listeners(snapshot, proxy),
+        Role::Gateway => gateway_listeners(snapshot, proxy),
+        Role::Proxyless => requested.iter().filter_map(|name| api_listener(snapshot, proxy, name)).collect(),
+    }
+}
+
+fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {
+    let Some(sidecar) = snapshot.sidecar_for(proxy) else { return Vec::new() };
+    let mut out = Vec::new();
+    for egress in &sidecar.egress {
+        let Some(port) = egress.port.as_ref() else { continue };
+        let Some(number) = port.number else { continue };
+        let bind = egress.bind.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        let protocol = Protocol::of(port.protocol.as_deref(), port.name.as_deref());
+        let chain = if protocol.is_http() {
+            http_chain(&format!("outbound_{number}"), RouteSource::Rds(number.to_string()))
+        } else {
+            let services = snapshot.services_for(proxy, Some(egress));
+            let Some(service) = services.iter().find(|s| s.port(number).is_some()) else { continue };
+            tcp_chain(&cluster_name("outbound", number, "", &service.hostname))
+        };
+        out.push(listener(&bind, number, TrafficDirection::Outbound, chain));
+    }
+    for ingress in &sidecar.ingress {
+        let Some(port) = ingress.port.as_ref() else { continue };
+        let Some(number) = port.number else { continue };
+        let bind = ingress
+            .bind
+            .clone()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| if proxy.ip.is_empty() { "0.0.0.0".into() } else { proxy.ip.clone() });
+        let cluster = cluster_name("inbound", number, "", "");
+        let protocol = Protocol::of(port.protocol.as_deref(), port.name.as_deref());
+        let chain = if protocol.is_http() {
+            let (_, target) = default_endpoint(ingress.default_endpoint.as_deref(), number);
+            http_chain(&format!("inbound_{number}"), RouteSource::Inline(inbound_route(&cluster, number, target)))
+        } else {
+            tcp_chain(&cluster)
+        };
+        out.push(listener(&bind, number, TrafficDirection::Inbound, chain));
+    }
+    out
+}
+
+fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {
+    // One listener per (bind, port); servers sharing a port share its routes.
+    let mut ports: BTreeMap<(String, u32), Protocol> = BTreeMap::new();
+    for (_, gw) in snapshot.gateways_for(proxy) {
+        for server in &gw.servers {
+            let Some(port) = server.port.as_ref() else { continue };
+            let Some(number) = port.number else { continue };
+            let protocol = Protocol::of(port.protocol.as_deref(), port.name.as_deref());
+            ports.entry((server.bind.clone().unwrap_or_else(|| "0.0.0.0".into()), number)).or_insert(protocol);
+        }
+    }
+    ports
+        .into_iter()
+        .filter(|(_, protocol)| protocol.is_http())
+        .map(|((bind, number), _)| {
+            listener(
+                &bind,
+                number,
+                TrafficDirection::Outbound,
+                http_chain(&format!("gateway_{number}"), RouteSource::Rds(format!("http.{number}"))),
+            )
+        })
+        .collect()
+}
+
+/// gRPC's xDS client asks for the listener named by its target (`host:port`).
+fn api_listener(snapshot: &Snapshot, proxy: &ProxyIdentity, name: &str) -> Option<Listener> {
+    let (host, port) = name.rsplit_once(':')?;
+    let port: u32 = port.parse().ok()?;
+    let service = snapshot.registry.services.get(&resolve_host(host, &proxy.namespace))?;
+    service.port(port)?;
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.to_owned(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: name.to_owned(),
+        })),
+        http_filters: vec![
+            http_filter("envoy.extensions.filters.http.fault", pack_any(HttpFault::default())),
+            router(),
+        ],
+        ..Default::default()
+    };
+    Some(Listener {
+        name: name.to_owned(),
+        api_listener: Some(ApiListener { api_listener: Some(pack_any(hcm)) }),
+        ..Default::default()
+    })
+}
+
+enum RouteSource {
+    Rds(String),
+    Inline(RouteConfiguration),
+}
+
+fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> HttpFilter {
+    HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+fn router() -> HttpFilter {
+    http_filter("envoy.filters.http.router", pack_any(Router::default()))
+}
+
+fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
+    let route_specifier = match route {
+        RouteSource::Rds(name) => {
+            http_connection_manager::RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: name })
+        }
+        RouteSource::Inline(config) => http_connection_manager::RouteSpecifier::RouteConfig(config),
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(route_specifier),
+        // The router must be last; fault and CORS act per route through per-filter config.
+        http_filters: vec![
+            http_filter("envoy.filters.http.fault", pack_any(HttpFault::default())),
+            http_filter("envoy.filters.http.cors", pack_any(Cors::default())),
+            router(),
+        ],
+        ..Default::default()
+    };
+    FilterChain {
+        filters: vec![Filter {
+            name: HCM.to_owned(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+        }],
+        ..Default::default()
+    }
+}
+
+fn tcp_chain(cluster: &str) -> FilterChain {
+    let proxy = TcpProxy {
+        stat_prefix: cluster.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    FilterChain {
+        filters: vec![Filter {
+            name: TCP_PROXY.to_owned(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+        }],
+        ..Default::default()
+    }
+}
+
+fn listener(bind: &str, port: u32, direction: TrafficDirection, chain: FilterChain) -> Listener {
+    Listener {
+        name: format!("{bind}_{port}"),
+        address: Some(socket(bind, port)),
+        filter_chains: vec![chain],
+        traffic_direction: direction as i32,
+        ..Default::default()
+    }
+}
+
+/// Everything arriving on an ingress port goes to the application.
+fn inbound_route(cluster: &str, port: u32, _target: u32) -> RouteConfiguration {
+    RouteConfiguration {
+        name: cluster.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".into()],
+            routes: vec![envoy_types::pb::envoy::config::route::v3::Route {
+                name: "default".into(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+                    timeout: Some(Duration::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        ..Default::default()
+    }
+}

@@ -25,6 +25,8 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Validate each resource against Istio's schemas and rules, without cross-checks.
     Validate(CheckArgs),
+    /// Serve Envoy v3 xDS for the Istio configuration in PATH (watched for changes).
+    ControlPlane(ControlPlaneArgs),
     /// Print the version, the git commit and the TLS crypto provider.
     Version {
         /// Output format.
@@ -53,6 +55,19 @@ struct AnalyzeArgs {
     /// Exit non-zero when a finding at this level or above is found.
     #[arg(long, value_enum, default_value_t = Threshold::Error)]
     failure_threshold: Threshold,
+}
+
+#[derive(Debug, clap::Args)]
+struct ControlPlaneArgs {
+    /// Files or directories of Istio YAML; directories are watched for changes.
+    #[arg(long = "config", short = 'f', required = true, value_name = "PATH")]
+    config: Vec<PathBuf>,
+    /// Address of plaintext xDS (ADS).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_address: std::net::SocketAddr,
+    /// Address of /metrics and /debug endpoints.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_address: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,9 +124,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if parsed.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
+        Command::ControlPlane(args) => control_plane(args),
         Command::Version { output } => {
             output::version(output)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = weft_controlplane::server::Config {
+        paths: args.config,
+        xds_address: args.xds_address,
+        debug_address: args.debug_address,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(weft_controlplane::server::run(config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }));
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(weft_controlplane::server::ServerError::Invalid(diagnostics)) => {
+            for d in diagnostics.iter().filter(|d| d.is_error()) {
+                eprintln!("{} [{}] {d}", d.level, d.code);
+            }
+            eprintln!("error: the configuration is invalid; the control plane did not start");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
     }
 }

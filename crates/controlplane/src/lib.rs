@@ -5,7 +5,11 @@
 //! not know how the proxy works inside: its only contract with the data plane is
 //! standard Envoy v3 xDS.
 
+pub mod ads;
+pub mod debug;
+pub mod metrics;
 pub mod node;
 pub mod registry;
+pub mod server;
 pub mod snapshot;
 pub mod translate;

@@ -875,6 +875,24 @@ pub(super) fn sidecar(f: &mut Findings, spec: &FieldPath, sc: &SidecarSpec) {
             );
         }
     }
+    // An ingress and an egress listener cannot both own one address and port.
+    for (i, ing) in sc.ingress.iter().enumerate() {
+        let port = ing.port.as_ref().and_then(|p| p.number);
+        let clash = sc
+            .egress
+            .iter()
+            .any(|e| e.port.as_ref().and_then(|p| p.number) == port && e.bind.is_some() && e.bind == ing.bind);
+        if port.is_some() && clash {
+            f.error(
+                &spec.field("ingress").index(i).field("bind"),
+                format!(
+                    "{}:{} is also an egress listener's address; give them different bind addresses",
+                    ing.bind.as_deref().unwrap_or(""),
+                    port.unwrap_or(0)
+                ),
+            );
+        }
+    }
     if let Some(otp) = &sc.outbound_traffic_policy
         && otp.egress_proxy.is_some()
         && otp.mode != Some(OutboundTrafficPolicyMode::AllowAny)

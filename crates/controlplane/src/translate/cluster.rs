@@ -254,11 +254,11 @@ fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>)
         c.circuit_breakers = Some(CircuitBreakers { thresholds: vec![thresholds], ..Default::default() });
     }
     if let Some(idle) = http.and_then(|h| duration_text(h.idle_timeout.as_deref())) {
-        let mut options = c
+        let mut options: HttpProtocolOptions = c
             .typed_extension_protocol_options
             .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
             .and_then(|any| prost::Message::decode(any.value.as_slice()).ok())
-            .unwrap_or_else(HttpProtocolOptions::default);
+            .unwrap_or_default();
         options.common_http_protocol_options = Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
             idle_timeout: Some(idle),
             ..Default::default()
@@ -341,7 +341,6 @@ fn load_assignment(
                     region: parts.next().unwrap_or("").to_owned(),
                     zone: parts.next().unwrap_or("").to_owned(),
                     sub_zone: parts.next().unwrap_or("").to_owned(),
-                    ..Default::default()
                 }),
                 load_balancing_weight: Some(UInt32Value { value: eps.iter().map(|e| e.weight.max(1)).sum() }),
                 lb_endpoints: eps.iter().map(|e| lb_endpoint_for(&e.address, e.port_for(port), e.weight)).collect(),

@@ -69,7 +69,10 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         let protocol = Protocol::of(port.protocol.as_deref(), port.name.as_deref());
         let chain = if protocol.is_http() {
             let (_, target) = default_endpoint(ingress.default_endpoint.as_deref(), number);
-            http_chain(&format!("inbound_{number}"), RouteSource::Inline(inbound_route(&cluster, number, target)))
+            http_chain(
+                &format!("inbound_{number}"),
+                RouteSource::Inline(Box::new(inbound_route(&cluster, number, target))),
+            )
         } else {
             tcp_chain(&cluster)
         };
@@ -130,7 +133,7 @@ fn api_listener(snapshot: &Snapshot, proxy: &ProxyIdentity, name: &str) -> Optio
 
 enum RouteSource {
     Rds(String),
-    Inline(RouteConfiguration),
+    Inline(Box<RouteConfiguration>),
 }
 
 fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> HttpFilter {
@@ -150,7 +153,7 @@ fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
         RouteSource::Rds(name) => {
             http_connection_manager::RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: name })
         }
-        RouteSource::Inline(config) => http_connection_manager::RouteSpecifier::RouteConfig(config),
+        RouteSource::Inline(config) => http_connection_manager::RouteSpecifier::RouteConfig(*config),
     };
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.to_owned(),

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""A small HTTP backend for tests: answers every request with JSON naming itself
+(`--name`), echoing method, path and headers. `/status/CODE` answers CODE;
+`--fail-every N` answers 503 to every Nth request (a flaky backend)."""
+
+import argparse
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--address", required=True)
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--name", required=True)
+parser.add_argument("--fail-every", type=int, default=0)
+args = parser.parse_args()
+
+lock = threading.Lock()
+count = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_):
+        pass
+
+    def handle_any(self):
+        global count
+        with lock:
+            count += 1
+            n = count
+        status = 200
+        if self.path.startswith("/status/"):
+            status = int(self.path.split("/")[2])
+        elif args.fail_every and n % args.fail_every != 0:
+            status = 503
+        body = json.dumps({
+            "name": args.name,
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "count": n,
+        }).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("x-backend", args.name)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+
+
+ThreadingHTTPServer((args.address, args.port), Handler).serve_forever()

@@ -1,0 +1,519 @@
+//! The Aggregated Discovery Service: Envoy v3 xDS over one gRPC stream per proxy, in
+//! both protocols (state-of-the-world and delta), with ACK/NACK tracking.
+//!
+//! Each stream runs as one task that owns its state: it answers requests and, when a
+//! new snapshot is published, pushes what changed (clusters, endpoints, listeners,
+//! routes, in that order). A NACK is logged with the proxy and the reason, recorded in
+//! the sync status, and not retried until the configuration changes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::node::ProxyIdentity;
+use crate::snapshot::Snapshot;
+use crate::translate::{self, Resources, type_url};
+
+/// What one connected proxy has been sent and has acknowledged, per type.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProxySync {
+    /// The proxy's node id.
+    pub proxy: String,
+    /// `sotw` or `delta`.
+    pub protocol: &'static str,
+    /// Seconds since the epoch when the stream opened.
+    pub connected_at: u64,
+    /// Per type URL.
+    pub types: BTreeMap<String, TypeSync>,
+    /// The proxy's identity, once known.
+    #[serde(skip)]
+    pub identity: Option<ProxyIdentity>,
+    /// Listener names a proxyless client asked for.
+    #[serde(skip)]
+    pub listener_names: Vec<String>,
+}
+
+/// Sync state of one resource type on one stream.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TypeSync {
+    /// The version last sent.
+    pub sent: String,
+    /// The version last acknowledged.
+    pub acked: String,
+    /// The reason of the last NACK, if the last response was rejected.
+    pub nack: Option<String>,
+    /// How many resources the last response held.
+    pub resources: usize,
+}
+
+/// Sync state of every connected proxy, for `/debug/syncz` and `weft proxy-status`.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    streams: Mutex<BTreeMap<u64, ProxySync>>,
+    next_id: AtomicU64,
+}
+
+impl SyncStatus {
+    /// Every connected proxy's sync state.
+    pub fn all(&self) -> Vec<ProxySync> {
+        self.streams.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut ProxySync)) {
+        if let Ok(mut streams) = self.streams.lock() {
+            f(streams.entry(id).or_default());
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.remove(&id);
+        }
+    }
+}
+
+/// The ADS service.
+#[derive(Debug, Clone)]
+pub struct Ads {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: Arc<SyncStatus>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ads {
+    /// An ADS serving the snapshots published on `snapshots`.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, status: Arc<SyncStatus>, metrics: Arc<Metrics>) -> Self {
+        Ads { snapshots, status, metrics }
+    }
+
+    /// The tonic service.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let stream = Stream_::new(self, "sotw");
+        tokio::spawn(stream.run_sotw(request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let stream = Stream_::new(self, "delta");
+        tokio::spawn(stream.run_delta(request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Per-type state of one stream.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Requested names; empty with `wildcard` means everything.
+    names: BTreeSet<String>,
+    wildcard: bool,
+    /// Nonce of the last response.
+    nonce: String,
+    /// Hash of each resource last sent, by name (delta), or of the whole set (SotW, key "").
+    sent: HashMap<String, u64>,
+    /// Snapshot version when the last response was sent, for convergence time.
+    sent_at: Option<(u64, Instant)>,
+    /// The version of the last response.
+    version: String,
+}
+
+/// One proxy's stream.
+struct Stream_ {
+    id: u64,
+    protocol: &'static str,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: Arc<SyncStatus>,
+    metrics: Arc<Metrics>,
+    proxy: Option<ProxyIdentity>,
+    watches: BTreeMap<String, Watch>,
+    nonce: u64,
+}
+
+impl Stream_ {
+    fn new(ads: &Ads, protocol: &'static str) -> Self {
+        Stream_ {
+            id: ads.status.next_id.fetch_add(1, Ordering::Relaxed),
+            protocol,
+            snapshots: ads.snapshots.clone(),
+            status: ads.status.clone(),
+            metrics: ads.metrics.clone(),
+            proxy: None,
+            watches: BTreeMap::new(),
+            nonce: 0,
+        }
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        format!("{}-{}", self.id, self.nonce)
+    }
+
+    /// Reads the proxy's identity from the first request's node.
+    fn identify(&mut self, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Result<(), Status> {
+        if self.proxy.is_some() {
+            return Ok(());
+        }
+        let proxy = ProxyIdentity::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(proxy = %proxy.id, protocol = self.protocol, "proxy connected");
+        let connected_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let (id, protocol, identity) = (proxy.id.clone(), self.protocol, proxy.clone());
+        self.status.update(self.id, |s| {
+            s.proxy = id;
+            s.identity = Some(identity);
+            s.protocol = protocol;
+            s.connected_at = connected_at;
+        });
+        self.metrics.connected(1);
+        self.proxy = Some(proxy);
+        Ok(())
+    }
+
+    /// All resources of one type for this proxy, by name, from the current snapshot.
+    fn resources(&self, snapshot: &Snapshot, type_url: &str) -> BTreeMap<String, Any> {
+        let Some(proxy) = &self.proxy else { return BTreeMap::new() };
+        let listener_names: Vec<String> =
+            self.watches.get(type_url::LISTENER).map(|w| w.names.iter().cloned().collect()).unwrap_or_default();
+        let Resources { clusters, endpoints, listeners, routes } =
+            translate::resources_for(snapshot, proxy, &listener_names);
+        match type_url {
+            type_url::CLUSTER => clusters.into_iter().map(|c| (c.name.clone(), pack_any(c))).collect(),
+            type_url::ENDPOINT => endpoints.into_iter().map(|c| (c.cluster_name.clone(), pack_any(c))).collect(),
+            type_url::LISTENER => listeners.into_iter().map(|l| (l.name.clone(), pack_any(l))).collect(),
+            type_url::ROUTE => routes.into_iter().map(|r| (r.name.clone(), pack_any(r))).collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Records an ACK or NACK; returns whether the request was a response to our last push.
+    fn acknowledge(&mut self, type_url: &str, nonce: &str, version: &str, error: Option<&str>) -> bool {
+        let Some(w) = self.watches.get(type_url) else { return false };
+        if nonce.is_empty() || nonce != w.nonce {
+            return false;
+        }
+        let proxy = self.proxy.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+        match error {
+            Some(reason) => {
+                tracing::warn!(proxy = %proxy, type_url, version, reason, "proxy rejected configuration (NACK)");
+                self.metrics.nack(type_url);
+                self.status.update(self.id, |s| {
+                    s.types.entry(type_url.to_owned()).or_default().nack = Some(reason.to_owned())
+                });
+            }
+            None => {
+                if let Some((_, at)) = w.sent_at {
+                    self.metrics.converged(at.elapsed());
+                }
+                self.status.update(self.id, |s| {
+                    let t = s.types.entry(type_url.to_owned()).or_default();
+                    t.acked = version.to_owned();
+                    t.nack = None;
+                });
+            }
+        }
+        true
+    }
+
+    fn record_sent(&mut self, type_url: &str, version: &str, nonce: String, count: usize, snapshot_version: u64) {
+        if type_url == type_url::LISTENER {
+            let names: Vec<String> =
+                self.watches.get(type_url).map(|w| w.names.iter().cloned().collect()).unwrap_or_default();
+            self.status.update(self.id, |s| s.listener_names = names);
+        }
+        if let Some(w) = self.watches.get_mut(type_url) {
+            w.nonce = nonce;
+            w.version = version.to_owned();
+            w.sent_at = Some((snapshot_version, Instant::now()));
+        }
+        self.metrics.pushed(type_url);
+        self.status.update(self.id, |s| {
+            let t = s.types.entry(type_url.to_owned()).or_default();
+            t.sent = version.to_owned();
+            t.resources = count;
+        });
+    }
+
+    // ------------------------------------------------------------ state of the world
+
+    async fn run_sotw(
+        mut self,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let mut snapshots = self.snapshots.clone();
+        loop {
+            tokio::select! {
+                request = requests.next() => {
+                    let request = match request {
+                        Some(Ok(r)) => r,
+                        Some(Err(e)) => { tracing::debug!(error = %e, "stream ended"); break; }
+                        None => break,
+                    };
+                    if let Err(status) = self.on_sotw_request(request, &tx).await {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() { break; }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    for t in type_url::PUSH_ORDER {
+                        if self.watches.contains_key(*t) && !self.send_sotw(&snapshot, t, false, &tx).await { break; }
+                    }
+                }
+            }
+        }
+        self.close();
+    }
+
+    async fn on_sotw_request(
+        &mut self,
+        req: DiscoveryRequest,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        self.identify(req.node.as_ref())?;
+        let error = req.error_detail.as_ref().map(|e| e.message.clone());
+        let is_response = self.acknowledge(&req.type_url, &req.response_nonce, &req.version_info, error.as_deref());
+        if !req.response_nonce.is_empty() && !is_response {
+            return Ok(()); // a stale nonce: superseded by a later push
+        }
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let first = !self.watches.contains_key(&req.type_url);
+        let w = self.watches.entry(req.type_url.clone()).or_default();
+        let wildcard = names.is_empty() && matches!(req.type_url.as_str(), type_url::LISTENER | type_url::CLUSTER)
+            || names.contains("*");
+        let changed = first || w.names != names || w.wildcard != wildcard;
+        w.names = names;
+        w.wildcard = wildcard;
+        if changed && error.is_none() {
+            let snapshot = self.snapshots.borrow().clone();
+            self.send_sotw(&snapshot, &req.type_url, true, tx).await;
+        }
+        Ok(())
+    }
+
+    /// Sends the full set of one type if it changed (or `force`); false if the stream is gone.
+    async fn send_sotw(
+        &mut self,
+        snapshot: &Snapshot,
+        type_url: &str,
+        force: bool,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> bool {
+        let all = self.resources(snapshot, type_url);
+        let Some(w) = self.watches.get(type_url) else { return true };
+        let chosen: Vec<Any> =
+            all.into_iter().filter(|(name, _)| w.wildcard || w.names.contains(name)).map(|(_, any)| any).collect();
+        let digest = hash_all(&chosen);
+        if !force && w.sent.get("") == Some(&digest) {
+            return true;
+        }
+        let version = format!("{}-{digest:016x}", snapshot.version);
+        let nonce = self.next_nonce();
+        let count = chosen.len();
+        if let Some(w) = self.watches.get_mut(type_url) {
+            w.sent.insert(String::new(), digest);
+        }
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: chosen,
+            type_url: type_url.to_owned(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        self.record_sent(type_url, &version, nonce, count, snapshot.version);
+        tx.send(Ok(response)).await.is_ok()
+    }
+
+    // ------------------------------------------------------------ delta
+
+    async fn run_delta(
+        mut self,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        let mut snapshots = self.snapshots.clone();
+        loop {
+            tokio::select! {
+                request = requests.next() => {
+                    let request = match request {
+                        Some(Ok(r)) => r,
+                        Some(Err(e)) => { tracing::debug!(error = %e, "stream ended"); break; }
+                        None => break,
+                    };
+                    if let Err(status) = self.on_delta_request(request, &tx).await {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() { break; }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    for t in type_url::PUSH_ORDER {
+                        if self.watches.contains_key(*t) && !self.send_delta(&snapshot, t, false, &tx).await { break; }
+                    }
+                }
+            }
+        }
+        self.close();
+    }
+
+    async fn on_delta_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        self.identify(req.node.as_ref())?;
+        let error = req.error_detail.as_ref().map(|e| e.message.clone());
+        let version = self.watches.get(&req.type_url).map(|w| w.version.clone()).unwrap_or_default();
+        self.acknowledge(&req.type_url, &req.response_nonce, &version, error.as_deref());
+        let first = !self.watches.contains_key(&req.type_url);
+        let w = self.watches.entry(req.type_url.clone()).or_default();
+        if first {
+            w.wildcard = req.resource_names_subscribe.is_empty()
+                && matches!(req.type_url.as_str(), type_url::LISTENER | type_url::CLUSTER);
+            // Resources the proxy already holds (after a reconnect) need not be resent.
+            for (name, v) in &req.initial_resource_versions {
+                if let Ok(h) = u64::from_str_radix(v, 16) {
+                    w.sent.insert(name.clone(), h);
+                }
+            }
+        }
+        let mut changed = first;
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                changed |= !w.wildcard;
+                w.wildcard = true;
+            } else {
+                changed |= w.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                w.wildcard = false;
+            }
+            w.names.remove(name);
+            w.sent.remove(name);
+        }
+        if changed && error.is_none() {
+            let snapshot = self.snapshots.borrow().clone();
+            self.send_delta(&snapshot, &req.type_url, first, tx).await;
+        }
+        Ok(())
+    }
+
+    /// Sends what changed in one type since the last response (or, with `force`, a
+    /// response even if nothing did); false if the stream is gone.
+    async fn send_delta(
+        &mut self,
+        snapshot: &Snapshot,
+        type_url: &str,
+        force: bool,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> bool {
+        let all = self.resources(snapshot, type_url);
+        let Some(w) = self.watches.get(type_url) else { return true };
+        let wanted: BTreeMap<String, Any> =
+            all.into_iter().filter(|(name, _)| w.wildcard || w.names.contains(name)).collect();
+        let mut updated = Vec::new();
+        let mut hashes = HashMap::new();
+        for (name, any) in &wanted {
+            let h = hash_one(any);
+            hashes.insert(name.clone(), h);
+            if w.sent.get(name) != Some(&h) {
+                updated.push(DeltaResource {
+                    name: name.clone(),
+                    version: format!("{h:016x}"),
+                    resource: Some(any.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let removed: Vec<String> = w.sent.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
+        // A subscribed name that does not exist is reported as removed, so the proxy stops waiting for it.
+        let missing: Vec<String> = if w.wildcard {
+            Vec::new()
+        } else {
+            w.names.iter().filter(|n| !wanted.contains_key(*n) && !w.sent.contains_key(*n)).cloned().collect()
+        };
+        if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
+            return true;
+        }
+        let version = format!("{}", snapshot.version);
+        let nonce = self.next_nonce();
+        let count = wanted.len();
+        if let Some(w) = self.watches.get_mut(type_url) {
+            w.sent = hashes;
+        }
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources: updated,
+            type_url: type_url.to_owned(),
+            removed_resources: removed.into_iter().chain(missing).collect(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        self.record_sent(type_url, &version, nonce, count, snapshot.version);
+        tx.send(Ok(response)).await.is_ok()
+    }
+
+    fn close(&mut self) {
+        if let Some(p) = &self.proxy {
+            tracing::info!(proxy = %p.id, "proxy disconnected");
+            self.metrics.connected(-1);
+        }
+        self.status.remove(self.id);
+    }
+}
+
+fn hash_one(any: &Any) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    h.finish()
+}
+
+fn hash_all(items: &[Any]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for any in items {
+        hash_one(any).hash(&mut h);
+    }
+    h.finish()
+}

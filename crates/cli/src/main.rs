@@ -1,6 +1,7 @@
 //! The `weft` command.
 
 mod output;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,29 @@ enum Command {
     Validate(CheckArgs),
     /// Serve Envoy v3 xDS for the Istio configuration in PATH (watched for changes).
     ControlPlane(ControlPlaneArgs),
+    /// Show each connected proxy's sync state (SYNCED, STALE, NACKED) per xDS type.
+    ProxyStatus {
+        /// The control plane's debug address.
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        control_plane: std::net::SocketAddr,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Show what the control plane sends one proxy.
+    ProxyConfig {
+        /// What to show.
+        #[arg(value_enum)]
+        kind: ConfigKind,
+        /// The proxy's node id, as `weft proxy-status` lists it.
+        proxy: String,
+        /// The control plane's debug address.
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        control_plane: std::net::SocketAddr,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Print the version, the git commit and the TLS crypto provider.
     Version {
         /// Output format.
@@ -68,6 +92,14 @@ struct ControlPlaneArgs {
     /// Address of /metrics and /debug endpoints.
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_address: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConfigKind {
+    Clusters,
+    Listeners,
+    Routes,
+    Endpoints,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,6 +157,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if parsed.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::ControlPlane(args) => control_plane(args),
+        Command::ProxyStatus { control_plane, output } => {
+            let syncz = status::fetch(control_plane, "/debug/syncz")?;
+            match output {
+                Format::Text => print!("{}", status::proxy_status(&syncz)),
+                _ => output::value(output, &syncz)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ProxyConfig { kind, proxy, control_plane, output } => {
+            let dump = status::fetch(control_plane, &status::config_dump_path(&proxy))?;
+            let kind = format!("{kind:?}").to_lowercase();
+            match output {
+                Format::Text => print!("{}", status::proxy_config(&kind, &dump)),
+                _ => output::value(output, &dump[kind.as_str()])?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version { output } => {
             output::version(output)?;
             Ok(ExitCode::SUCCESS)

@@ -86,6 +86,11 @@ pub fn version(format: Format) -> anyhow::Result<()> {
     }
 }
 
+/// Prints a JSON value as JSON or YAML.
+pub fn value(format: Format, value: &Value) -> anyhow::Result<()> {
+    print_value(format, value)
+}
+
 fn print_value(format: Format, value: &Value) -> anyhow::Result<()> {
     match format {
         Format::Json | Format::Text => println!("{}", serde_json::to_string_pretty(value)?),

@@ -26,6 +26,22 @@ pub fn envoy_binary() -> PathBuf {
     path
 }
 
+/// The Python with grpcio: `$WEFT_PYTHON`, or `.venv/bin/python` from `scripts/test`.
+pub fn python() -> PathBuf {
+    let path =
+        std::env::var_os("WEFT_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(
+        path.exists(),
+        "no Python at {}: run scripts/test (it installs grpcio into .venv) or set WEFT_PYTHON",
+        path.display()
+    );
+    path
+}
+
+fn grpc_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/grpc_echo.py")
+}
+
 /// A response as curl saw it.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -226,6 +242,91 @@ static_resources:
             self.get(&format!("http://{admin}/ready")).status == 200
         });
         admin
+    }
+
+    /// Starts a gRPC echo server named `name` on `ip:port` (see `grpc_echo.py`).
+    pub fn grpc_server(&mut self, name: &str, ip: &str, port: u16, fail_every: u32) {
+        let child = Command::new(python())
+            .arg(grpc_script())
+            .args([
+                "server",
+                "--address",
+                ip,
+                "--port",
+                &port.to_string(),
+                "--name",
+                name,
+                "--fail-every",
+                &fail_every.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the gRPC server: {e}"));
+        self.children.push((name.into(), child));
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap_or_else(|e| panic!("{e}"));
+        self.wait_until(&format!("gRPC server {name}"), || std::net::TcpStream::connect(addr).is_ok());
+    }
+
+    /// Writes a gRPC xDS bootstrap for a proxyless client with this node id.
+    pub fn grpc_bootstrap(&self, node_id: &str) -> PathBuf {
+        let bootstrap = serde_json::json!({
+            "xds_servers": [{"server_uri": format!("{}:15010", self.ip(0, 1)), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+            "node": {"id": node_id, "locality": {}, "metadata": {"NAMESPACE": "default", "GENERATOR": "grpc", "LABELS": {"app": "grpc-client"}}},
+        });
+        let path = self.logs.join(format!("bootstrap-{}.json", node_id.replace('~', "_")));
+        std::fs::write(&path, bootstrap.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
+    /// Runs the Python proxyless client for `count` calls; one JSON value per call.
+    pub fn grpc_calls(&self, node_id: &str, target: &str, count: u32, metadata: &[&str]) -> Vec<serde_json::Value> {
+        let mut cmd = Command::new(python());
+        cmd.arg(grpc_script()).args(["client", "--target", target, "--count", &count.to_string()]);
+        for m in metadata {
+            cmd.args(["--metadata", m]);
+        }
+        let out = cmd
+            .env("GRPC_XDS_BOOTSTRAP", self.grpc_bootstrap(node_id))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the gRPC client: {e}"));
+        let calls: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        assert_eq!(
+            calls.len(),
+            count as usize,
+            "client output: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        calls
+    }
+
+    /// Starts a client that calls every `interval` seconds until the mesh is dropped,
+    /// writing one JSON line per call to the log named `name`.
+    pub fn grpc_caller(&mut self, name: &str, node_id: &str, target: &str, interval: f64, command: &[&str]) {
+        let child = Command::new(command[0])
+            .args(&command[1..])
+            .args(["client", "--target", target, "--interval", &interval.to_string()])
+            .env("GRPC_XDS_BOOTSTRAP", self.grpc_bootstrap(node_id))
+            // The clients' own xDS traces, so a rejected resource shows in their logs too.
+            .env("GRPC_TRACE", "xds_client")
+            .env("GRPC_VERBOSITY", "DEBUG")
+            .stdout(self.log_file(name))
+            .stderr(self.log_file(&format!("{name}-stderr")))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        self.children.push((name.into(), child));
+    }
+
+    /// The calls a background caller has logged so far.
+    pub fn calls_logged(&self, name: &str) -> Vec<serde_json::Value> {
+        self.log(name).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The command that runs the Python client script.
+    pub fn python_client(&self) -> Vec<String> {
+        vec![python().to_string_lossy().into_owned(), grpc_script().to_string_lossy().into_owned()]
     }
 
     /// Waits (up to [`STARTUP`]) until `ready` holds; panics with the logs otherwise.

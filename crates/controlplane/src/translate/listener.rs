@@ -118,10 +118,7 @@ fn api_listener(snapshot: &Snapshot, proxy: &ProxyIdentity, name: &str) -> Optio
             config_source: Some(ads()),
             route_config_name: name.to_owned(),
         })),
-        http_filters: vec![
-            http_filter("envoy.extensions.filters.http.fault", pack_any(HttpFault::default())),
-            router(),
-        ],
+        http_filters: vec![http_filter("envoy.filters.http.fault", pack_any(HttpFault::default())), router()],
         ..Default::default()
     };
     Some(Listener {

@@ -272,6 +272,16 @@ fn envoy_routes_as_the_istio_yaml_says() {
         .unwrap_or_default();
     assert_eq!(client["protocol"], "delta");
 
+    // The control plane's metrics count what happened.
+    let metrics = mesh.get(&format!("http://127.{b}.0.1:15014/metrics")).body;
+    let value = |name: &str| -> f64 {
+        metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    assert_eq!(value("pilot_xds "), 2.0, "{metrics}");
+    assert!(value("pilot_xds_pushes_total{type=\"eds\"}") >= 2.0, "{metrics}");
+    assert_eq!(value("pilot_total_xds_rejects_total"), 0.0, "{metrics}");
+    assert!(value("pilot_proxy_convergence_time_count") >= 8.0, "{metrics}");
+
     // The same state through the commands users run.
     let debug = format!("127.{b}.0.1:15014");
     let status = common::run(&["proxy-status", "--control-plane", &debug]);

@@ -20,16 +20,16 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
 };
 use envoy_types::pb::google::protobuf::Any;
-use envoy_types::util::pack_any;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cache::{Encoded, TranslationCache};
 use crate::metrics::Metrics;
 use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
-use crate::translate::{self, Resources, type_url};
+use crate::translate::{self, type_url};
 
 /// What one connected proxy has been sent and has acknowledged, per type.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -95,12 +95,13 @@ pub struct Ads {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     status: Arc<SyncStatus>,
     metrics: Arc<Metrics>,
+    cache: Arc<TranslationCache>,
 }
 
 impl Ads {
     /// An ADS serving the snapshots published on `snapshots`.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, status: Arc<SyncStatus>, metrics: Arc<Metrics>) -> Self {
-        Ads { snapshots, status, metrics }
+        Ads { snapshots, status, metrics, cache: Arc::new(TranslationCache::default()) }
     }
 
     /// The tonic service.
@@ -162,6 +163,7 @@ struct Stream_ {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     status: Arc<SyncStatus>,
     metrics: Arc<Metrics>,
+    cache: Arc<TranslationCache>,
     proxy: Option<ProxyIdentity>,
     watches: BTreeMap<String, Watch>,
     nonce: u64,
@@ -175,6 +177,7 @@ impl Stream_ {
             snapshots: ads.snapshots.clone(),
             status: ads.status.clone(),
             metrics: ads.metrics.clone(),
+            cache: ads.cache.clone(),
             proxy: None,
             watches: BTreeMap::new(),
             nonce: 0,
@@ -206,20 +209,16 @@ impl Stream_ {
         Ok(())
     }
 
-    /// All resources of one type for this proxy, by name, from the current snapshot.
-    fn resources(&self, snapshot: &Snapshot, type_url: &str) -> BTreeMap<String, Any> {
+    /// All resources of one type for this proxy, by name, from the given snapshot.
+    async fn resources(&self, snapshot: &Snapshot, type_url: &str) -> BTreeMap<String, Encoded> {
         let Some(proxy) = &self.proxy else { return BTreeMap::new() };
-        let listener_names: Vec<String> =
-            self.watches.get(type_url::LISTENER).map(|w| w.names.iter().cloned().collect()).unwrap_or_default();
-        let Resources { clusters, endpoints, listeners, routes } =
-            translate::resources_for(snapshot, proxy, &listener_names);
-        match type_url {
-            type_url::CLUSTER => clusters.into_iter().map(|c| (c.name.clone(), pack_any(c))).collect(),
-            type_url::ENDPOINT => endpoints.into_iter().map(|c| (c.cluster_name.clone(), pack_any(c))).collect(),
-            type_url::LISTENER => listeners.into_iter().map(|l| (l.name.clone(), pack_any(l))).collect(),
-            type_url::ROUTE => routes.into_iter().map(|r| (r.name.clone(), pack_any(r))).collect(),
-            _ => BTreeMap::new(),
-        }
+        let listener_names: Vec<String> = if translate::listeners_by_name(proxy) {
+            self.watches.get(type_url::LISTENER).map(|w| w.names.iter().cloned().collect()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let all = self.cache.get(snapshot, proxy, &listener_names).await;
+        all.get(type_url).cloned().unwrap_or_default()
     }
 
     /// Records an ACK or NACK; returns whether the request was a response to our last push.
@@ -337,14 +336,15 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
-        let all = self.resources(snapshot, type_url);
+        let all = self.resources(snapshot, type_url).await;
         let Some(w) = self.watches.get(type_url) else { return true };
-        let chosen: Vec<Any> =
-            all.into_iter().filter(|(name, _)| w.wildcard || w.names.contains(name)).map(|(_, any)| any).collect();
+        let chosen: Vec<&Encoded> =
+            all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).map(|(_, e)| e).collect();
         let digest = hash_all(&chosen);
         if !force && w.sent.get("") == Some(&digest) {
             return true;
         }
+        let chosen: Vec<Any> = chosen.into_iter().map(|e| e.any.clone()).collect();
         let version = format!("{}-{digest:016x}", snapshot.version);
         let nonce = self.next_nonce();
         let count = chosen.len();
@@ -448,30 +448,29 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
-        let all = self.resources(snapshot, type_url);
+        let all = self.resources(snapshot, type_url).await;
         let Some(w) = self.watches.get(type_url) else { return true };
-        let wanted: BTreeMap<String, Any> =
-            all.into_iter().filter(|(name, _)| w.wildcard || w.names.contains(name)).collect();
+        let wanted: BTreeMap<&String, &Encoded> =
+            all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).collect();
         let mut updated = Vec::new();
         let mut hashes = HashMap::new();
-        for (name, any) in &wanted {
-            let h = hash_one(any);
-            hashes.insert(name.clone(), h);
-            if w.sent.get(name) != Some(&h) {
+        for (name, e) in &wanted {
+            hashes.insert((*name).clone(), e.hash);
+            if w.sent.get(*name) != Some(&e.hash) {
                 updated.push(DeltaResource {
-                    name: name.clone(),
-                    version: format!("{h:016x}"),
-                    resource: Some(any.clone()),
+                    name: (*name).clone(),
+                    version: format!("{:016x}", e.hash),
+                    resource: Some(e.any.clone()),
                     ..Default::default()
                 });
             }
         }
-        let removed: Vec<String> = w.sent.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
+        let removed: Vec<String> = w.sent.keys().filter(|n| !wanted.contains_key(n)).cloned().collect();
         // A subscribed name that does not exist is reported as removed, so the proxy stops waiting for it.
         let missing: Vec<String> = if w.wildcard {
             Vec::new()
         } else {
-            w.names.iter().filter(|n| !wanted.contains_key(*n) && !w.sent.contains_key(*n)).cloned().collect()
+            w.names.iter().filter(|n| !wanted.contains_key(n) && !w.sent.contains_key(*n)).cloned().collect()
         };
         if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
             return true;
@@ -503,17 +502,10 @@ impl Stream_ {
     }
 }
 
-fn hash_one(any: &Any) -> u64 {
+fn hash_all(items: &[&Encoded]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    any.type_url.hash(&mut h);
-    any.value.hash(&mut h);
-    h.finish()
-}
-
-fn hash_all(items: &[Any]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for any in items {
-        hash_one(any).hash(&mut h);
+    for e in items {
+        e.hash.hash(&mut h);
     }
     h.finish()
 }

@@ -2,7 +2,7 @@
 //! serve them. Built from ServiceEntries (hosts, ports, resolution) and their endpoints,
 //! inline or selected WorkloadEntries, exactly as Istio builds it for VMs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use weft_api::istio::{Location, Resolution, ServiceEntrySpec, WorkloadEntrySpec};
 use weft_api::{Resource, Spec};
@@ -139,13 +139,7 @@ pub struct Registry {
 impl Registry {
     /// Builds the registry from a set of (valid) resources.
     pub fn build(resources: &[Resource]) -> Self {
-        let workload_entries: Vec<(&Resource, &WorkloadEntrySpec)> = resources
-            .iter()
-            .filter_map(|r| match &r.spec {
-                Spec::WorkloadEntry(we) => Some((r, we.as_ref())),
-                _ => None,
-            })
-            .collect();
+        let workload_entries = WorkloadIndex::new(resources);
         let mut services = BTreeMap::new();
         for r in resources {
             let Spec::ServiceEntry(se) = &r.spec else { continue };
@@ -186,20 +180,52 @@ impl Registry {
     }
 }
 
-fn endpoints_of(
-    r: &Resource,
-    se: &ServiceEntrySpec,
-    workload_entries: &[(&Resource, &WorkloadEntrySpec)],
-) -> Vec<Endpoint> {
-    let inline = se.endpoints.iter().map(|e| endpoint(e, None, BTreeMap::new()));
-    let selected = se.workload_selector.iter().flat_map(|sel| {
-        workload_entries
+/// WorkloadEntries by namespace and label, so a selector looks at the entries that
+/// carry its first label rather than at every entry.
+struct WorkloadIndex<'a> {
+    entries: Vec<(&'a Resource, &'a WorkloadEntrySpec, BTreeMap<String, String>)>,
+    by_label: HashMap<(&'a str, String, String), Vec<usize>>,
+}
+
+impl<'a> WorkloadIndex<'a> {
+    fn new(resources: &'a [Resource]) -> Self {
+        let mut index = WorkloadIndex { entries: Vec::new(), by_label: HashMap::new() };
+        for r in resources {
+            let Spec::WorkloadEntry(we) = &r.spec else { continue };
+            let labels = labels_of(r, we);
+            let i = index.entries.len();
+            for (k, v) in &labels {
+                index.by_label.entry((r.namespace(), k.clone(), v.clone())).or_default().push(i);
+            }
+            index.entries.push((r, we.as_ref(), labels));
+        }
+        index
+    }
+
+    fn selecting(
+        &self,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Vec<&(&'a Resource, &'a WorkloadEntrySpec, BTreeMap<String, String>)> {
+        let Some((k, v)) = selector.iter().next() else {
+            return self.entries.iter().filter(|(r, _, _)| r.namespace() == namespace).collect();
+        };
+        let candidates = self.by_label.get(&(namespace, k.clone(), v.clone())).map(Vec::as_slice).unwrap_or_default();
+        candidates
             .iter()
-            .filter(move |(wr, we)| {
-                wr.namespace() == r.namespace() && sel.labels.iter().all(|(k, v)| labels_of(wr, we).get(k) == Some(v))
-            })
-            .map(|(wr, we)| endpoint(we, Some(wr.name().to_owned()), labels_of(wr, we)))
-    });
+            .map(|i| &self.entries[*i])
+            .filter(|(_, _, labels)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .collect()
+    }
+}
+
+fn endpoints_of(r: &Resource, se: &ServiceEntrySpec, workload_entries: &WorkloadIndex) -> Vec<Endpoint> {
+    let inline = se.endpoints.iter().map(|e| endpoint(e, None, BTreeMap::new()));
+    let selected = se
+        .workload_selector
+        .iter()
+        .flat_map(|sel| workload_entries.selecting(r.namespace(), &sel.labels))
+        .map(|(wr, we, labels)| endpoint(we, Some(wr.name().to_owned()), labels.clone()));
     inline.chain(selected).collect()
 }
 

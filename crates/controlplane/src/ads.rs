@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cache::{Encoded, TranslationCache};
+use crate::cache::{Encoded, Translation, TranslationCache};
 use crate::metrics::Metrics;
 use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
@@ -209,16 +209,15 @@ impl Stream_ {
         Ok(())
     }
 
-    /// All resources of one type for this proxy, by name, from the given snapshot.
-    async fn resources(&self, snapshot: &Snapshot, type_url: &str) -> BTreeMap<String, Encoded> {
-        let Some(proxy) = &self.proxy else { return BTreeMap::new() };
+    /// Everything this proxy gets from the given snapshot (shared with its class).
+    async fn translation(&self, snapshot: &Snapshot) -> Arc<Translation> {
+        let Some(proxy) = &self.proxy else { return Arc::default() };
         let listener_names: Vec<String> = if translate::listeners_by_name(proxy) {
             self.watches.get(type_url::LISTENER).map(|w| w.names.iter().cloned().collect()).unwrap_or_default()
         } else {
             Vec::new()
         };
-        let all = self.cache.get(snapshot, proxy, &listener_names).await;
-        all.get(type_url).cloned().unwrap_or_default()
+        self.cache.get(snapshot, proxy, &listener_names).await
     }
 
     /// Records an ACK or NACK; returns whether the request was a response to our last push.
@@ -336,7 +335,9 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
-        let all = self.resources(snapshot, type_url).await;
+        let translation = self.translation(snapshot).await;
+        let empty = BTreeMap::new();
+        let all = translation.get(type_url).unwrap_or(&empty);
         let Some(w) = self.watches.get(type_url) else { return true };
         let chosen: Vec<&Encoded> =
             all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).map(|(_, e)| e).collect();
@@ -448,7 +449,9 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
-        let all = self.resources(snapshot, type_url).await;
+        let translation = self.translation(snapshot).await;
+        let empty = BTreeMap::new();
+        let all = translation.get(type_url).unwrap_or(&empty);
         let Some(w) = self.watches.get(type_url) else { return true };
         let wanted: BTreeMap<&String, &Encoded> =
             all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).collect();

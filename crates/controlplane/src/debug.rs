@@ -92,7 +92,8 @@ fn handle<B>(
     }
 }
 
-fn address_text(a: Option<&envoy_types::pb::envoy::config::core::v3::Address>) -> String {
+/// `ip:port` of an Envoy address.
+pub fn address_text(a: Option<&envoy_types::pb::envoy::config::core::v3::Address>) -> String {
     match a.and_then(|a| a.address.as_ref()) {
         Some(address::Address::SocketAddress(s)) => match s.port_specifier {
             Some(socket_address::PortSpecifier::PortValue(p)) => format!("{}:{p}", s.address),

@@ -22,6 +22,17 @@ pub struct Snapshot {
     pub resources: Vec<Resource>,
     /// Services and endpoints.
     pub registry: Registry,
+    /// Positions in `resources` of each kind translation looks up, so lookups do not
+    /// scan every workload and service entry.
+    index: KindIndex,
+}
+
+#[derive(Debug, Clone, Default)]
+struct KindIndex {
+    virtual_services: Vec<usize>,
+    destination_rules: Vec<usize>,
+    sidecars: Vec<usize>,
+    gateways: Vec<usize>,
 }
 
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -32,12 +43,26 @@ impl Snapshot {
     /// A snapshot of `resources` (which must have passed validation).
     pub fn new(version: u64, resources: Vec<Resource>) -> Self {
         let registry = Registry::build(&resources);
-        Snapshot { version, resources, registry }
+        let mut index = KindIndex::default();
+        for (i, r) in resources.iter().enumerate() {
+            match r.spec {
+                Spec::VirtualService(_) => index.virtual_services.push(i),
+                Spec::DestinationRule(_) => index.destination_rules.push(i),
+                Spec::Sidecar(_) => index.sidecars.push(i),
+                Spec::Gateway(_) => index.gateways.push(i),
+                _ => {}
+            }
+        }
+        Snapshot { version, resources, registry, index }
+    }
+
+    fn of_kind<'a>(&'a self, positions: &'a [usize]) -> impl Iterator<Item = &'a Resource> {
+        positions.iter().map(|i| &self.resources[*i])
     }
 
     /// VirtualServices, in file order (the order Istio gives by creation time).
     pub fn virtual_services(&self) -> impl Iterator<Item = (&Resource, &VirtualServiceSpec)> {
-        self.resources.iter().filter_map(|r| match &r.spec {
+        self.of_kind(&self.index.virtual_services).filter_map(|r| match &r.spec {
             Spec::VirtualService(vs) => Some((r, vs.as_ref())),
             _ => None,
         })
@@ -53,8 +78,7 @@ impl Snapshot {
         service_namespace: &str,
     ) -> Option<&DestinationRuleSpec> {
         let candidates: Vec<(&Resource, &DestinationRuleSpec, String)> = self
-            .resources
-            .iter()
+            .of_kind(&self.index.destination_rules)
             .filter_map(|r| match &r.spec {
                 Spec::DestinationRule(dr) => {
                     let host = resolve_host(dr.host.as_deref().unwrap_or(""), r.namespace());
@@ -86,8 +110,7 @@ impl Snapshot {
     /// matches it, else its namespace's selector-less one, else the root namespace's.
     pub fn sidecar_for(&self, proxy: &ProxyIdentity) -> Option<&SidecarSpec> {
         let sidecars: Vec<(&Resource, &SidecarSpec)> = self
-            .resources
-            .iter()
+            .of_kind(&self.index.sidecars)
             .filter_map(|r| match &r.spec {
                 Spec::Sidecar(s) => Some((r, s.as_ref())),
                 _ => None,
@@ -109,8 +132,7 @@ impl Snapshot {
 
     /// Istio Gateways whose selector matches the proxy's labels.
     pub fn gateways_for(&self, proxy: &ProxyIdentity) -> Vec<(&Resource, &GatewaySpec)> {
-        self.resources
-            .iter()
+        self.of_kind(&self.index.gateways)
             .filter_map(|r| match &r.spec {
                 Spec::Gateway(g) if labels_match(&g.selector, &proxy.labels) => Some((r, g.as_ref())),
                 _ => None,

@@ -102,3 +102,6 @@ pub(crate) fn duration(d: std::time::Duration) -> Duration {
 pub(crate) fn duration_text(text: Option<&str>) -> Option<Duration> {
     text.and_then(|t| weft_api::duration::parse(t).ok()).map(duration)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,356 @@
+//! Control-plane scale: N services × M endpoints, P simulated proxies on real gRPC
+//! streams (delta and state-of-the-world), one endpoint change.
+//!
+//! Reports snapshot build and translation time, the time until every proxy has received
+//! (and acknowledged) the change, p50/p99, bytes sent, and peak RSS; and the delta run as
+//! a ratio to the state-of-the-world run measured in the same invocation.
+//!
+//!   cargo bench -p weft-controlplane --bench scale -- [SERVICES ENDPOINTS PROXIES]...
+//!
+//! With no arguments it runs (1000, 10000, 100) and (10000, 100000, 1000).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_controlplane::ads::{Ads, SyncStatus};
+use weft_controlplane::metrics::Metrics;
+use weft_controlplane::node::ProxyIdentity;
+use weft_controlplane::snapshot::Snapshot;
+use weft_controlplane::translate::{self, type_url};
+
+const NAMESPACE: &str = "bench";
+
+/// The mesh as YAML: services with one port, endpoints spread over them, and one Sidecar
+/// whose egress listener reaches every service (so each proxy gets every route).
+fn mesh_yaml(services: usize, endpoints: usize, moved: bool) -> String {
+    let mut out = String::with_capacity(services * 400 + endpoints * 250);
+    out.push_str(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: {NAMESPACE}}}\nspec:\n  egress:\n  - port: {{number: 80, protocol: HTTP, name: http}}\n    bind: 127.0.0.2\n    hosts: [\"./*\"]\n---\n"
+    ));
+    for s in 0..services {
+        out.push_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{s}, namespace: {NAMESPACE}}}\nspec:\n  hosts: [svc-{s}.{NAMESPACE}.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  workloadSelector: {{labels: {{app: svc-{s}}}}}\n---\n"
+        ));
+    }
+    for e in 0..endpoints {
+        let s = e % services;
+        // The change: endpoint 0 moves to another address.
+        let third = if moved && e == 0 { 255 } else { (e / 250) % 250 };
+        out.push_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ep-{e}, namespace: {NAMESPACE}}}\nspec: {{address: 10.{}.{third}.{}, labels: {{app: svc-{s}}}}}\n---\n",
+            e / 62500 % 250,
+            e % 250
+        ));
+    }
+    out
+}
+
+fn snapshot(version: u64, yaml: &str) -> Snapshot {
+    let parsed = weft_api::parse_text("bench.yaml", yaml);
+    assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics.iter().find(|d| d.is_error()));
+    Snapshot::new(version, parsed.resources)
+}
+
+fn node(i: usize) -> Node {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
+    Node {
+        id: format!("sidecar~127.0.0.1~proxy-{i}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local"),
+        metadata: Some(Struct {
+            fields: [("NAMESPACE".to_owned(), s(NAMESPACE)), ("INTERCEPTION_MODE".to_owned(), s("NONE"))]
+                .into_iter()
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+type Client = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+/// One connection per simulated proxy, as proxies have; opened one at a time so the
+/// listen backlog is not the thing measured.
+async fn connect(addr: &str) -> Client {
+    for _ in 0..50 {
+        if let Ok(c) = AggregatedDiscoveryServiceClient::connect(addr.to_owned()).await {
+            return c.max_decoding_message_size(1 << 30);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {addr}");
+}
+
+/// What one simulated proxy saw.
+struct ProxyRun {
+    initial_bytes: usize,
+    update_bytes: usize,
+    update_latency: Option<Duration>,
+}
+
+/// A delta client as Envoy behaves: wildcard CDS and LDS, then EDS for every cluster
+/// and RDS for every route the listeners name; everything ACKed.
+async fn delta_proxy(
+    mut client: Client,
+    i: usize,
+    ready: mpsc::Sender<()>,
+    change_at: watch::Receiver<Option<Instant>>,
+) -> ProxyRun {
+    let (tx, rx) = mpsc::channel(64);
+    let subscribe = |t: &str, names: Vec<String>, nonce: String| DeltaDiscoveryRequest {
+        node: Some(node(i)),
+        type_url: t.to_owned(),
+        resource_names_subscribe: names,
+        response_nonce: nonce,
+        ..Default::default()
+    };
+    let _ = tx.send(subscribe(type_url::CLUSTER, vec![], String::new())).await;
+    let _ = tx.send(subscribe(type_url::LISTENER, vec![], String::new())).await;
+    let mut responses =
+        client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+    let mut run = ProxyRun { initial_bytes: 0, update_bytes: 0, update_latency: None };
+    let mut have = BTreeSet::new();
+    let mut ready = Some(ready);
+    while let Some(Ok(r)) = responses.next().await {
+        let changed_at = *change_at.borrow();
+        match changed_at {
+            None => run.initial_bytes += r.encoded_len(),
+            Some(at) => {
+                run.update_bytes += r.encoded_len();
+                if r.type_url == type_url::ENDPOINT && !r.resources.is_empty() {
+                    run.update_latency = Some(at.elapsed());
+                }
+            }
+        }
+        let mut names = Vec::new();
+        if r.type_url == type_url::CLUSTER {
+            names = r.resources.iter().map(|x| x.name.clone()).filter(|n| have.insert(n.clone())).collect();
+            if !names.is_empty() {
+                let _ = tx.send(subscribe(type_url::ENDPOINT, names.clone(), String::new())).await;
+            }
+        }
+        if r.type_url == type_url::LISTENER && have.insert("rds".into()) {
+            let _ = tx.send(subscribe(type_url::ROUTE, vec!["80".into()], String::new())).await;
+        }
+        let _ = tx.send(subscribe(&r.type_url, Vec::new(), r.nonce.clone())).await;
+        if r.type_url == type_url::ROUTE
+            && let Some(ready) = ready.take()
+        {
+            let _ = ready.send(()).await;
+        }
+        if run.update_latency.is_some() {
+            break;
+        }
+        names.clear();
+    }
+    run
+}
+
+/// A state-of-the-world client: the same subscriptions, full sets each time.
+async fn sotw_proxy(
+    mut client: Client,
+    i: usize,
+    ready: mpsc::Sender<()>,
+    change_at: watch::Receiver<Option<Instant>>,
+) -> ProxyRun {
+    let (tx, rx) = mpsc::channel(64);
+    let request = |t: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
+        node: Some(node(i)),
+        type_url: t.to_owned(),
+        resource_names: names,
+        version_info: version,
+        response_nonce: nonce,
+        ..Default::default()
+    };
+    let _ = tx.send(request(type_url::CLUSTER, vec![], String::new(), String::new())).await;
+    let _ = tx.send(request(type_url::LISTENER, vec![], String::new(), String::new())).await;
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let mut run = ProxyRun { initial_bytes: 0, update_bytes: 0, update_latency: None };
+    let mut eds_names: Vec<String> = Vec::new();
+    let mut ready = Some(ready);
+    let mut asked_rds = false;
+    while let Some(Ok(r)) = responses.next().await {
+        let changed_at = *change_at.borrow();
+        match changed_at {
+            None => run.initial_bytes += r.encoded_len(),
+            Some(at) => {
+                run.update_bytes += r.encoded_len();
+                if r.type_url == type_url::ENDPOINT {
+                    run.update_latency = Some(at.elapsed());
+                }
+            }
+        }
+        let _ = tx
+            .send(request(
+                &r.type_url,
+                if r.type_url == type_url::ENDPOINT {
+                    eds_names.clone()
+                } else if r.type_url == type_url::ROUTE {
+                    vec!["80".into()]
+                } else {
+                    vec![]
+                },
+                r.version_info.clone(),
+                r.nonce.clone(),
+            ))
+            .await;
+        if r.type_url == type_url::CLUSTER && eds_names.is_empty() {
+            eds_names = r
+                .resources
+                .iter()
+                .filter_map(|a| envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(a.value.as_slice()).ok())
+                .map(|c| c.name)
+                .collect();
+            let _ = tx.send(request(type_url::ENDPOINT, eds_names.clone(), String::new(), String::new())).await;
+        }
+        if r.type_url == type_url::LISTENER && !asked_rds {
+            asked_rds = true;
+            let _ = tx.send(request(type_url::ROUTE, vec!["80".into()], String::new(), String::new())).await;
+        }
+        if r.type_url == type_url::ROUTE
+            && let Some(ready) = ready.take()
+        {
+            let _ = ready.send(()).await;
+        }
+        if run.update_latency.is_some() {
+            break;
+        }
+    }
+    run
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Outcome {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    initial_mb: f64,
+    update_kb_per_proxy: f64,
+}
+
+async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, proxies: usize) -> Outcome {
+    let (snapshots_tx, snapshots_rx) = watch::channel(first);
+    let ads = Ads::new(snapshots_rx, Arc::new(SyncStatus::default()), Arc::new(Metrics::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        tokio::spawn(tonic::transport::Server::builder().add_service(ads.into_service()).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+    let (change_tx, change_rx) = watch::channel(None);
+    let (ready_tx, mut ready_rx) = mpsc::channel(proxies);
+    let mut tasks = Vec::new();
+    for i in 0..proxies {
+        let client = connect(&addr).await;
+        let (ready, change) = (ready_tx.clone(), change_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if delta { delta_proxy(client, i, ready, change).await } else { sotw_proxy(client, i, ready, change).await }
+        }));
+    }
+    for _ in 0..proxies {
+        let _ = ready_rx.recv().await;
+    }
+    let _ = change_tx.send(Some(Instant::now()));
+    let _ = snapshots_tx.send(second);
+    let mut latencies = Vec::new();
+    let (mut initial, mut update) = (0usize, 0usize);
+    for t in tasks {
+        if let Ok(run) = t.await {
+            latencies.extend(run.update_latency);
+            initial += run.initial_bytes;
+            update += run.update_bytes;
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    latencies.sort();
+    assert_eq!(latencies.len(), proxies, "some proxies never saw the change");
+    Outcome {
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        initial_mb: initial as f64 / 1e6,
+        update_kb_per_proxy: update as f64 / 1e3 / proxies as f64,
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes: Vec<(usize, usize, usize)> = if args.len() >= 3 {
+        args.chunks(3).filter(|c| c.len() == 3).map(|c| (c[0], c[1], c[2])).collect()
+    } else {
+        vec![(1000, 10_000, 100), (10_000, 100_000, 1000)]
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    println!("weft control plane scale (delta as a ratio to state-of-the-world, same run)\n");
+    for (services, endpoints, proxies) in sizes {
+        let t = Instant::now();
+        let first = Arc::new(snapshot(1, &mesh_yaml(services, endpoints, false)));
+        let build = t.elapsed();
+        let second = Arc::new(snapshot(2, &mesh_yaml(services, endpoints, true)));
+        let proxy = ProxyIdentity::from_node(Some(&node(0))).unwrap_or_else(|e| panic!("{e}"));
+        let t = Instant::now();
+        let r = translate::resources_for(&first, &proxy, &[]);
+        let translation = t.elapsed();
+        let sotw = runtime.block_on(run_protocol(false, first.clone(), second.clone(), proxies));
+        let delta = runtime.block_on(run_protocol(true, first, second, proxies));
+        println!("{services} services × {endpoints} endpoints × {proxies} proxies");
+        println!("  parse + snapshot build           {:>10.1} ms", build.as_secs_f64() * 1e3);
+        println!(
+            "  translation, one proxy           {:>10.1} ms  ({} clusters, {} endpoint sets, {} virtual hosts)",
+            translation.as_secs_f64() * 1e3,
+            r.clusters.len(),
+            r.endpoints.len(),
+            r.routes.iter().map(|x| x.virtual_hosts.len()).sum::<usize>()
+        );
+        for (name, o) in [("sotw ", &sotw), ("delta", &delta)] {
+            println!(
+                "  {name} endpoint change: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",
+                o.p50.as_secs_f64() * 1e3,
+                o.p99.as_secs_f64() * 1e3,
+                o.max.as_secs_f64() * 1e3,
+                o.initial_mb,
+                o.update_kb_per_proxy
+            );
+        }
+        println!(
+            "  delta / sotw: p99 ×{:.2}, bytes per change ×{:.3}",
+            delta.p99.as_secs_f64() / sotw.p99.as_secs_f64().max(1e-9),
+            delta.update_kb_per_proxy / sotw.update_kb_per_proxy.max(1e-9)
+        );
+        println!(
+            "  peak RSS so far                  {:>10.1} MB (control plane and simulated proxies in one process)\n",
+            peak_rss_mb()
+        );
+    }
+}

@@ -172,7 +172,7 @@ fn destination_rule_policies_shape_clusters_with_port_and_subset_overrides() {
     let base = cluster(&r, "outbound|9080||reviews.default.svc.cluster.local");
     assert_eq!(base.lb_policy, cluster::LbPolicy::LeastRequest as i32);
     assert_eq!(base.connect_timeout.as_ref().map(|d| d.seconds), Some(2));
-    let limits = &base.circuit_breakers.as_ref().map(|c| c.thresholds[0].clone()).unwrap_or_default();
+    let limits = &base.circuit_breakers.as_ref().map(|c| c.thresholds[0]).unwrap_or_default();
     assert_eq!(
         (
             limits.max_connections.map(|v| v.value),

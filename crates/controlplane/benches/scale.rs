@@ -322,8 +322,8 @@ fn main() {
         let t = Instant::now();
         let r = translate::resources_for(&first, &proxy, &[]);
         let translation = t.elapsed();
-        let sotw = runtime.block_on(run_protocol(false, first.clone(), second.clone(), proxies));
-        let delta = runtime.block_on(run_protocol(true, first, second, proxies));
+        let delta = runtime.block_on(run_protocol(true, first.clone(), second.clone(), proxies));
+        let sotw = runtime.block_on(run_protocol(false, first, second, proxies));
         println!("{services} services × {endpoints} endpoints × {proxies} proxies");
         println!("  parse + snapshot build           {:>10.1} ms", build.as_secs_f64() * 1e3);
         println!(

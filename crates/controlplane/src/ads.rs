@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
 };
 use envoy_types::pb::google::protobuf::Any;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -93,6 +93,7 @@ impl SyncStatus {
 #[derive(Debug, Clone)]
 pub struct Ads {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    pushes: Arc<Semaphore>,
     status: Arc<SyncStatus>,
     metrics: Arc<Metrics>,
     cache: Arc<TranslationCache>,
@@ -101,7 +102,7 @@ pub struct Ads {
 impl Ads {
     /// An ADS serving the snapshots published on `snapshots`.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, status: Arc<SyncStatus>, metrics: Arc<Metrics>) -> Self {
-        Ads { snapshots, status, metrics, cache: Arc::new(TranslationCache::default()) }
+        Ads { snapshots, status, metrics, cache: Arc::new(TranslationCache::default()), pushes: Arc::new(Semaphore::new(PUSH_CONCURRENCY)) }
     }
 
     /// The tonic service.
@@ -111,6 +112,11 @@ impl Ads {
             .max_encoding_message_size(256 << 20)
     }
 }
+
+/// Streams with an unacknowledged push at once. A stream takes a slot to push and gives
+/// it back when the proxy has acknowledged everything, so a push to a thousand proxies
+/// holds at most this many proxies' responses in memory, as Istio's push throttle does.
+pub const PUSH_CONCURRENCY: usize = 100;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -123,7 +129,8 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
+        // One response queued per stream: the next is built when gRPC has taken this one.
+        let (tx, rx) = mpsc::channel(1);
         let stream = Stream_::new(self, "sotw");
         tokio::spawn(stream.run_sotw(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -133,7 +140,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(1);
         let stream = Stream_::new(self, "delta");
         tokio::spawn(stream.run_delta(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -154,6 +161,8 @@ struct Watch {
     sent_at: Option<(u64, Instant)>,
     /// The version of the last response.
     version: String,
+    /// Whether the last response awaits its ACK or NACK.
+    pending: bool,
 }
 
 /// One proxy's stream.
@@ -164,6 +173,9 @@ struct Stream_ {
     status: Arc<SyncStatus>,
     metrics: Arc<Metrics>,
     cache: Arc<TranslationCache>,
+    pushes: Arc<Semaphore>,
+    /// This stream's push slot, held while a response is unacknowledged.
+    slot: Option<OwnedSemaphorePermit>,
     proxy: Option<ProxyIdentity>,
     watches: BTreeMap<String, Watch>,
     nonce: u64,
@@ -178,9 +190,29 @@ impl Stream_ {
             status: ads.status.clone(),
             metrics: ads.metrics.clone(),
             cache: ads.cache.clone(),
+            pushes: ads.pushes.clone(),
+            slot: None,
             proxy: None,
             watches: BTreeMap::new(),
             nonce: 0,
+        }
+    }
+
+    /// Waits for a push slot unless this stream holds one; false if the server is closing.
+    async fn take_push_slot(&mut self) -> bool {
+        if self.slot.is_none() {
+            match self.pushes.clone().acquire_owned().await {
+                Ok(permit) => self.slot = Some(permit),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Gives the push slot back once nothing awaits an acknowledgement.
+    fn release_if_idle(&mut self) {
+        if self.watches.values().all(|w| !w.pending) {
+            self.slot = None;
         }
     }
 
@@ -222,10 +254,13 @@ impl Stream_ {
 
     /// Records an ACK or NACK; returns whether the request was a response to our last push.
     fn acknowledge(&mut self, type_url: &str, nonce: &str, version: &str, error: Option<&str>) -> bool {
-        let Some(w) = self.watches.get(type_url) else { return false };
+        let Some(w) = self.watches.get_mut(type_url) else { return false };
         if nonce.is_empty() || nonce != w.nonce {
             return false;
         }
+        w.pending = false;
+        self.release_if_idle();
+        let Some(w) = self.watches.get(type_url) else { return false };
         let proxy = self.proxy.as_ref().map(|p| p.id.clone()).unwrap_or_default();
         match error {
             Some(reason) => {
@@ -257,6 +292,7 @@ impl Stream_ {
         }
         if let Some(w) = self.watches.get_mut(type_url) {
             w.nonce = nonce;
+            w.pending = true;
             w.version = version.to_owned();
             w.sent_at = Some((snapshot_version, Instant::now()));
         }
@@ -288,6 +324,7 @@ impl Stream_ {
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
+                    self.release_if_idle();
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { break; }
@@ -295,6 +332,7 @@ impl Stream_ {
                     for t in type_url::PUSH_ORDER {
                         if self.watches.contains_key(*t) && !self.send_sotw(&snapshot, t, false, &tx).await { break; }
                     }
+                    self.release_if_idle();
                 }
             }
         }
@@ -335,6 +373,9 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
+        if !self.take_push_slot().await {
+            return false;
+        }
         let translation = self.translation(snapshot).await;
         let empty = BTreeMap::new();
         let all = translation.get(type_url).unwrap_or(&empty);
@@ -383,6 +424,7 @@ impl Stream_ {
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
+                    self.release_if_idle();
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { break; }
@@ -390,6 +432,7 @@ impl Stream_ {
                     for t in type_url::PUSH_ORDER {
                         if self.watches.contains_key(*t) && !self.send_delta(&snapshot, t, false, &tx).await { break; }
                     }
+                    self.release_if_idle();
                 }
             }
         }
@@ -449,6 +492,9 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
+        if !self.take_push_slot().await {
+            return false;
+        }
         let translation = self.translation(snapshot).await;
         let empty = BTreeMap::new();
         let all = translation.get(type_url).unwrap_or(&empty);

@@ -102,7 +102,13 @@ pub struct Ads {
 impl Ads {
     /// An ADS serving the snapshots published on `snapshots`.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, status: Arc<SyncStatus>, metrics: Arc<Metrics>) -> Self {
-        Ads { snapshots, status, metrics, cache: Arc::new(TranslationCache::default()), pushes: Arc::new(Semaphore::new(PUSH_CONCURRENCY)) }
+        Ads {
+            snapshots,
+            status,
+            metrics,
+            cache: Arc::new(TranslationCache::default()),
+            pushes: Arc::new(Semaphore::new(PUSH_CONCURRENCY)),
+        }
     }
 
     /// The tonic service.
@@ -502,9 +508,7 @@ impl Stream_ {
         let wanted: BTreeMap<&String, &Encoded> =
             all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).collect();
         let mut updated = Vec::new();
-        let mut hashes = HashMap::new();
         for (name, e) in &wanted {
-            hashes.insert((*name).clone(), e.hash);
             if w.sent.get(*name) != Some(&e.hash) {
                 updated.push(DeltaResource {
                     name: (*name).clone(),
@@ -514,7 +518,11 @@ impl Stream_ {
                 });
             }
         }
-        let removed: Vec<String> = w.sent.keys().filter(|n| !wanted.contains_key(n)).cloned().collect();
+        let removed: Vec<String> = if w.sent.len() + updated.len() > wanted.len() {
+            w.sent.keys().filter(|n| !wanted.contains_key(n)).cloned().collect()
+        } else {
+            Vec::new()
+        };
         // A subscribed name that does not exist is reported as removed, so the proxy stops waiting for it.
         let missing: Vec<String> = if w.wildcard {
             Vec::new()
@@ -524,11 +532,17 @@ impl Stream_ {
         if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
             return true;
         }
+        // Only what changed is recorded: no per-push copy of every name.
+        let changes: Vec<(String, u64)> =
+            updated.iter().map(|u| (u.name.clone(), wanted.get(&u.name).map_or(0, |e| e.hash))).collect();
         let version = format!("{}", snapshot.version);
         let nonce = self.next_nonce();
         let count = wanted.len();
         if let Some(w) = self.watches.get_mut(type_url) {
-            w.sent = hashes;
+            for name in &removed {
+                w.sent.remove(name);
+            }
+            w.sent.extend(changes);
         }
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),

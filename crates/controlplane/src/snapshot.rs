@@ -130,6 +130,30 @@ impl Snapshot {
         selected.or_else(|| unselected(&proxy.namespace)).or_else(|| unselected(ROOT_NAMESPACE)).map(|(_, s)| *s)
     }
 
+    /// The proxy as translation should see it: a sidecar whose node carries no labels or
+    /// service account takes them from its WorkloadEntry (matched by name, then by
+    /// address, in its namespace), as Istio does for VMs.
+    pub fn with_workload(&self, proxy: &ProxyIdentity) -> ProxyIdentity {
+        let entries = || {
+            self.resources.iter().filter_map(|r| match &r.spec {
+                Spec::WorkloadEntry(we) if r.namespace() == proxy.namespace => Some((r, we.as_ref())),
+                _ => None,
+            })
+        };
+        let found = entries().find(|(r, _)| r.name() == proxy.workload).or_else(|| {
+            entries().find(|(_, we)| !proxy.ip.is_empty() && we.address.as_deref() == Some(proxy.ip.as_str()))
+        });
+        let Some((r, we)) = found else { return proxy.clone() };
+        let mut out = proxy.clone();
+        if out.labels.is_empty() {
+            out.labels = crate::registry::labels_of(r, we);
+        }
+        if out.service_account.is_empty() {
+            out.service_account = we.service_account.clone().unwrap_or_default();
+        }
+        out
+    }
+
     /// Istio Gateways whose selector matches the proxy's labels.
     pub fn gateways_for(&self, proxy: &ProxyIdentity) -> Vec<(&Resource, &GatewaySpec)> {
         self.of_kind(&self.index.gateways)

@@ -57,6 +57,7 @@ pub struct Resources {
 /// Translates the snapshot for one proxy. For proxyless gRPC clients, whose listeners
 /// are requested by name (`host:port`), `listener_names` says which to build.
 pub fn resources_for(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String]) -> Resources {
+    let proxy = &snapshot.with_workload(proxy);
     let listeners = listeners_for(snapshot, proxy, listener_names);
     let routes = routes_for(snapshot, proxy, &listeners);
     let clusters = clusters_for(snapshot, proxy);

@@ -372,3 +372,20 @@ fn proxyless_clients_get_api_listeners_for_the_targets_they_ask_for() {
         "gRPC clients get no Envoy-only retry predicates"
     );
 }
+
+#[test]
+fn a_sidecar_without_labels_takes_them_from_its_workload_entry() {
+    let yaml = format!(
+        "{MESH}---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client-1}}\nspec: {{address: 127.0.0.9, labels: {{app: client}}, serviceAccount: client}}\n"
+    );
+    let parsed = weft_api::parse_text("mesh.yaml", &yaml);
+    let snapshot = Snapshot::new(1, parsed.resources);
+    let bare = proxy(Role::Sidecar, &[]);
+    let r = resources_for(&snapshot, &bare, &[]);
+    assert_eq!(
+        r.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["127.0.0.5_9080", "127.0.0.9_9080"],
+        "matched by address, so its Sidecar applies"
+    );
+    assert_eq!(snapshot.with_workload(&bare).service_account, "client");
+}

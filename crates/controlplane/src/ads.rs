@@ -169,6 +169,8 @@ struct Watch {
     version: String,
     /// Whether the last response awaits its ACK or NACK.
     pending: bool,
+    /// The snapshot version this stream holds in full for this type (delta).
+    synced: Option<u64>,
 }
 
 /// One proxy's stream.
@@ -384,7 +386,7 @@ impl Stream_ {
         }
         let translation = self.translation(snapshot).await;
         let empty = BTreeMap::new();
-        let all = translation.get(type_url).unwrap_or(&empty);
+        let all = translation.of(type_url).unwrap_or(&empty);
         let Some(w) = self.watches.get(type_url) else { return true };
         let chosen: Vec<&Encoded> =
             all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).map(|(_, e)| e).collect();
@@ -483,6 +485,10 @@ impl Stream_ {
             w.sent.remove(name);
         }
         if changed && error.is_none() {
+            // New subscriptions are answered from the full set, not from the changes.
+            if let Some(w) = self.watches.get_mut(&req.type_url) {
+                w.synced = None;
+            }
             let snapshot = self.snapshots.borrow().clone();
             self.send_delta(&snapshot, &req.type_url, first, tx).await;
         }
@@ -503,8 +509,44 @@ impl Stream_ {
         }
         let translation = self.translation(snapshot).await;
         let empty = BTreeMap::new();
-        let all = translation.get(type_url).unwrap_or(&empty);
+        let all = translation.of(type_url).unwrap_or(&empty);
         let Some(w) = self.watches.get(type_url) else { return true };
+        // The common case: this stream is in sync with the version the class's changes are
+        // relative to, so only the changed names need looking at.
+        if !force
+            && let Some(changes) = translation.changes.get(type_url)
+            && w.synced == Some(changes.since)
+        {
+            let subscribed = |n: &String| w.wildcard || w.names.contains(n);
+            let updated: Vec<DeltaResource> = changes
+                .updated
+                .iter()
+                .filter(|n| subscribed(n))
+                .filter_map(|n| {
+                    let e = all.get(n)?;
+                    Some(DeltaResource {
+                        name: n.clone(),
+                        version: format!("{:016x}", e.hash),
+                        resource: Some(e.any.clone()),
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            let removed: Vec<String> = changes.removed.iter().filter(|n| w.sent.contains_key(*n)).cloned().collect();
+            if let Some(w) = self.watches.get_mut(type_url) {
+                w.synced = Some(snapshot.version);
+                for name in &removed {
+                    w.sent.remove(name);
+                }
+                for u in &updated {
+                    w.sent.insert(u.name.clone(), all.get(&u.name).map_or(0, |e| e.hash));
+                }
+            }
+            if updated.is_empty() && removed.is_empty() {
+                return true;
+            }
+            return self.send_delta_response(snapshot, type_url, updated, removed, all.len(), tx).await;
+        }
         let wanted: BTreeMap<&String, &Encoded> =
             all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).collect();
         let mut updated = Vec::new();
@@ -530,25 +572,42 @@ impl Stream_ {
             w.names.iter().filter(|n| !wanted.contains_key(n) && !w.sent.contains_key(*n)).cloned().collect()
         };
         if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
+            if let Some(w) = self.watches.get_mut(type_url) {
+                w.synced = Some(snapshot.version);
+            }
             return true;
         }
         // Only what changed is recorded: no per-push copy of every name.
         let changes: Vec<(String, u64)> =
             updated.iter().map(|u| (u.name.clone(), wanted.get(&u.name).map_or(0, |e| e.hash))).collect();
-        let version = format!("{}", snapshot.version);
-        let nonce = self.next_nonce();
-        let count = wanted.len();
         if let Some(w) = self.watches.get_mut(type_url) {
             for name in &removed {
                 w.sent.remove(name);
             }
             w.sent.extend(changes);
+            w.synced = Some(snapshot.version);
         }
+        let count = wanted.len();
+        self.send_delta_response(snapshot, type_url, updated, removed.into_iter().chain(missing).collect(), count, tx)
+            .await
+    }
+
+    async fn send_delta_response(
+        &mut self,
+        snapshot: &Snapshot,
+        type_url: &str,
+        resources: Vec<DeltaResource>,
+        removed: Vec<String>,
+        count: usize,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> bool {
+        let version = format!("{}", snapshot.version);
+        let nonce = self.next_nonce();
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
-            resources: updated,
+            resources,
             type_url: type_url.to_owned(),
-            removed_resources: removed.into_iter().chain(missing).collect(),
+            removed_resources: removed,
             nonce: nonce.clone(),
             ..Default::default()
         };

@@ -394,7 +394,7 @@ impl Stream_ {
         if !force && w.sent.get("") == Some(&digest) {
             return true;
         }
-        let chosen: Vec<Any> = chosen.into_iter().map(|e| e.any.clone()).collect();
+        let chosen: Vec<Any> = chosen.into_iter().map(|e| (*e.any).clone()).collect();
         let version = format!("{}-{digest:016x}", snapshot.version);
         let nonce = self.next_nonce();
         let count = chosen.len();
@@ -527,7 +527,7 @@ impl Stream_ {
                     Some(DeltaResource {
                         name: n.clone(),
                         version: format!("{:016x}", e.hash),
-                        resource: Some(e.any.clone()),
+                        resource: Some((*e.any).clone()),
                         ..Default::default()
                     })
                 })
@@ -555,7 +555,7 @@ impl Stream_ {
                 updated.push(DeltaResource {
                     name: (*name).clone(),
                     version: format!("{:016x}", e.hash),
-                    resource: Some(e.any.clone()),
+                    resource: Some((*e.any).clone()),
                     ..Default::default()
                 });
             }

@@ -21,8 +21,8 @@ use crate::translate::{self, type_url};
 /// One encoded resource and its content hash.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    /// The resource, packed.
-    pub any: Any,
+    /// The resource, packed; shared by every translation that has it.
+    pub any: Arc<Any>,
     /// Hash of the encoded bytes.
     pub hash: u64,
 }
@@ -125,7 +125,7 @@ fn encode(any: Any) -> Encoded {
     let mut h = DefaultHasher::new();
     any.type_url.hash(&mut h);
     any.value.hash(&mut h);
-    Encoded { hash: h.finish(), any }
+    Encoded { hash: h.finish(), any: Arc::new(any) }
 }
 
 fn translate_all(
@@ -134,15 +134,45 @@ fn translate_all(
     listener_names: &[String],
     previous: Option<&Translation>,
 ) -> Translation {
-    let r = translate::resources_for(snapshot, proxy, listener_names);
     let mut types: HashMap<&'static str, BTreeMap<String, Encoded>> = HashMap::new();
-    types.insert(type_url::CLUSTER, r.clusters.into_iter().map(|c| (c.name.clone(), encode(pack_any(c)))).collect());
-    types.insert(
-        type_url::ENDPOINT,
-        r.endpoints.into_iter().map(|c| (c.cluster_name.clone(), encode(pack_any(c)))).collect(),
-    );
-    types.insert(type_url::LISTENER, r.listeners.into_iter().map(|l| (l.name.clone(), encode(pack_any(l)))).collect());
-    types.insert(type_url::ROUTE, r.routes.into_iter().map(|rc| (rc.name.clone(), encode(pack_any(rc)))).collect());
+    let reusable = previous.filter(|p| snapshot.endpoint_change.as_ref().is_some_and(|c| c.since == p.version));
+    if let (Some(previous), Some(change)) = (reusable, snapshot.endpoint_change.as_ref()) {
+        // Only endpoints moved: keep everything else, rebuild the moved hosts' endpoints.
+        for (t, resources) in &previous.types {
+            types.insert(*t, resources.clone());
+        }
+        let proxy = snapshot.with_workload(proxy);
+        if let Some(eds) = types.get_mut(type_url::ENDPOINT) {
+            let moved: Vec<String> = eds
+                .keys()
+                .filter(|n| translate::parse_cluster_name(n).is_some_and(|(_, _, h)| change.hosts.contains(h)))
+                .cloned()
+                .collect();
+            for name in moved {
+                match translate::endpoints_of_cluster(snapshot, &proxy, &name) {
+                    Some(cla) => {
+                        eds.insert(name, encode(pack_any(cla)));
+                    }
+                    None => {
+                        eds.remove(&name);
+                    }
+                }
+            }
+        }
+    } else {
+        let r = translate::resources_for(snapshot, proxy, listener_names);
+        types
+            .insert(type_url::CLUSTER, r.clusters.into_iter().map(|c| (c.name.clone(), encode(pack_any(c)))).collect());
+        types.insert(
+            type_url::ENDPOINT,
+            r.endpoints.into_iter().map(|c| (c.cluster_name.clone(), encode(pack_any(c)))).collect(),
+        );
+        types.insert(
+            type_url::LISTENER,
+            r.listeners.into_iter().map(|l| (l.name.clone(), encode(pack_any(l)))).collect(),
+        );
+        types.insert(type_url::ROUTE, r.routes.into_iter().map(|rc| (rc.name.clone(), encode(pack_any(rc)))).collect());
+    }
     let mut changes = HashMap::new();
     if let Some(previous) = previous {
         for (t, now) in &types {
@@ -158,4 +188,105 @@ fn translate_all(
         }
     }
     Translation { version: snapshot.version, types, changes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Role;
+
+    const MESH: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1}
+spec: {address: 10.0.0.1, labels: {app: reviews, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-v1}
+spec: {address: 10.0.0.9, labels: {app: ratings, version: v1}}
+";
+
+    fn resources(yaml: &str) -> Vec<weft_api::Resource> {
+        weft_api::parse_text("t.yaml", yaml).resources
+    }
+
+    fn proxy() -> ProxyIdentity {
+        ProxyIdentity {
+            id: "p".into(),
+            role: Role::Sidecar,
+            ip: "127.0.0.9".into(),
+            workload: "client".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            service_account: String::new(),
+            interception_mode: "NONE".into(),
+            revision: String::new(),
+            istio_version: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_moved_endpoint_is_an_endpoint_only_change_and_a_relabelled_one_is_not() {
+        let first = Snapshot::new(1, resources(MESH));
+        let moved = Snapshot::next(&first, 2, resources(&MESH.replace("10.0.0.1", "10.0.0.2")));
+        let change = moved.endpoint_change.clone().unwrap_or_else(|| panic!("not endpoint-only"));
+        assert_eq!(
+            (change.since, change.hosts.into_iter().collect::<Vec<_>>()),
+            (1, vec!["reviews.default.svc.cluster.local".to_owned()])
+        );
+        let relabelled = Snapshot::next(&first, 2, resources(&MESH.replace("version: v1}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: ratings-v1}", "version: v2}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: ratings-v1}")));
+        assert_ne!(relabelled.resources.len(), 0);
+        assert!(relabelled.endpoint_change.is_none(), "labels choose subsets: not endpoint-only");
+    }
+
+    #[test]
+    fn incremental_translation_equals_full_translation_and_names_only_the_moved_endpoints() {
+        let first = Snapshot::new(1, resources(MESH));
+        let moved = Snapshot::next(&first, 2, resources(&MESH.replace("10.0.0.1", "10.0.0.2")));
+        let before = translate_all(&first, &proxy(), &[], None);
+        let incremental = translate_all(&moved, &proxy(), &[], Some(&before));
+        let full =
+            translate_all(&Snapshot::new(2, resources(&MESH.replace("10.0.0.1", "10.0.0.2"))), &proxy(), &[], None);
+        for t in type_url::PUSH_ORDER {
+            let names = |tr: &Translation| tr.types[t].iter().map(|(n, e)| (n.clone(), e.hash)).collect::<Vec<_>>();
+            assert_eq!(names(&incremental), names(&full), "{t}");
+        }
+        let eds = &incremental.changes[type_url::ENDPOINT];
+        assert_eq!(
+            eds.updated,
+            ["outbound|9080|v1|reviews.default.svc.cluster.local", "outbound|9080||reviews.default.svc.cluster.local"]
+        );
+        assert!(
+            incremental.changes[type_url::CLUSTER].updated.is_empty()
+                && incremental.changes[type_url::ROUTE].updated.is_empty()
+        );
+    }
 }

@@ -145,7 +145,11 @@ async fn watch_config(paths: Vec<PathBuf>, tx: watch::Sender<Arc<Snapshot>>, met
                 version += 1;
                 tracing::info!(version, resources = parsed.resources.len(), "configuration changed");
                 metrics.config_version(version);
-                if tx.send(Arc::new(Snapshot::new(version, parsed.resources))).is_err() {
+                let next = Snapshot::next(&tx.borrow(), version, parsed.resources);
+                if let Some(change) = &next.endpoint_change {
+                    tracing::info!(version, hosts = change.hosts.len(), "only endpoints changed");
+                }
+                if tx.send(Arc::new(next)).is_err() {
                     return;
                 }
             }

@@ -25,6 +25,18 @@ pub struct Snapshot {
     /// Positions in `resources` of each kind translation looks up, so lookups do not
     /// scan every workload and service entry.
     index: KindIndex,
+    /// Set when this snapshot differs from the previous one only in where endpoints are.
+    pub endpoint_change: Option<EndpointChange>,
+}
+
+/// A change that moved endpoints and nothing else: translation may reuse everything but
+/// the endpoints of these hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointChange {
+    /// The version this snapshot differs from.
+    pub since: u64,
+    /// Hosts whose endpoints changed.
+    pub hosts: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,7 +65,14 @@ impl Snapshot {
                 _ => {}
             }
         }
-        Snapshot { version, resources, registry, index }
+        Snapshot { version, resources, registry, index, endpoint_change: None }
+    }
+
+    /// The snapshot after `previous`, noting whether only endpoints moved.
+    pub fn next(previous: &Snapshot, version: u64, resources: Vec<Resource>) -> Self {
+        let mut next = Snapshot::new(version, resources);
+        next.endpoint_change = endpoint_only_change(previous, &next);
+        next
     }
 
     fn of_kind<'a>(&'a self, positions: &'a [usize]) -> impl Iterator<Item = &'a Resource> {
@@ -186,4 +205,37 @@ fn egress_host_allows(pattern: &str, proxy_namespace: &str, service: &Service) -
         other => service.namespace == other,
     };
     ns_ok && (host == "*" || host_covers(host, &service.hostname))
+}
+
+/// What identifies a resource and everything about it that is not an endpoint location:
+/// WorkloadEntries count by name, labels and service account (their labels choose
+/// subsets and Sidecars); everything else counts whole.
+fn shape(r: &Resource) -> (String, String, String, Option<String>) {
+    let spec = match &r.spec {
+        Spec::WorkloadEntry(we) => format!("{:?}|{:?}", we.labels, we.service_account),
+        other => format!("{other:?}"),
+    };
+    (r.kind.clone(), r.namespace().to_owned(), r.name().to_owned(), Some(format!("{:?}|{spec}", r.meta.labels)))
+}
+
+fn endpoint_only_change(previous: &Snapshot, next: &Snapshot) -> Option<EndpointChange> {
+    if previous.resources.len() != next.resources.len()
+        || previous.registry.services.len() != next.registry.services.len()
+    {
+        return None;
+    }
+    if !previous.resources.iter().zip(&next.resources).all(|(a, b)| shape(a) == shape(b)) {
+        return None;
+    }
+    let mut hosts = std::collections::BTreeSet::new();
+    for (host, service) in &next.registry.services {
+        let before = previous.registry.services.get(host)?;
+        if before.ports != service.ports {
+            return None;
+        }
+        if before.endpoints != service.endpoints {
+            hosts.insert(host.clone());
+        }
+    }
+    Some(EndpointChange { since: previous.version, hosts })
 }

@@ -301,21 +301,29 @@ pub fn endpoints_for(snapshot: &Snapshot, proxy: &ProxyIdentity, clusters: &[Clu
     clusters
         .iter()
         .filter(|c| c.eds_cluster_config.is_some())
-        .filter_map(|c| {
-            let mut parts = c.name.splitn(4, '|');
-            let (_, port, subset, host) =
-                (parts.next()?, parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
-            let service = snapshot.registry.services.get(host)?;
-            let service_port = service.port(port)?;
-            let labels = if subset.is_empty() {
-                None
-            } else {
-                let dr = snapshot.destination_rule(host, &proxy.namespace, &service.namespace)?;
-                Some(dr.subsets.iter().find(|s| s.name.as_deref() == Some(subset))?.labels.clone())
-            };
-            Some(load_assignment(&c.name, service, service_port, labels.as_ref()))
-        })
+        .filter_map(|c| endpoints_of_cluster(snapshot, proxy, &c.name))
         .collect()
+}
+
+/// The endpoints of one EDS cluster, by its Istio name.
+pub fn endpoints_of_cluster(snapshot: &Snapshot, proxy: &ProxyIdentity, name: &str) -> Option<ClusterLoadAssignment> {
+    let (port, subset, host) = parse_cluster_name(name)?;
+    let service = snapshot.registry.services.get(host)?;
+    let service_port = service.port(port)?;
+    let labels = if subset.is_empty() {
+        None
+    } else {
+        let dr = snapshot.destination_rule(host, &proxy.namespace, &service.namespace)?;
+        Some(dr.subsets.iter().find(|s| s.name.as_deref() == Some(subset))?.labels.clone())
+    };
+    Some(load_assignment(name, service, service_port, labels.as_ref()))
+}
+
+/// `(port, subset, host)` of `outbound|port|subset|host`.
+pub fn parse_cluster_name(name: &str) -> Option<(u32, &str, &str)> {
+    let mut parts = name.splitn(4, '|');
+    let (_, port, subset, host) = (parts.next()?, parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
+    Some((port, subset, host))
 }
 
 /// Endpoints grouped by locality, each locality weighted by its endpoints (gRPC's xDS

@@ -22,7 +22,7 @@ use envoy_types::pb::google::protobuf::Duration;
 use crate::node::{ProxyIdentity, Role};
 use crate::snapshot::Snapshot;
 
-pub use cluster::{cluster_name, clusters_for, endpoints_for};
+pub use cluster::{cluster_name, clusters_for, endpoints_for, endpoints_of_cluster, parse_cluster_name};
 pub use listener::listeners_for;
 pub use route::routes_for;
 

@@ -304,10 +304,22 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, 
     }
 }
 
-fn report_one(services: usize, endpoints: usize, proxies: usize, build: Duration, translation: Duration, r: &translate::Resources, o: &Outcome) {
+fn report_one(
+    services: usize,
+    endpoints: usize,
+    proxies: usize,
+    build: Duration,
+    translation: Duration,
+    r: &translate::Resources,
+    o: &Outcome,
+) {
     println!("{services} services × {endpoints} endpoints × {proxies} proxies (delta only)");
     println!("  parse + snapshot build           {:>10.1} ms", build.as_secs_f64() * 1e3);
-    println!("  translation, one proxy           {:>10.1} ms  ({} clusters)", translation.as_secs_f64() * 1e3, r.clusters.len());
+    println!(
+        "  translation, one proxy           {:>10.1} ms  ({} clusters)",
+        translation.as_secs_f64() * 1e3,
+        r.clusters.len()
+    );
     println!(
         "  delta endpoint change: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",
         o.p50.as_secs_f64() * 1e3,
@@ -316,7 +328,10 @@ fn report_one(services: usize, endpoints: usize, proxies: usize, build: Duration
         o.initial_mb,
         o.update_kb_per_proxy
     );
-    println!("  peak RSS so far                  {:>10.1} MB (control plane and simulated proxies in one process)\n", peak_rss_mb());
+    println!(
+        "  peak RSS so far                  {:>10.1} MB (control plane and simulated proxies in one process)\n",
+        peak_rss_mb()
+    );
 }
 
 fn main() {

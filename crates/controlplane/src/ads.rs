@@ -124,6 +124,9 @@ impl Ads {
 /// holds at most this many proxies' responses in memory, as Istio's push throttle does.
 pub const PUSH_CONCURRENCY: usize = 100;
 
+/// Responses at least this large count against the push throttle.
+pub const THROTTLED_RESPONSE_BYTES: usize = 64 << 10;
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -206,9 +209,11 @@ impl Stream_ {
         }
     }
 
-    /// Waits for a push slot unless this stream holds one; false if the server is closing.
-    async fn take_push_slot(&mut self) -> bool {
-        if self.slot.is_none() {
+    /// Before a response of `bytes` goes out: large ones wait for a push slot (unless this
+    /// stream holds one), small ones pass, so a full push is throttled and an endpoint
+    /// change is not. False if the server is closing.
+    async fn take_push_slot(&mut self, bytes: usize) -> bool {
+        if self.slot.is_none() && bytes >= THROTTLED_RESPONSE_BYTES {
             match self.pushes.clone().acquire_owned().await {
                 Ok(permit) => self.slot = Some(permit),
                 Err(_) => return false,
@@ -381,9 +386,6 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
-        if !self.take_push_slot().await {
-            return false;
-        }
         let translation = self.translation(snapshot).await;
         let empty = BTreeMap::new();
         let all = translation.of(type_url).unwrap_or(&empty);
@@ -394,7 +396,11 @@ impl Stream_ {
         if !force && w.sent.get("") == Some(&digest) {
             return true;
         }
+        let bytes: usize = chosen.iter().map(|e| e.any.value.len()).sum();
         let chosen: Vec<Any> = chosen.into_iter().map(|e| (*e.any).clone()).collect();
+        if !self.take_push_slot(bytes).await {
+            return false;
+        }
         let version = format!("{}-{digest:016x}", snapshot.version);
         let nonce = self.next_nonce();
         let count = chosen.len();
@@ -504,9 +510,6 @@ impl Stream_ {
         force: bool,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
-        if !self.take_push_slot().await {
-            return false;
-        }
         let translation = self.translation(snapshot).await;
         let empty = BTreeMap::new();
         let all = translation.of(type_url).unwrap_or(&empty);
@@ -601,6 +604,10 @@ impl Stream_ {
         count: usize,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
+        let bytes: usize = resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
+        if !self.take_push_slot(bytes).await {
+            return false;
+        }
         let version = format!("{}", snapshot.version);
         let nonce = self.next_nonce();
         let response = DeltaDiscoveryResponse {

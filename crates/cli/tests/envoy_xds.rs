@@ -369,3 +369,59 @@ fn live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config(
     assert_ne!(sent(&mesh, "endpoint.v3.ClusterLoadAssignment"), eds);
     assert_eq!((sent(&mesh, "cluster.v3.Cluster"), sent(&mesh, "listener.v3.Listener")), (cds, lds));
 }
+
+#[test]
+fn an_envoy_gateway_serves_gateway_api_httproutes() {
+    let b = 43;
+    let gateway_api = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web}}
+spec:
+  gatewayClassName: istio
+  addresses: [{{type: IPAddress, value: 127.{b}.3.1}}]
+  listeners:
+  - {{name: http, port: 8081, protocol: HTTP, hostname: "*.example.com"}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: books}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [books.example.com]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /reviews}}}}]
+    backendRefs: [{{name: reviews, port: 9080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /details}}}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /api}}}}
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-gateway, value: web}}]}}
+    backendRefs: [{{name: details, port: 9080}}]
+  - matches: [{{path: {{type: Exact, value: /old}}}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /new}}, statusCode: 302}}
+"#
+    );
+    let mut mesh = Mesh::start(b, &[("base.yaml", &base(b)), ("gateway-api.yaml", &gateway_api)]);
+    start_backends(&mut mesh);
+    let node = format!("router~127.{b}.3.1~web.default~default.svc.cluster.local");
+    mesh.envoy("web", &node, "default", &[("gateway.networking.k8s.io/gateway-name", "web")], &format!("127.{b}.3.2"));
+    let url = |path: &str| format!("http://127.{b}.3.1:8081{path}");
+    let host = "Host: books.example.com";
+    mesh.wait_until("the Gateway's listener", || mesh.curl(&["-H", host, &url("/reviews")]).status == 200);
+
+    let r = mesh.curl(&["-H", host, &url("/reviews/7")]);
+    assert!(r.status == 200 && r.backend().starts_with("reviews-"), "{r:?}");
+    assert_eq!(mesh.curl(&["-H", host, &url("/reviewsfoo")]).status, 404, "a path prefix matches whole segments");
+    let d = mesh.curl(&["-H", host, &url("/details/9")]);
+    assert_eq!((d.backend(), d.json()["path"].as_str()), ("details-v1", Some("/api/9")), "{d:?}");
+    assert_eq!(d.json()["headers"]["x-gateway"], "web");
+    let moved = mesh.curl(&["-H", host, &url("/old")]);
+    assert_eq!((moved.status, moved.header("location")), (302, Some("http://books.example.com:8081/new")), "{moved:?}");
+    assert_eq!(mesh.curl(&["-H", "Host: films.example.com", &url("/reviews")]).status, 404);
+    mesh.wait_synced(1);
+}

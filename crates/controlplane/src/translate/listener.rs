@@ -92,6 +92,9 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
             ports.entry((server.bind.clone().unwrap_or_else(|| "0.0.0.0".into()), number)).or_insert(protocol);
         }
     }
+    for (bind, port) in super::gateway_api::http_listeners(snapshot, proxy) {
+        ports.entry((bind, port)).or_insert(Protocol::Http);
+    }
     ports
         .into_iter()
         .filter(|(_, protocol)| protocol.is_http())

@@ -7,6 +7,7 @@
 //! `127.0.10.1_9080`, routes by port (`9080`) or `http.8080` on gateways.
 
 mod cluster;
+mod gateway_api;
 mod listener;
 mod route;
 
@@ -23,6 +24,7 @@ use crate::node::{ProxyIdentity, Role};
 use crate::snapshot::Snapshot;
 
 pub use cluster::{cluster_name, clusters_for, endpoints_for, endpoints_of_cluster, parse_cluster_name};
+pub use gateway_api::GATEWAY_NAME_LABEL;
 pub use listener::listeners_for;
 pub use route::routes_for;
 

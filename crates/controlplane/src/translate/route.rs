@@ -176,7 +176,7 @@ fn service_virtual_host(
 }
 
 fn gateway_virtual_hosts(snapshot: &Snapshot, proxy: &ProxyIdentity, port: u32) -> Vec<VirtualHost> {
-    let mut out: Vec<VirtualHost> = Vec::new();
+    let mut out: Vec<VirtualHost> = super::gateway_api::virtual_hosts(snapshot, proxy, port);
     for (gr, gw) in snapshot.gateways_for(proxy) {
         let gateway = format!("{}/{}", gr.namespace(), gr.name());
         let server_hosts: Vec<(String, String)> = gw

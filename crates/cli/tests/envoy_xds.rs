@@ -425,3 +425,103 @@ spec:
     assert_eq!(mesh.curl(&["-H", "Host: films.example.com", &url("/reviews")]).status, 404);
     mesh.wait_synced(1);
 }
+
+#[test]
+fn tcp_routes_split_connections_at_a_sidecar_and_a_gateway() {
+    let b = 44;
+    let tcp = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9100, name: tcp, protocol: TCP}}]
+  workloadSelector: {{labels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v1}}
+spec: {{address: 127.{b}.1.1, labels: {{app: echo, version: v1}}, ports: {{tcp: 9080}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v2}}
+spec: {{address: 127.{b}.1.2, labels: {{app: echo, version: v2}}, ports: {{tcp: 9080}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: echo
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: tcp-client}}
+spec:
+  workloadSelector: {{labels: {{app: tcp-client}}}}
+  egress:
+  - port: {{number: 9100, protocol: TCP, name: tcp}}
+    bind: 127.{b}.2.1
+    hosts: ["./echo.default.svc.cluster.local"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: [echo]
+  tcp:
+  - route:
+    - {{destination: {{host: echo, subset: v1}}, weight: 25}}
+    - {{destination: {{host: echo, subset: v2}}, weight: 75}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp-gateway}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 31400, name: tcp, protocol: TCP}}
+    bind: 127.{b}.3.1
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo-gateway}}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-gateway]
+  tcp:
+  - match: [{{port: 31400}}]
+    route: [{{destination: {{host: echo.default.svc.cluster.local, subset: v2, port: {{number: 9100}}}}}}]
+"#
+    );
+    let mut mesh = Mesh::start(b, &[("base.yaml", &base(b)), ("tcp.yaml", &tcp)]);
+    start_backends(&mut mesh);
+    let node = format!("sidecar~127.{b}.2.1~tcp-client.default~default.svc.cluster.local");
+    mesh.envoy("tcp-client", &node, "default", &[("app", "tcp-client")], &format!("127.{b}.2.1"));
+    let url = format!("http://127.{b}.2.1:9100/");
+    mesh.wait_until("the TCP listener", || mesh.get(&url).status == 200);
+    // HTTP/1.1 without keep-alive: each request is its own TCP connection.
+    let n = 200;
+    let v2 = (0..n).filter(|_| mesh.curl(&["-H", "Connection: close", &url]).backend() == "reviews-v2").count();
+    let share = v2 as f64 / n as f64;
+    assert!((0.62..=0.88).contains(&share), "v2 got {share:.2} of connections, expected about 0.75");
+
+    mesh.envoy(
+        "gateway",
+        &format!("router~127.{b}.3.1~ingress.default~default.svc.cluster.local"),
+        "default",
+        &[("istio", "ingressgateway")],
+        &format!("127.{b}.3.2"),
+    );
+    let gw = format!("http://127.{b}.3.1:31400/");
+    mesh.wait_until("the gateway's TCP listener", || mesh.get(&gw).status == 200);
+    for _ in 0..10 {
+        assert_eq!(mesh.curl(&["-H", "Connection: close", &gw]).backend(), "reviews-v2");
+    }
+    mesh.wait_synced(2);
+}

@@ -51,9 +51,14 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         let chain = if protocol.is_http() {
             http_chain(&format!("outbound_{number}"), RouteSource::Rds(number.to_string()))
         } else {
+            // Without traffic capture a TCP listener cannot tell services apart: it serves
+            // the first one the egress listener admits on its port.
             let services = snapshot.services_for(proxy, Some(egress));
             let Some(service) = services.iter().find(|s| s.port(number).is_some()) else { continue };
-            tcp_chain(&cluster_name("outbound", number, "", &service.hostname))
+            tcp_chain(
+                &format!("outbound_{number}"),
+                &super::route::tcp_destinations(snapshot, proxy, &service.hostname, number, "mesh"),
+            )
         };
         out.push(listener(&bind, number, TrafficDirection::Outbound, chain));
     }
@@ -74,7 +79,7 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
                 RouteSource::Inline(Box::new(inbound_route(&cluster, number, target))),
             )
         } else {
-            tcp_chain(&cluster)
+            tcp_chain(&cluster, &[(cluster.clone(), 100)])
         };
         out.push(listener(&bind, number, TrafficDirection::Inbound, chain));
     }
@@ -95,6 +100,17 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
     for (bind, port) in super::gateway_api::http_listeners(snapshot, proxy) {
         ports.entry((bind, port)).or_insert(Protocol::Http);
     }
+    let mut tcp = Vec::new();
+    for ((bind, number), _) in ports.iter().filter(|(_, p)| **p == Protocol::Tcp) {
+        if let Some(destinations) = gateway_tcp_destinations(snapshot, proxy, *number) {
+            tcp.push(listener(
+                bind,
+                *number,
+                TrafficDirection::Outbound,
+                tcp_chain(&format!("gateway_{number}"), &destinations),
+            ));
+        }
+    }
     ports
         .into_iter()
         .filter(|(_, protocol)| protocol.is_http())
@@ -106,7 +122,35 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
                 http_chain(&format!("gateway_{number}"), RouteSource::Rds(format!("http.{number}"))),
             )
         })
+        .chain(tcp)
         .collect()
+}
+
+/// The destinations of the first VirtualService `tcp` route bound to one of this
+/// gateway's Gateways for a TCP server port.
+fn gateway_tcp_destinations(snapshot: &Snapshot, proxy: &ProxyIdentity, port: u32) -> Option<Vec<(String, u32)>> {
+    for (gr, gw) in snapshot.gateways_for(proxy) {
+        let gateway = format!("{}/{}", gr.namespace(), gr.name());
+        if !gw.servers.iter().any(|s| s.port.as_ref().and_then(|p| p.number) == Some(port)) {
+            continue;
+        }
+        for (r, vs) in snapshot.virtual_services() {
+            if vs.tcp.is_empty()
+                || !vs.gateways.iter().any(|g| super::route::gateway_ref_matches(g, r.namespace(), &gateway))
+            {
+                continue;
+            }
+            let host = vs.hosts.first().map(|h| resolve_host(h, r.namespace())).unwrap_or_default();
+            let applies = vs
+                .tcp
+                .iter()
+                .any(|rule| rule.r#match.is_empty() || rule.r#match.iter().any(|m| m.port.is_none_or(|p| p == port)));
+            if applies {
+                return Some(super::route::tcp_destinations(snapshot, proxy, &host, port, &gateway));
+            }
+        }
+    }
+    None
 }
 
 /// gRPC's xDS client asks for the listener named by its target (`host:port`).
@@ -176,12 +220,22 @@ fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
     }
 }
 
-fn tcp_chain(cluster: &str) -> FilterChain {
-    let proxy = TcpProxy {
-        stat_prefix: cluster.to_owned(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
-        ..Default::default()
+fn tcp_chain(stat_prefix: &str, destinations: &[(String, u32)]) -> FilterChain {
+    let specifier = match destinations {
+        [(cluster, _)] => tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
+        many => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                    name: name.clone(),
+                    weight: *weight,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
     };
+    let proxy =
+        TcpProxy { stat_prefix: stat_prefix.to_owned(), cluster_specifier: Some(specifier), ..Default::default() };
     FilterChain {
         filters: vec![Filter {
             name: TCP_PROXY.to_owned(),

@@ -133,7 +133,7 @@ fn domains(service: &Service, port: u32, proxy_namespace: &str) -> Vec<String> {
 
 /// The first VirtualService (in configuration order) that applies to `gateway` and
 /// names the host.
-fn virtual_service_for<'a>(
+pub(super) fn virtual_service_for<'a>(
     snapshot: &'a Snapshot,
     proxy: &ProxyIdentity,
     hostname: &str,
@@ -156,7 +156,7 @@ fn virtual_service_for<'a>(
 
 /// Whether a VirtualService's gateway reference (`name` or `ns/name`) names `gateway`
 /// (`ns/name`).
-fn gateway_ref_matches(reference: &str, vs_namespace: &str, gateway: &str) -> bool {
+pub(super) fn gateway_ref_matches(reference: &str, vs_namespace: &str, gateway: &str) -> bool {
     let full = if reference.contains('/') { reference.to_owned() } else { format!("{vs_namespace}/{reference}") };
     full == gateway
 }
@@ -355,7 +355,7 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
 
 /// The cluster a destination names: its port, or the service's only port, or the
 /// port the request arrived on.
-fn destination_cluster(snapshot: &Snapshot, namespace: &str, d: &Destination, port: u32) -> String {
+pub(super) fn destination_cluster(snapshot: &Snapshot, namespace: &str, d: &Destination, port: u32) -> String {
     let host = resolve_host(d.host.as_deref().unwrap_or(""), namespace);
     let service_port = d.port.as_ref().and_then(|p| p.number).or_else(|| {
         let service = snapshot.registry.services.get(&host)?;
@@ -670,4 +670,39 @@ fn cors_policy(c: &weft_api::istio::CorsPolicy) -> CorsPolicy {
         allow_credentials: c.allow_credentials.map(|value| BoolValue { value }),
         ..Default::default()
     }
+}
+
+/// Where a TCP connection to `hostname:port` goes: the first matching `tcp` rule of the
+/// VirtualService for the host (weighted destinations), else the service itself.
+pub(super) fn tcp_destinations(
+    snapshot: &Snapshot,
+    proxy: &ProxyIdentity,
+    hostname: &str,
+    port: u32,
+    gateway: &str,
+) -> Vec<(String, u32)> {
+    if let Some((r, vs)) = virtual_service_for(snapshot, proxy, hostname, gateway) {
+        let rule = vs.tcp.iter().find(|rule| {
+            rule.r#match.is_empty()
+                || rule.r#match.iter().any(|m| {
+                    m.port.is_none_or(|p| p == port)
+                        && (m.gateways.is_empty()
+                            || m.gateways.iter().any(|g| g == gateway || gateway.ends_with(&format!("/{g}"))))
+                        && m.source_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v))
+                })
+        });
+        if let Some(rule) = rule {
+            let total = rule.route.len();
+            return rule
+                .route
+                .iter()
+                .filter_map(|d| {
+                    let weight =
+                        d.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(if total == 1 { 100 } else { 0 });
+                    Some((destination_cluster(snapshot, r.namespace(), d.destination.as_ref()?, port), weight))
+                })
+                .collect();
+        }
+    }
+    vec![(cluster_name("outbound", port, "", hostname), 100)]
 }

@@ -84,10 +84,10 @@ kinds! {
         Sidecar(istio::SidecarSpec) = Supported;
         EnvoyFilter(istio::EnvoyFilterSpec) = Unsupported;
         ProxyConfig(istio::ProxyConfigSpec) = NotYet;
-        AuthorizationPolicy(istio::AuthorizationPolicySpec) = Supported;
-        PeerAuthentication(istio::PeerAuthenticationSpec) = Supported;
-        RequestAuthentication(istio::RequestAuthenticationSpec) = Supported;
-        Telemetry(istio::TelemetrySpec) = Supported;
+        AuthorizationPolicy(istio::AuthorizationPolicySpec) = NotYet;
+        PeerAuthentication(istio::PeerAuthenticationSpec) = NotYet;
+        RequestAuthentication(istio::RequestAuthenticationSpec) = NotYet;
+        Telemetry(istio::TelemetrySpec) = NotYet;
         WasmPlugin(istio::WasmPluginSpec) = Unsupported;
         TrafficExtension(istio::TrafficExtensionSpec) = Unsupported;
     }

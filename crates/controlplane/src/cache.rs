@@ -194,6 +194,7 @@ fn translate_all(
 mod tests {
     use super::*;
     use crate::node::Role;
+    use crate::testing::proxy;
 
     const MESH: &str = "
 apiVersion: networking.istio.io/v1
@@ -238,21 +239,6 @@ spec: {address: 10.0.0.9, labels: {app: ratings, version: v1}}
         weft_api::parse_text("t.yaml", yaml).resources
     }
 
-    fn proxy() -> ProxyIdentity {
-        ProxyIdentity {
-            id: "p".into(),
-            role: Role::Sidecar,
-            ip: "127.0.0.9".into(),
-            workload: "client".into(),
-            namespace: "default".into(),
-            labels: Default::default(),
-            service_account: String::new(),
-            interception_mode: "NONE".into(),
-            revision: String::new(),
-            istio_version: String::new(),
-        }
-    }
-
     #[test]
     fn a_moved_endpoint_is_an_endpoint_only_change_and_a_relabelled_one_is_not() {
         let first = Snapshot::new(1, resources(MESH));
@@ -271,10 +257,14 @@ spec: {address: 10.0.0.9, labels: {app: ratings, version: v1}}
     fn incremental_translation_equals_full_translation_and_names_only_the_moved_endpoints() {
         let first = Snapshot::new(1, resources(MESH));
         let moved = Snapshot::next(&first, 2, resources(&MESH.replace("10.0.0.1", "10.0.0.2")));
-        let before = translate_all(&first, &proxy(), &[], None);
-        let incremental = translate_all(&moved, &proxy(), &[], Some(&before));
-        let full =
-            translate_all(&Snapshot::new(2, resources(&MESH.replace("10.0.0.1", "10.0.0.2"))), &proxy(), &[], None);
+        let before = translate_all(&first, &proxy(Role::Sidecar, &[]), &[], None);
+        let incremental = translate_all(&moved, &proxy(Role::Sidecar, &[]), &[], Some(&before));
+        let full = translate_all(
+            &Snapshot::new(2, resources(&MESH.replace("10.0.0.1", "10.0.0.2"))),
+            &proxy(Role::Sidecar, &[]),
+            &[],
+            None,
+        );
         for t in type_url::PUSH_ORDER {
             let names = |tr: &Translation| tr.types[t].iter().map(|(n, e)| (n.clone(), e.hash)).collect::<Vec<_>>();
             assert_eq!(names(&incremental), names(&full), "{t}");

@@ -13,4 +13,5 @@ pub mod node;
 pub mod registry;
 pub mod server;
 pub mod snapshot;
+pub mod testing;
 pub mod translate;

@@ -12,6 +12,7 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use weft_controlplane::node::{ProxyIdentity, Role};
 use weft_controlplane::snapshot::Snapshot;
+use weft_controlplane::testing::proxy;
 use weft_controlplane::translate;
 
 /// Envoy's descriptors, from the `envoy-types` crate this build uses.
@@ -49,21 +50,6 @@ fn to_json<M: Message + prost::Name>(pool: &DescriptorPool, message: &M) -> serd
         .serialize_with_options(&mut out, &SerializeOptions::new().skip_default_fields(true))
         .unwrap_or_else(|e| panic!("{e}"));
     serde_json::from_slice(&out.into_inner()).unwrap_or_default()
-}
-
-fn proxy(role: Role, labels: &[(&str, &str)]) -> ProxyIdentity {
-    ProxyIdentity {
-        id: format!("{}~127.0.0.9~client.default~default.svc.cluster.local", role.as_str()),
-        role,
-        ip: "127.0.0.9".into(),
-        workload: "client".into(),
-        namespace: "default".into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        service_account: String::new(),
-        interception_mode: "NONE".into(),
-        revision: String::new(),
-        istio_version: String::new(),
-    }
 }
 
 fn render(

@@ -12,6 +12,7 @@ use prost::Message;
 use super::*;
 use crate::node::{ProxyIdentity, Role};
 use crate::snapshot::Snapshot;
+use crate::testing::proxy;
 
 const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -108,21 +109,6 @@ fn snapshot() -> Snapshot {
     let parsed = weft_api::parse_text("mesh.yaml", MESH);
     assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
     Snapshot::new(1, parsed.resources)
-}
-
-fn proxy(role: Role, labels: &[(&str, &str)]) -> ProxyIdentity {
-    ProxyIdentity {
-        id: "test".into(),
-        role,
-        ip: "127.0.0.9".into(),
-        workload: "client".into(),
-        namespace: "default".into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        service_account: String::new(),
-        interception_mode: "NONE".into(),
-        revision: String::new(),
-        istio_version: String::new(),
-    }
 }
 
 fn sidecar() -> ProxyIdentity {

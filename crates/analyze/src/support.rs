@@ -36,6 +36,13 @@ const TRAFFIC_POLICY: &[&str] = &[
     "outlierDetection.maxEjectionPercent",
     "outlierDetection.minHealthPercent",
     "portLevelSettings.port",
+    "tls.mode",
+    "tls.sni",
+    "tls.caCertificates",
+    "tls.subjectAltNames",
+    "tls.insecureSkipVerify",
+    "tls.clientCertificate",
+    "tls.privateKey",
 ];
 
 /// Supported field prefixes per kind, relative to `spec`. A prefix covers its subtree.

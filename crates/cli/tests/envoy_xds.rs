@@ -525,3 +525,127 @@ spec:
     }
     mesh.wait_synced(2);
 }
+
+/// A CA and a server certificate for `host`, made with the openssl command.
+fn certificates(dir: &std::path::Path, host: &str) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("openssl: {e}"));
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=test CA",
+        "-days",
+        "2",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &format!("/CN={host}"),
+    ]);
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{host}\n")).unwrap_or_else(|e| panic!("{e}"));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+#[test]
+fn a_destination_rule_originates_tls_and_verifies_the_server() {
+    let b = 45;
+    let certs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (ca, cert, key) = certificates(certs.path(), "secure.example.com");
+    let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (other_ca, _, _) = certificates(other.path(), "secure.example.com");
+    let external = |ca: &str, sans: &str| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: 8443}}]
+  endpoints: [{{address: 127.{b}.1.5}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure}}
+spec:
+  host: secure.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: "{ca}", subjectAltNames: [{sans}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: egress-client}}
+spec:
+  workloadSelector: {{labels: {{app: egress-client}}}}
+  egress:
+  - port: {{number: 8080, protocol: HTTP, name: http}}
+    bind: 127.{b}.2.1
+    hosts: ["./secure.example.com"]
+"#
+        )
+    };
+    let mut mesh = Mesh::start(b, &[("external.yaml", &external(&ca, "secure.example.com"))]);
+    mesh.backend_with("secure", &format!("127.{b}.1.5"), 8443, 0, &["--tls-cert", &cert, "--tls-key", &key]);
+    let node = format!("sidecar~127.{b}.2.1~egress-client.default~default.svc.cluster.local");
+    mesh.envoy("egress-client", &node, "default", &[("app", "egress-client")], &format!("127.{b}.2.1"));
+    let url = format!("http://127.{b}.2.1:8080/orders");
+    let host = "Host: secure.example.com";
+    mesh.wait_until("TLS origination to work", || mesh.curl(&["-H", host, &url]).status == 200);
+    let r = mesh.curl(&["-H", host, &url]);
+    assert_eq!((r.backend(), r.json()["tls"].as_bool()), ("secure", Some(true)), "{r:?}");
+
+    // A server whose certificate the configured CA did not sign is refused.
+    mesh.write_config("external.yaml", &external(&other_ca, "secure.example.com"));
+    mesh.wait_until("the wrong CA to be refused", || mesh.curl(&["-H", host, &url]).status == 503);
+    // So is one whose name is not an expected subject alt name.
+    mesh.write_config("external.yaml", &external(&ca, "other.example.com"));
+    mesh.wait_until("the wrong name to be refused", || mesh.curl(&["-H", host, &url]).status == 503);
+    mesh.write_config("external.yaml", &external(&ca, "secure.example.com"));
+    mesh.wait_until("the right CA and name to work again", || mesh.curl(&["-H", host, &url]).status == 200);
+    mesh.wait_synced(1);
+}

@@ -140,6 +140,11 @@ impl Mesh {
     /// Starts an echo backend named `name` on `ip:port`; with `fail_every` N, all but
     /// every Nth request get 503.
     pub fn backend(&mut self, name: &str, ip: &str, port: u16, fail_every: u32) {
+        self.backend_with(name, ip, port, fail_every, &[]);
+    }
+
+    /// As [`Mesh::backend`], with extra arguments (`--tls-cert`, `--tls-key`).
+    pub fn backend_with(&mut self, name: &str, ip: &str, port: u16, fail_every: u32, extra: &[&str]) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/echo_server.py");
         let child = Command::new("python3")
             .arg(script)
@@ -153,13 +158,14 @@ impl Mesh {
                 "--fail-every",
                 &fail_every.to_string(),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(self.log_file(name))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start python3: {e}"));
         self.children.push((name.into(), child));
-        let url = format!("http://{ip}:{port}/status/200");
-        self.wait_until(&format!("backend {name}"), || self.get(&url).status == 200);
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap_or_else(|e| panic!("{e}"));
+        self.wait_until(&format!("backend {name}"), || std::net::TcpStream::connect(addr).is_ok());
     }
 
     /// Starts a real Envoy whose node is `node_id` with the given labels; its only
@@ -400,6 +406,11 @@ impl Drop for Mesh {
         for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // WEFT_KEEP_LOGS=1 keeps every process's log for a failing test to be read.
+        if std::env::var_os("WEFT_KEEP_LOGS").is_some() {
+            let dir = std::mem::replace(&mut self.config_dir, tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")));
+            eprintln!("mesh logs kept in {}", dir.keep().display());
         }
     }
 }

@@ -13,6 +13,8 @@ parser.add_argument("--address", required=True)
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--name", required=True)
 parser.add_argument("--fail-every", type=int, default=0)
+parser.add_argument("--tls-cert", help="serve HTTPS with this certificate chain")
+parser.add_argument("--tls-key", help="and this private key")
 args = parser.parse_args()
 
 lock = threading.Lock()
@@ -41,6 +43,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "count": n,
+            "tls": bool(args.tls_cert),
         }).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
@@ -52,4 +55,11 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = handle_any
 
 
-ThreadingHTTPServer((args.address, args.port), Handler).serve_forever()
+server = ThreadingHTTPServer((args.address, args.port), Handler)
+if args.tls_cert:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -15,7 +15,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 use weft_api::istio::{
-    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlier, Resolution, SimpleLb, TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlier,
+    Resolution, SimpleLb, TrafficPolicy,
 };
 
 use super::{ads, duration, duration_text, socket};
@@ -208,10 +209,70 @@ fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy:
         c.typed_extension_protocol_options
             .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
     }
+    apply_tls(&mut c, policy.tls.as_ref(), &service.hostname);
     apply_load_balancer(&mut c, policy.load_balancer.as_ref());
     apply_connection_pool(&mut c, policy.connection_pool.as_ref());
     apply_outlier_detection(&mut c, policy.outlier_detection.as_ref());
     c
+}
+
+/// TLS origination to the upstream (DestinationRule `tls` SIMPLE and MUTUAL), with the
+/// server's certificate checked against `caCertificates` and `subjectAltNames` unless
+/// `insecureSkipVerify`. DISABLE and unset send plaintext; ISTIO_MUTUAL needs the mesh's
+/// own certificates and is not supported yet.
+fn apply_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>, hostname: &str) {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source, transport_socket};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+        common_tls_context, subject_alt_name_matcher,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+    let Some(tls) = tls else { return };
+    if !matches!(tls.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual)) {
+        return;
+    }
+    let file = |path: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    };
+    let mut common = CommonTlsContext::default();
+    if tls.insecure_skip_verify != Some(true) {
+        let validation = CertificateValidationContext {
+            trusted_ca: tls.ca_certificates.as_deref().map(file),
+            match_typed_subject_alt_names: tls
+                .subject_alt_names
+                .iter()
+                .map(|san| SubjectAltNameMatcher {
+                    san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                    matcher: Some(StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(san.clone())),
+                        ignore_case: false,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        common.validation_context_type = Some(common_tls_context::ValidationContextType::ValidationContext(validation));
+    }
+    if tls.mode == Some(ClientTlsMode::Mutual)
+        && let (Some(cert), Some(key)) = (tls.client_certificate.as_deref(), tls.private_key.as_deref())
+    {
+        common.tls_certificates.push(TlsCertificate {
+            certificate_chain: Some(file(cert)),
+            private_key: Some(file(key)),
+            ..Default::default()
+        });
+    }
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: tls.sni.clone().unwrap_or_else(|| hostname.to_owned()),
+        ..Default::default()
+    };
+    c.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    });
 }
 
 fn apply_load_balancer(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {

@@ -139,6 +139,13 @@ spec:
         set: {x-routed-by: weft}
       response:
         add: {x-served-through: mesh}
+  - match: [{uri: {prefix: /cors}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example.com"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-user]
+      maxAge: 24h
+    route: [{destination: {host: details}}]
   - route: [{destination: {host: details}}]
 "#;
 
@@ -241,6 +248,26 @@ fn envoy_routes_as_the_istio_yaml_says() {
     assert_eq!(rewritten.json()["path"], "/api/books?id=7", "{rewritten:?}");
     assert_eq!(rewritten.json()["headers"]["x-routed-by"], "weft");
     assert_eq!(rewritten.header("x-served-through"), Some("mesh"));
+
+    // CORS: a preflight from an allowed origin is answered, another origin is not allowed.
+    let preflight = |origin: &str| {
+        mesh.curl(&[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Host: details",
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            "Access-Control-Request-Method: POST",
+            &format!("{egress}/cors"),
+        ])
+    };
+    let allowed = preflight("https://shop.example.com");
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://shop.example.com"), "{allowed:?}");
+    assert_eq!(allowed.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(allowed.header("access-control-max-age"), Some("86400"));
+    assert_eq!(preflight("https://elsewhere.example.com").header("access-control-allow-origin"), None);
 
     // An Envoy ingress gateway serving a Gateway + VirtualService.
     mesh.envoy(

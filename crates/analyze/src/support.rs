@@ -74,6 +74,7 @@ fn supported(kind: &str) -> &'static [&'static str] {
             "http.retries.attempts",
             "http.retries.perTryTimeout",
             "http.retries.retryOn",
+            "http.retries.backoff",
             "http.fault",
             "http.mirror",
             "http.mirrorPercentage",

@@ -113,7 +113,7 @@ metadata: {name: ratings}
 spec:
   hosts: [ratings]
   http:
-  - retries: {attempts: 3, retryOn: "5xx,connect-failure", perTryTimeout: 2s}
+  - retries: {attempts: 3, retryOn: "5xx,connect-failure", perTryTimeout: 2s, backoff: 10ms}
     route:
     - destination: {host: ratings}
 ---

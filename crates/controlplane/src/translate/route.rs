@@ -455,12 +455,23 @@ fn action(snapshot: &Snapshot, proxy: &ProxyIdentity, namespace: &str, rule: &Ht
     let mut action = RouteAction {
         cluster_specifier: Some(specifier),
         timeout: Some(duration_text(rule.timeout.as_deref()).unwrap_or_default()),
-        retry_policy: Some(retry_policy(
-            rule.retries.as_ref().and_then(|r| r.attempts),
-            rule.retries.as_ref().and_then(|r| r.retry_on.as_deref()),
-            rule.retries.as_ref().and_then(|r| r.per_try_timeout.as_deref()),
-            proxy,
-        )),
+        retry_policy: Some({
+            let mut policy = retry_policy(
+                rule.retries.as_ref().and_then(|r| r.attempts),
+                rule.retries.as_ref().and_then(|r| r.retry_on.as_deref()),
+                rule.retries.as_ref().and_then(|r| r.per_try_timeout.as_deref()),
+                proxy,
+            );
+            // Envoy caps the backoff at ten times its base, as Istio leaves it.
+            policy.retry_back_off =
+                rule.retries.as_ref().and_then(|r| duration_text(r.backoff.as_deref())).map(|base| {
+                    envoy_types::pb::envoy::config::route::v3::retry_policy::RetryBackOff {
+                        base_interval: Some(base),
+                        max_interval: None,
+                    }
+                });
+            policy
+        }),
         ..Default::default()
     };
     if let Some(rw) = &rule.rewrite {

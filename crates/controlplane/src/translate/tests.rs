@@ -65,7 +65,7 @@ spec:
     match: [{headers: {end-user: {exact: jason}}, uri: {prefix: /api}}]
     route: [{destination: {host: reviews, subset: v2, port: {number: 9080}}}]
     fault: {abort: {httpStatus: 503, percentage: {value: 12.5}}}
-    retries: {attempts: 4, perTryTimeout: 1s, retryOn: gateway-error}
+    retries: {attempts: 4, perTryTimeout: 1s, retryOn: gateway-error, backoff: 250ms}
     timeout: 3s
   - route:
     - {destination: {host: reviews, subset: v1, port: {number: 9080}}, weight: 80}
@@ -261,6 +261,7 @@ fn virtual_service_rules_become_routes_with_matches_weights_retries_and_faults()
         (retry.retry_on.as_str(), retry.num_retries.map(|n| n.value), retry.per_try_timeout.map(|d| d.seconds)),
         ("gateway-error", Some(4), Some(1))
     );
+    assert_eq!(retry.retry_back_off.and_then(|b| b.base_interval).map(|d| d.nanos), Some(250_000_000));
     assert!(jason.typed_per_filter_config.contains_key("envoy.filters.http.fault"));
     let fault = envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::decode(
         jason.typed_per_filter_config["envoy.filters.http.fault"].value.as_slice(),

@@ -141,7 +141,7 @@ impl AggregatedDiscoveryService for Ads {
         // One response queued per stream: the next is built when gRPC has taken this one.
         let (tx, rx) = mpsc::channel(1);
         let stream = Stream_::new(self, "sotw");
-        tokio::spawn(stream.run_sotw(request.into_inner(), tx));
+        tokio::spawn(stream.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -151,8 +151,69 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(1);
         let stream = Stream_::new(self, "delta");
-        tokio::spawn(stream.run_delta(request.into_inner(), tx));
+        tokio::spawn(stream.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One xDS protocol, named by its request type: how a request is answered and how a
+/// change is pushed on a stream.
+trait Protocol: Sized + Send + 'static {
+    type Response: Send + 'static;
+
+    fn answer(
+        stream: &mut Stream_,
+        request: Self,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
+
+    fn push(
+        stream: &mut Stream_,
+        snapshot: &Snapshot,
+        type_url: &str,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl Future<Output = bool> + Send;
+}
+
+impl Protocol for DiscoveryRequest {
+    type Response = DiscoveryResponse;
+
+    fn answer(
+        stream: &mut Stream_,
+        request: Self,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl Future<Output = Result<(), Status>> + Send {
+        stream.on_sotw_request(request, tx)
+    }
+
+    fn push(
+        stream: &mut Stream_,
+        snapshot: &Snapshot,
+        type_url: &str,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl Future<Output = bool> + Send {
+        stream.send_sotw(snapshot, type_url, false, tx)
+    }
+}
+
+impl Protocol for DeltaDiscoveryRequest {
+    type Response = DeltaDiscoveryResponse;
+
+    fn answer(
+        stream: &mut Stream_,
+        request: Self,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl Future<Output = Result<(), Status>> + Send {
+        stream.on_delta_request(request, tx)
+    }
+
+    fn push(
+        stream: &mut Stream_,
+        snapshot: &Snapshot,
+        type_url: &str,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl Future<Output = bool> + Send {
+        stream.send_delta(snapshot, type_url, false, tx)
     }
 }
 
@@ -319,11 +380,9 @@ impl Stream_ {
 
     // ------------------------------------------------------------ state of the world
 
-    async fn run_sotw(
-        mut self,
-        mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) {
+    /// Serves one stream until it ends: answers requests, pushes new snapshots. The two
+    /// protocols differ only in how they answer and push ([`Protocol`]).
+    async fn run<P: Protocol>(mut self, mut requests: Streaming<P>, tx: mpsc::Sender<Result<P::Response, Status>>) {
         let mut snapshots = self.snapshots.clone();
         loop {
             tokio::select! {
@@ -333,7 +392,7 @@ impl Stream_ {
                         Some(Err(e)) => { tracing::debug!(error = %e, "stream ended"); break; }
                         None => break,
                     };
-                    if let Err(status) = self.on_sotw_request(request, &tx).await {
+                    if let Err(status) = P::answer(&mut self, request, &tx).await {
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
@@ -343,7 +402,7 @@ impl Stream_ {
                     if changed.is_err() { break; }
                     let snapshot = snapshots.borrow_and_update().clone();
                     for t in type_url::PUSH_ORDER {
-                        if self.watches.contains_key(*t) && !self.send_sotw(&snapshot, t, false, &tx).await { break; }
+                        if self.watches.contains_key(*t) && !P::push(&mut self, &snapshot, t, &tx).await { break; }
                     }
                     self.release_if_idle();
                 }
@@ -351,6 +410,8 @@ impl Stream_ {
         }
         self.close();
     }
+
+    // ------------------------------------------------------------ state of the world
 
     async fn on_sotw_request(
         &mut self,
@@ -419,39 +480,6 @@ impl Stream_ {
     }
 
     // ------------------------------------------------------------ delta
-
-    async fn run_delta(
-        mut self,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) {
-        let mut snapshots = self.snapshots.clone();
-        loop {
-            tokio::select! {
-                request = requests.next() => {
-                    let request = match request {
-                        Some(Ok(r)) => r,
-                        Some(Err(e)) => { tracing::debug!(error = %e, "stream ended"); break; }
-                        None => break,
-                    };
-                    if let Err(status) = self.on_delta_request(request, &tx).await {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                    self.release_if_idle();
-                }
-                changed = snapshots.changed() => {
-                    if changed.is_err() { break; }
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    for t in type_url::PUSH_ORDER {
-                        if self.watches.contains_key(*t) && !self.send_delta(&snapshot, t, false, &tx).await { break; }
-                    }
-                    self.release_if_idle();
-                }
-            }
-        }
-        self.close();
-    }
 
     async fn on_delta_request(
         &mut self,

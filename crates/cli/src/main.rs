@@ -1,6 +1,7 @@
 //! The `weft` command.
 
 mod output;
+mod proxy;
 mod status;
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ enum Command {
     Validate(CheckArgs),
     /// Serve Envoy v3 xDS for the Istio configuration in PATH (watched for changes).
     ControlPlane(ControlPlaneArgs),
+    /// Run the weft proxy (sidecar or gateway), configured by the control plane's xDS.
+    Proxy(Box<proxy::ProxyArgs>),
     /// Show each connected proxy's sync state (SYNCED, STALE, NACKED) per xDS type.
     ProxyStatus {
         /// The control plane's debug address.
@@ -157,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if parsed.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::ControlPlane(args) => control_plane(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::ProxyStatus { control_plane, output } => {
             let syncz = status::fetch(control_plane, "/debug/syncz")?;
             match output {

@@ -1,4 +1,134 @@
 //! The weft proxy: sidecar and gateway data plane.
 //!
-//! Knows only xDS, never Istio YAML. Listeners, HTTP/TCP proxying, routing, load
-//! balancing, resilience, mTLS, authorization, metrics and the admin endpoint live here.
+//! Knows only xDS, never Istio YAML. The xDS client ([`xds`]) compiles what the control
+//! plane sends ([`model`]) into an immutable [`state::DataPlane`]; listeners
+//! ([`listeners`]) accept connections and run HTTP ([`http`]) or TCP ([`tcp`]) proxying
+//! against it; [`upstream`] owns pools, load balancing and resilience; [`admin`] serves
+//! Envoy's admin endpoints. Control work (xDS, admin) never runs on the request path:
+//! a request reads the configuration through one atomic pointer.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod dump;
+pub mod http;
+pub mod listeners;
+pub mod model;
+pub mod reply;
+pub mod state;
+pub mod stats;
+pub mod tcp;
+pub mod tls;
+pub mod upstream;
+pub mod xds;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::sync::Notify;
+
+pub use config::{NodeInfo, ProxyConfig, XdsProtocol};
+use listeners::ListenerManager;
+use state::{DataPlane, Store};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An admin or readiness address is taken.
+    #[error("cannot bind the {what} endpoint to {address}: {source} (is another proxy running there?)")]
+    Bind { what: &'static str, address: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// State shared by the xDS client, the listeners and the admin endpoint.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration requests read.
+    pub data: ArcSwap<DataPlane>,
+    /// Accepted xDS resources.
+    pub store: Mutex<Store>,
+    /// Running listeners.
+    pub listeners: Mutex<ListenerManager>,
+    /// Counters.
+    pub stats: stats::Stats,
+    /// Start-up configuration.
+    pub config: ProxyConfig,
+    /// Set once the first complete configuration is applied.
+    pub ready: AtomicBool,
+    /// Set when shutdown begins.
+    pub draining: AtomicBool,
+    /// `POST /quitquitquit`.
+    pub quit: Notify,
+    /// Process start.
+    pub started: Instant,
+    drain: Mutex<Option<GracefulShutdown>>,
+}
+
+impl Shared {
+    /// New shared state with an empty configuration.
+    pub fn new(config: ProxyConfig) -> Shared {
+        Shared {
+            data: ArcSwap::from_pointee(DataPlane::default()),
+            store: Mutex::new(Store::default()),
+            listeners: Mutex::new(ListenerManager::default()),
+            stats: stats::Stats::default(),
+            config,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            quit: Notify::new(),
+            started: Instant::now(),
+            drain: Mutex::new(Some(GracefulShutdown::new())),
+        }
+    }
+
+    /// Whether the proxy has a complete configuration and is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A watcher for a new connection, or None once draining has begun.
+    pub fn drain_watcher(&self) -> Option<Watcher> {
+        self.drain.lock().ok()?.as_ref().map(GracefulShutdown::watcher)
+    }
+}
+
+/// Runs the proxy until `shutdown` completes (or `POST /quitquitquit`), then drains:
+/// listeners close, in-flight requests get up to the drain grace period to finish.
+pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    tracing::info!(?config, "starting weft proxy");
+    let admin_address = config.admin_address;
+    let readiness_address = config.readiness_address;
+    let grace = config.drain_grace;
+    let shared = Arc::new(Shared::new(config));
+    let admin = admin::bind(admin_address).await.map_err(|source| StartError::Bind {
+        what: "admin",
+        address: admin_address,
+        source,
+    })?;
+    tokio::spawn(admin::serve_admin(shared.clone(), admin));
+    if let Some(address) = readiness_address {
+        let listener =
+            admin::bind(address).await.map_err(|source| StartError::Bind { what: "readiness", address, source })?;
+        tokio::spawn(admin::serve_readiness(shared.clone(), listener));
+    }
+    let client = tokio::spawn(xds::run(shared.clone()));
+    tokio::select! {
+        () = shutdown => {}
+        () = shared.quit.notified() => {}
+    }
+    tracing::info!(?grace, "draining: listeners closed, waiting for in-flight requests");
+    shared.draining.store(true, Ordering::Relaxed);
+    client.abort();
+    if let Ok(mut listeners) = shared.listeners.lock() {
+        listeners.stop_all();
+    }
+    let drain = shared.drain.lock().ok().and_then(|mut d| d.take());
+    if let Some(drain) = drain
+        && tokio::time::timeout(grace, drain.shutdown()).await.is_err()
+    {
+        tracing::warn!("drain grace period over; closing the remaining connections");
+    }
+    Ok(())
+}

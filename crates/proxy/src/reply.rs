@@ -39,6 +39,7 @@ flags! {
     NO_CLUSTER = 9, "NC", "The route's cluster does not exist.";
     DOWNSTREAM_PROTOCOL_ERROR = 10, "DPE", "The request was malformed.";
     UPSTREAM_CONNECTION_TERMINATION = 11, "UC", "The upstream closed the connection.";
+    UPGRADE_FAILED = 12, "UPE", "The upgrade was not allowed.";
 }
 
 impl std::ops::BitOr for Flags {
@@ -94,6 +95,8 @@ impl LocalReply {
     pub const TIMEOUT: LocalReply = LocalReply::new(504, "upstream request timeout", Flags::UPSTREAM_TIMEOUT);
     /// The route's cluster is unknown: 503.
     pub const NO_CLUSTER: LocalReply = LocalReply::new(503, "", Flags::NO_CLUSTER);
+    /// An upgrade the connection manager does not allow: 403.
+    pub const UPGRADE_FAILED: LocalReply = LocalReply::new(403, "", Flags::UPGRADE_FAILED);
     /// A malformed request: 400.
     pub const BAD_REQUEST: LocalReply = LocalReply::new(400, "Bad Request", Flags::DOWNSTREAM_PROTOCOL_ERROR);
 

@@ -36,7 +36,7 @@ pub fn python() -> PathBuf {
     installed("WEFT_PYTHON", "python", "grpcio")
 }
 
-fn grpc_script() -> PathBuf {
+pub fn grpc_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/grpc_echo.py")
 }
 

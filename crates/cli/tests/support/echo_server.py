@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """A small HTTP backend for tests: answers every request with JSON naming itself
-(`--name`), echoing method, path and headers. `/status/CODE` answers CODE;
-`--fail-every N` answers 503 to every Nth request (a flaky backend)."""
+(`--name`), echoing method, path, headers and the body's length. `/status/CODE`
+answers CODE; `/delay/MS` answers after MS milliseconds; `--fail-every N` answers 503
+to all but every Nth request (a flaky backend). A request with `Upgrade: websocket`
+is switched (101) and every byte sent after it is echoed back."""
 
 import argparse
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
@@ -32,7 +35,14 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             count += 1
             n = count
+        length = int(self.headers.get("content-length") or 0)
+        received = self.rfile.read(length) if length else b""
+        if self.headers.get("upgrade", "").lower() == "websocket":
+            self.switch()
+            return
         status = 200
+        if self.path.startswith("/delay/"):
+            time.sleep(int(self.path.split("/")[2]) / 1000)
         if self.path.startswith("/status/"):
             status = int(self.path.split("/")[2])
         elif args.fail_every and n % args.fail_every != 0:
@@ -43,6 +53,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "count": n,
+            "body_length": len(received),
             "tls": bool(args.tls_cert),
         }).encode()
         self.send_response(status)
@@ -52,7 +63,21 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+    def switch(self):
+        self.send_response(101)
+        self.send_header("upgrade", "websocket")
+        self.send_header("connection", "upgrade")
+        self.send_header("x-backend", args.name)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.connection.recv(4096)
+            if not data:
+                break
+            self.connection.sendall(data)
+        self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = handle_any
 
 
 server = ThreadingHTTPServer((args.address, args.port), Handler)

@@ -46,7 +46,8 @@ def serve(args):
 
 def client(args):
     metadata = [tuple(m.split("=", 1)) for m in args.metadata]
-    with grpc.insecure_channel(args.target) as channel:
+    options = [("grpc.default_authority", args.authority)] if args.authority else []
+    with grpc.insecure_channel(args.target, options=options) as channel:
         call = channel.unary_unary(METHOD)
         i = 0
         while args.interval or i < args.count:
@@ -73,6 +74,7 @@ c.add_argument("--count", type=int, default=1)
 c.add_argument("--interval", type=float, default=0)
 c.add_argument("--timeout", type=float, default=20)
 c.add_argument("--metadata", action="append", default=[])
+c.add_argument("--authority", help="the :authority to send (calls through a sidecar)")
 args = parser.parse_args()
 serve(args) if args.mode == "server" else client(args)
 sys.exit(0)

@@ -209,6 +209,11 @@ fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
             http_filter("envoy.filters.http.cors", pack_any(Cors::default())),
             router(),
         ],
+        // As Istio: WebSocket upgrades pass through every HTTP listener.
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     FilterChain {

@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -46,8 +46,21 @@ pub struct Matched<'a> {
 
 /// The request body, kept for replay when it is small enough.
 enum Replay {
+    /// Read whole before the first attempt (mirrored requests, empty bodies).
     Buffered(Bytes),
+    /// Streamed to the first attempt while a copy is kept for retries.
+    Recorded { first: Option<Incoming>, copy: Arc<Mutex<Recording>> },
+    /// Streamed once; no retry is possible.
     Streaming(Option<Incoming>),
+}
+
+/// The frames of a request body as they went upstream.
+#[derive(Default)]
+struct Recording {
+    frames: Vec<Frame<Bytes>>,
+    size: usize,
+    complete: bool,
+    overflow: bool,
 }
 
 impl Replay {
@@ -55,11 +68,87 @@ impl Replay {
         match self {
             Replay::Buffered(b) => Some(full(b.clone())),
             Replay::Streaming(s) => s.take().map(stream),
+            Replay::Recorded { first, copy } => {
+                if let Some(incoming) = first.take() {
+                    return Some(Tee { inner: incoming, copy: copy.clone() }.map_err(BoxError::from).boxed());
+                }
+                let recording = copy.lock().ok()?;
+                if !recording.complete || recording.overflow {
+                    return None;
+                }
+                let frames: Vec<Result<Frame<Bytes>, BoxError>> = recording
+                    .frames
+                    .iter()
+                    .map(|f| match f.data_ref() {
+                        Some(d) => Ok(Frame::data(d.clone())),
+                        None => Ok(Frame::trailers(f.trailers_ref().cloned().unwrap_or_default())),
+                    })
+                    .collect();
+                Some(StreamBody::new(futures_stream(frames)).boxed())
+            }
         }
     }
 
     fn replayable(&self) -> bool {
-        matches!(self, Replay::Buffered(_))
+        match self {
+            Replay::Buffered(_) => true,
+            Replay::Streaming(_) => false,
+            Replay::Recorded { first: Some(_), .. } => true,
+            Replay::Recorded { first: None, copy } => copy.lock().is_ok_and(|r| r.complete && !r.overflow),
+        }
+    }
+}
+
+fn futures_stream(
+    frames: Vec<Result<Frame<Bytes>, BoxError>>,
+) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync + 'static {
+    tokio_stream::iter(frames)
+}
+
+/// Forwards a body while keeping a copy, up to [`MAX_BUFFERED_BODY`].
+struct Tee {
+    inner: Incoming,
+    copy: Arc<Mutex<Recording>>,
+}
+
+impl HttpBody for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Ok(mut recording) = self.copy.lock() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) if !recording.overflow => {
+                    let copy = match frame.data_ref() {
+                        Some(d) => Frame::data(d.clone()),
+                        None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
+                    };
+                    recording.size += copy.data_ref().map_or(0, Bytes::len);
+                    if recording.size as u64 > MAX_BUFFERED_BODY {
+                        recording.overflow = true;
+                        recording.frames.clear();
+                    } else {
+                        recording.frames.push(copy);
+                    }
+                    // Senders stop polling once the body says it has ended.
+                    recording.complete = self.inner.is_end_stream();
+                }
+                Poll::Ready(None) => recording.complete = true,
+                _ if self.inner.is_end_stream() => recording.complete = true,
+                Poll::Ready(Some(Err(_))) => recording.overflow = true,
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -77,6 +166,12 @@ pub async fn forward(
     let upstream = data.clusters.get(cluster).cloned().ok_or(LocalReply::NO_CLUSTER)?;
     let hash = request_hash(&fwd.hash_policy, &req, conn.peer);
     let upgrade = upgrade_of(req.headers());
+    if let Some(u) = &upgrade
+        && !u.to_str().is_ok_and(|u| conn.spec.upgrades.iter().any(|allowed| allowed.eq_ignore_ascii_case(u)))
+    {
+        // Envoy refuses upgrades its connection manager is not configured for.
+        return Err(LocalReply::UPGRADE_FAILED);
+    }
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let host = authority(&req).unwrap_or_default();
     let (mut parts, body) = req.into_parts();
@@ -115,8 +210,7 @@ pub async fn forward(
         parts.headers.insert(HOST, HeaderValue::from_str(&authority).map_err(|_| LocalReply::BAD_REQUEST)?);
     }
 
-    let wants_copy = fwd.retry.is_some() || !fwd.mirrors.is_empty();
-    let mut body = prepare_body(body, &parts.headers, wants_copy).await?;
+    let mut body = prepare_body(body, &parts.headers, fwd).await?;
     if let Replay::Buffered(bytes) = &body {
         for (mirror, share) in &fwd.mirrors {
             if chance(*share)
@@ -262,16 +356,20 @@ fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> String {
     }
 }
 
-async fn prepare_body(body: Incoming, headers: &HeaderMap, wants_copy: bool) -> Result<Replay, LocalReply> {
+async fn prepare_body(body: Incoming, headers: &HeaderMap, fwd: &Forward) -> Result<Replay, LocalReply> {
     if body.is_end_stream() {
         return Ok(Replay::Buffered(Bytes::new()));
     }
     let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match length {
-        Some(n) if wants_copy && n <= MAX_BUFFERED_BODY => {
+        // A mirror needs the body before the first attempt starts.
+        Some(n) if !fwd.mirrors.is_empty() && n <= MAX_BUFFERED_BODY => {
             let collected =
                 Limited::new(body, MAX_BUFFERED_BODY as usize).collect().await.map_err(|_| LocalReply::BAD_REQUEST)?;
             Ok(Replay::Buffered(collected.to_bytes()))
+        }
+        _ if fwd.retry.is_some() => {
+            Ok(Replay::Recorded { first: Some(body), copy: Arc::new(Mutex::new(Recording::default())) })
         }
         _ => Ok(Replay::Streaming(Some(body))),
     }
@@ -384,7 +482,6 @@ async fn attempts(
     let mut retries = 0u32;
     let mut _retry_slot = None;
     loop {
-        let retry_left = retry.filter(|r| retries < r.num_retries && body.replayable());
         let set = upstream.hosts_full();
         let avoid: &[usize] = if retry.is_some_and(|r| r.other_hosts) { &tried } else { &[] };
         let Some(index) = set.balancer.pick(&set.hosts, hash, avoid) else {
@@ -411,6 +508,8 @@ async fn attempts(
             Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::PerTryTimeout)),
             None => sent.await,
         };
+        // Whether another attempt is possible: retries left and the body can be replayed.
+        let retry_left = retry.filter(|r| retries < r.num_retries && body.replayable());
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();

@@ -80,6 +80,8 @@ pub struct HttpSpec {
     pub headers_timeout: Option<Duration>,
     /// Limit on the time a stream may be idle.
     pub stream_idle_timeout: Option<Duration>,
+    /// Upgrade types allowed through (`websocket`), lower-cased.
+    pub upgrades: Vec<String>,
 }
 
 /// Downstream codec.
@@ -262,6 +264,12 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             .as_ref()
             .map_or(Some(Duration::from_secs(3600)), |d| Some(duration(d)).filter(|d| !d.is_zero())),
         headers_timeout: h.request_headers_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+        upgrades: h
+            .upgrade_configs
+            .iter()
+            .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
+            .map(|u| u.upgrade_type.to_ascii_lowercase())
+            .collect(),
         stream_idle_timeout: h
             .stream_idle_timeout
             .as_ref()

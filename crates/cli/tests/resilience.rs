@@ -1,0 +1,324 @@
+//! Resilience, protocols and bad input, through Envoy and through weft with the same
+//! assertions: circuit breakers, outlier detection, connect failures and empty
+//! clusters; WebSocket, h2c, large bodies and gRPC through a sidecar; malformed and
+//! oversized requests refused while the proxy keeps serving.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::mesh::{Dataplane, Mesh};
+
+/// A service per behaviour, and the client's sidecar in local mode.
+fn services(b: u8) -> String {
+    let service = |name: &str, port: u32, protocol: &str| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {port}, name: p{port}, protocol: {protocol}}}]
+  workloadSelector: {{labels: {{app: {name}}}}}
+---"#
+        )
+    };
+    let workload = |name: &str, app: &str, ip: &str| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}}}
+spec: {{address: 127.{b}.{ip}, labels: {{app: {app}}}}}
+---"#
+        )
+    };
+    let mut yaml = String::new();
+    for (name, port, protocol) in
+        [("slow", 9080, "HTTP"), ("flaky", 9080, "HTTP"), ("empty", 9080, "HTTP"), ("echo", 9080, "HTTP")]
+    {
+        yaml.push_str(&service(name, port, protocol));
+    }
+    yaml.push_str(&service("grpc-echo", 9090, "GRPC"));
+    for (name, app, ip) in [
+        ("slow-1", "slow", "1.1"),
+        ("flaky-good", "flaky", "1.2"),
+        ("flaky-bad", "flaky", "1.3"),
+        ("echo-1", "echo", "1.4"),
+        ("grpc-1", "grpc-echo", "1.5"),
+    ] {
+        yaml.push_str(&workload(name, app, ip));
+    }
+    yaml.push_str(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: gone}}
+spec:
+  hosts: [gone.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.{b}.1.9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: slow}}
+spec:
+  host: slow
+  trafficPolicy:
+    connectionPool: {{tcp: {{maxConnections: 1}}, http: {{http1MaxPendingRequests: 1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: flaky}}
+spec:
+  host: flaky
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: flaky}}
+spec:
+  hosts: [flaky]
+  http:
+  - retries: {{attempts: 0}}
+    route: [{{destination: {{host: flaky}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: grpc-echo}}
+spec:
+  hosts: [grpc-echo]
+  http:
+  - match: [{{headers: {{x-deny: {{exact: "yes"}}}}}}]
+    fault: {{abort: {{grpcStatus: PERMISSION_DENIED, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: grpc-echo}}}}]
+  - retries: {{attempts: 4, retryOn: unavailable}}
+    route: [{{destination: {{host: grpc-echo}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    bind: 127.{b}.2.1
+    hosts: ["./*"]
+  - port: {{number: 9090, protocol: GRPC, name: grpc}}
+    bind: 127.{b}.2.1
+    hosts: ["./*"]
+"#
+    ));
+    yaml
+}
+
+fn start(kind: Dataplane, b: u8) -> Mesh {
+    let mut mesh = Mesh::start(b, &[("services.yaml", &services(b))]);
+    mesh.backend("slow-1", &format!("127.{b}.1.1"), 9080, 0);
+    mesh.backend("flaky-good", &format!("127.{b}.1.2"), 9080, 0);
+    mesh.backend("flaky-bad", &format!("127.{b}.1.3"), 9080, 1_000_000);
+    mesh.backend("echo-1", &format!("127.{b}.1.4"), 9080, 0);
+    mesh.grpc_server("grpc-1", &format!("127.{b}.1.5"), 9090, 3);
+    let node = format!("sidecar~127.{b}.2.1~client.default~default.svc.cluster.local");
+    mesh.proxy(kind, "client", &node, &[("app", "client")], &format!("127.{b}.2.1"), true);
+    let url = format!("http://127.{b}.2.1:9080/");
+    mesh.wait_until("the client's egress listener", || mesh.curl(&["-H", "Host: echo", &url]).status == 200);
+    mesh
+}
+
+/// Envoy's text for failures before any response headers.
+const RESET_BEFORE_HEADERS: &str = "upstream connect error or disconnect/reset before headers.";
+
+fn circuit_breakers_outlier_detection_and_failed_upstreams(kind: Dataplane, b: u8) {
+    let mesh = start(kind, b);
+    let egress = format!("http://127.{b}.2.1:9080");
+
+    // One connection and one pending request allowed: of six concurrent slow requests,
+    // the ones beyond that are refused at once with 503 (overflow), the rest served.
+    let replies: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..6).map(|_| s.spawn(|| mesh.curl(&["-H", "Host: slow", &format!("{egress}/delay/1500")]))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| panic!("curl thread"))).collect()
+    });
+    let served = replies.iter().filter(|r| r.status == 200).count();
+    let overflowed = replies
+        .iter()
+        .filter(|r| r.status == 503 && r.body.starts_with(RESET_BEFORE_HEADERS) && r.body.contains("overflow"))
+        .count();
+    assert!(served >= 1 && overflowed >= 2 && served + overflowed == 6, "{replies:#?}");
+
+    // Outlier detection: after two consecutive 5xx the failing host is ejected, and
+    // every later request goes to the healthy one.
+    let flaky: Vec<_> = (0..30).map(|_| mesh.curl(&["-H", "Host: flaky", &format!("{egress}/")])).collect();
+    let failures = flaky.iter().filter(|r| r.status == 503).count();
+    assert!(failures <= 3, "{failures} failures before ejection");
+    assert!(flaky[10..].iter().all(|r| (r.status, r.backend()) == (200, "flaky-good")), "{:?}", &flaky[10..]);
+
+    // Nothing listening: 503 with Envoy's reset text, after Istio's default retries.
+    let gone = mesh.curl(&["-H", "Host: gone", &format!("{egress}/")]);
+    assert_eq!(gone.status, 503, "{gone:?}");
+    assert!(gone.body.starts_with(RESET_BEFORE_HEADERS), "{gone:?}");
+
+    // No endpoints at all.
+    let empty = mesh.curl(&["-H", "Host: empty", &format!("{egress}/")]);
+    assert_eq!((empty.status, empty.body.as_str()), (503, "no healthy upstream"), "{empty:?}");
+
+    // No route for an unknown host.
+    assert_eq!(mesh.curl(&["-H", "Host: unknown.example.com", &format!("{egress}/")]).status, 404);
+    mesh.wait_synced(1);
+}
+
+/// Sends raw bytes, returns everything read until the peer closes or goes quiet.
+fn raw(address: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("{address}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(request).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") && !request.starts_with(b"GET /ws") {
+                    // One response head is enough for these checks.
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn websocket_h2c_bodies_and_grpc(kind: Dataplane, b: u8) {
+    let mesh = start(kind, b);
+    let address = format!("127.{b}.2.1:9080");
+
+    // WebSocket: the upgrade is forwarded, then bytes flow both ways.
+    let mut ws = TcpStream::connect(&address).unwrap_or_else(|e| panic!("{e}"));
+    ws.set_read_timeout(Some(Duration::from_secs(10))).unwrap_or_else(|e| panic!("{e}"));
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && ws.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert_eq!(status_of(&head), 101, "{head}");
+    ws.write_all(b"ping through the tunnel").unwrap_or_else(|e| panic!("{e}"));
+    let mut echoed = [0u8; 23];
+    ws.read_exact(&mut echoed).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&echoed, b"ping through the tunnel");
+
+    // h2c with prior knowledge, answered over HTTP/2.
+    let h2 = mesh.curl(&["--http2-prior-knowledge", "-H", "Host: echo", &format!("http://{address}/h2")]);
+    assert_eq!((h2.status, h2.backend()), (200, "echo-1"), "{h2:?}");
+
+    // A 200 KB body arrives whole.
+    let body = mesh.config_dir.path().join("body.bin");
+    std::fs::write(&body, "x".repeat(200_000)).unwrap_or_else(|e| panic!("{e}"));
+    let body = format!("@{}", body.display());
+    let posted = mesh.curl(&["-H", "Host: echo", "--data-binary", &body, &format!("http://{address}/upload")]);
+    assert_eq!(posted.json()["body_length"], 200_000, "{posted:?}");
+
+    // gRPC through the sidecar: retries on UNAVAILABLE make a flaky server succeed, and
+    // an injected abort arrives as the configured gRPC status.
+    let grpc = |metadata: &[&str]| {
+        let mut cmd = std::process::Command::new(common::mesh::python());
+        cmd.arg(common::mesh::grpc_script())
+            .args(["client", "--target", &format!("127.{b}.2.1:9090"), "--count", "6"])
+            .args(["--authority", "grpc-echo.default.svc.cluster.local:9090"]);
+        for m in metadata {
+            cmd.args(["--metadata", m]);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let calls = grpc(&[]);
+    assert_eq!(calls.len(), 6);
+    assert!(calls.iter().all(|c| c["ok"] == true && c["name"] == "grpc-1"), "{calls:?}");
+    let denied = grpc(&["x-deny=yes"]);
+    assert!(denied.iter().all(|c| c["code"] == "PERMISSION_DENIED"), "{denied:?}");
+    mesh.wait_synced(1);
+}
+
+fn bad_input_is_refused_and_serving_goes_on(kind: Dataplane, b: u8) {
+    let mesh = start(kind, b);
+    let address = format!("127.{b}.2.1:9080");
+
+    // Request smuggling: a message with both framings can never be read two ways.
+    let both = raw(
+        &address,
+        b"POST / HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    match kind {
+        Dataplane::Envoy => assert_eq!(status_of(&both), 400, "{both}"),
+        // A deliberate difference: weft follows RFC 9112 §6.3 instead of refusing. The
+        // chunked framing wins, Content-Length is dropped, and the connection is closed
+        // after the response, so no second request can hide in the body either way.
+        Dataplane::Weft => {
+            assert_eq!(status_of(&both), 200, "{both}");
+            assert!(both.to_ascii_lowercase().contains("connection: close"), "{both}");
+        }
+    }
+
+    // Headers beyond the limits (60 KiB, 100 headers): 431.
+    let big = format!("GET / HTTP/1.1\r\nHost: echo\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    assert_eq!(status_of(&raw(&address, big.as_bytes())), 431);
+    let many: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: echo\r\n{many}\r\n");
+    assert_eq!(status_of(&raw(&address, many.as_bytes())), 431);
+
+    // Not HTTP at all.
+    assert_eq!(status_of(&raw(&address, b"HELLO THERE\r\n\r\n")), 400);
+
+    // And the proxy still serves.
+    let ok = mesh.curl(&["-H", "Host: echo", &format!("http://{address}/after")]);
+    assert_eq!((ok.status, ok.backend()), (200, "echo-1"));
+}
+
+#[test]
+fn envoy_circuit_breakers_outlier_detection_and_failed_upstreams() {
+    circuit_breakers_outlier_detection_and_failed_upstreams(Dataplane::Envoy, 46);
+}
+
+#[test]
+fn weft_circuit_breakers_outlier_detection_and_failed_upstreams() {
+    circuit_breakers_outlier_detection_and_failed_upstreams(Dataplane::Weft, 146);
+}
+
+#[test]
+fn envoy_websocket_h2c_bodies_and_grpc() {
+    websocket_h2c_bodies_and_grpc(Dataplane::Envoy, 47);
+}
+
+#[test]
+fn weft_websocket_h2c_bodies_and_grpc() {
+    websocket_h2c_bodies_and_grpc(Dataplane::Weft, 147);
+}
+
+#[test]
+fn envoy_bad_input_is_refused_and_serving_goes_on() {
+    bad_input_is_refused_and_serving_goes_on(Dataplane::Envoy, 48);
+}
+
+#[test]
+fn weft_bad_input_is_refused_and_serving_goes_on() {
+    bad_input_is_refused_and_serving_goes_on(Dataplane::Weft, 148);
+}

@@ -960,3 +960,174 @@ fn cors_of(config: &HashMap<String, Any>) -> Result<Option<Arc<Cors>>, ConfigErr
         credentials: c.allow_credentials.as_ref().is_some_and(|b| b.value),
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::route::v3::{RouteMatch, VirtualHost as Vh};
+
+    fn table(domains: &[&[&str]]) -> RouteTable {
+        let rc = RouteConfiguration {
+            name: "t".into(),
+            virtual_hosts: domains
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Vh {
+                    name: format!("vh{i}"),
+                    domains: d.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        compile_route_table(&rc).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn virtual_hosts_match_in_envoys_order() {
+        let t = table(&[&["*"], &["*.example.com"], &["*.shop.example.com"], &["api.*"], &["api.shop.example.com"]]);
+        let name = |host: &str| t.virtual_host(host).map(|v| v.name.clone());
+        assert_eq!(name("API.shop.example.com").as_deref(), Some("vh4"), "exact first, case-insensitive");
+        assert_eq!(name("www.shop.example.com").as_deref(), Some("vh2"), "longest suffix next");
+        assert_eq!(name("www.example.com").as_deref(), Some("vh1"));
+        assert_eq!(name("api.other.org").as_deref(), Some("vh3"), "then prefixes");
+        assert_eq!(name("other.org").as_deref(), Some("vh0"), "then the catch-all");
+        assert_eq!(name("example.com").as_deref(), Some("vh0"), "*.example.com needs a label before it");
+    }
+
+    #[test]
+    fn duplicate_domains_are_rejected() {
+        let rc = RouteConfiguration {
+            name: "t".into(),
+            virtual_hosts: vec![
+                Vh { name: "a".into(), domains: vec!["x".into()], ..Default::default() },
+                Vh { name: "b".into(), domains: vec!["x".into()], ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let err = compile_route_table(&rc).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("duplicate entry of domain x"), "{err}");
+    }
+
+    fn matcher(m: RouteMatch) -> RouteMatcher {
+        let r = EnvoyRoute {
+            r#match: Some(m),
+            action: Some(route::Action::DirectResponse(Default::default())),
+            ..Default::default()
+        };
+        // A direct response needs a valid status; the matcher is what is tested here.
+        let mut r = r;
+        r.action =
+            Some(route::Action::DirectResponse(envoy_types::pb::envoy::config::route::v3::DirectResponseAction {
+                status: 200,
+                ..Default::default()
+            }));
+        compile_route(&r).unwrap_or_else(|e| panic!("{e}")).matcher
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header_name(k).unwrap_or_else(|e| panic!("{e}")),
+                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn header_matching_follows_envoy_on_missing_headers() {
+        let exact = |invert| HeaderMatcher {
+            name: "end-user".into(),
+            invert_match: invert,
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact("jason".into())),
+                ignore_case: false,
+            })),
+            ..Default::default()
+        };
+        let m = matcher(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            headers: vec![exact(true)],
+            ..Default::default()
+        });
+        assert!(m.matches("/", &headers(&[("end-user", "mary")])));
+        assert!(!m.matches("/", &headers(&[("end-user", "jason")])));
+        // Envoy: an inverted string match does not match an absent header.
+        assert!(!m.matches("/", &headers(&[])));
+        let m = matcher(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            headers: vec![exact(false)],
+            ..Default::default()
+        });
+        assert!(m.matches("/", &headers(&[("end-user", "jason")])));
+        assert!(!m.matches("/", &headers(&[])));
+    }
+
+    #[test]
+    fn paths_match_without_the_query_and_regexes_match_whole_paths() {
+        let prefix = matcher(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/api".into())),
+            case_sensitive: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            ..Default::default()
+        });
+        assert!(prefix.matches("/API/v1?x=1", &headers(&[])));
+        let exact = matcher(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Path("/login".into())),
+            ..Default::default()
+        });
+        assert!(exact.matches("/login?next=/", &headers(&[])));
+        assert!(!exact.matches("/login/", &headers(&[])));
+        let regex = matcher(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::SafeRegex(
+                envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                    regex: "/items/[0-9]+".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        });
+        assert!(regex.matches("/items/42", &headers(&[])));
+        assert!(!regex.matches("/items/42/edit", &headers(&[])));
+        let separated = matcher(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::PathSeparatedPrefix("/reviews".into())),
+            ..Default::default()
+        });
+        assert!(separated.matches("/reviews/7", &headers(&[])) && separated.matches("/reviews", &headers(&[])));
+        assert!(!separated.matches("/reviewsfoo", &headers(&[])));
+        let query = matcher(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            query_parameters: vec![QueryParameterMatcher {
+                name: "lang".into(),
+                query_parameter_match_specifier: Some(
+                    query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact("en gb".into())),
+                        ignore_case: false,
+                    }),
+                ),
+            }],
+            ..Default::default()
+        });
+        assert!(query.matches("/?a=1&lang=en%20gb", &headers(&[])));
+        assert!(!query.matches("/?lang=fr", &headers(&[])));
+    }
+
+    #[test]
+    fn fractional_percents_scale_to_parts_per_million() {
+        let p = |numerator, d: fractional_percent::DenominatorType| {
+            per_million(Some(&FractionalPercent { numerator, denominator: d as i32 }))
+        };
+        assert_eq!(p(25, fractional_percent::DenominatorType::Hundred), 250_000);
+        assert_eq!(p(25, fractional_percent::DenominatorType::TenThousand), 2_500);
+        assert_eq!(p(7, fractional_percent::DenominatorType::Million), 7);
+        assert_eq!(p(500, fractional_percent::DenominatorType::Hundred), 1_000_000);
+        assert_eq!(per_million(None), 1_000_000);
+    }
+
+    #[test]
+    fn re2_substitutions_become_rust_ones() {
+        assert_eq!(envoy_substitution(r"/v2/\1/\2"), "/v2/${1}/${2}");
+        assert_eq!(envoy_substitution("/$x"), "/$$x");
+    }
+}

@@ -318,3 +318,157 @@ impl Host {
         self.endpoint.healthy && !self.is_ejected(now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cluster::{Discovery, LbPolicy, Limits, LocalityGroup, OutlierDetection};
+
+    fn spec(lb: LbPolicy, outlier: Option<OutlierDetection>) -> Arc<ClusterSpec> {
+        Arc::new(ClusterSpec {
+            name: "test".into(),
+            discovery: Discovery::Eds("test".into()),
+            lb,
+            connect_timeout: Duration::from_secs(1),
+            limits: Limits {
+                max_connections: 1024,
+                max_pending_requests: 1024,
+                max_requests: 1024,
+                max_retries: 3,
+                max_requests_per_connection: 0,
+            },
+            outlier,
+            http2: false,
+            idle_timeout: None,
+            tls: None,
+        })
+    }
+
+    fn endpoint(last: u8, weight: u32, healthy: bool) -> Endpoint {
+        let host = format!("127.0.0.{last}");
+        Endpoint { addr: format!("{host}:80").parse().ok(), host, port: 80, weight, healthy }
+    }
+
+    fn group(priority: u32, weight: u32, endpoints: Vec<Endpoint>) -> LocalityGroup {
+        LocalityGroup { locality: format!("r/z{priority}{weight}/"), weight, priority, endpoints }
+    }
+
+    fn upstream(lb: LbPolicy, groups: Vec<LocalityGroup>) -> Upstream {
+        let u = Upstream::new(spec(lb, None));
+        u.set_endpoints(&Endpoints { groups });
+        u
+    }
+
+    /// How many of `n` picks each host got, by its address.
+    fn picks(u: &Upstream, n: usize, hash: impl Fn(usize) -> Option<u64>) -> HashMap<String, usize> {
+        let set = u.hosts_full();
+        let mut out = HashMap::new();
+        for i in 0..n {
+            let Some(index) = set.balancer.pick(&set.hosts, hash(i), &[]) else { continue };
+            *out.entry(set.hosts[index].address.to_string()).or_default() += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_the_weights_exactly() {
+        let u = upstream(LbPolicy::RoundRobin, vec![group(0, 0, vec![endpoint(1, 1, true), endpoint(2, 3, true)])]);
+        let p = picks(&u, 400, |_| None);
+        assert_eq!((p["127.0.0.1:80"], p["127.0.0.2:80"]), (100, 300));
+    }
+
+    #[test]
+    fn consistent_hashing_is_sticky_and_spreads() {
+        for lb in [LbPolicy::RingHash { min_ring_size: 1024 }, LbPolicy::Maglev] {
+            let endpoints = (1..=4).map(|i| endpoint(i, 1, true)).collect();
+            let u = upstream(lb, vec![group(0, 0, endpoints)]);
+            let same = picks(&u, 50, |_| Some(42));
+            assert_eq!(same.len(), 1, "{lb:?}: one key, one host: {same:?}");
+            let spread = picks(&u, 4000, |i| Some(crate::upstream::lb::hash_of(i)));
+            assert_eq!(spread.len(), 4, "{lb:?}: {spread:?}");
+            assert!(spread.values().all(|n| *n > 500), "{lb:?}: {spread:?}");
+        }
+    }
+
+    #[test]
+    fn an_unhealthy_priority_fails_over_to_the_next() {
+        let u = upstream(
+            LbPolicy::RoundRobin,
+            vec![group(0, 0, vec![endpoint(1, 1, false)]), group(1, 0, vec![endpoint(2, 1, true)])],
+        );
+        assert_eq!(picks(&u, 20, |_| None).get("127.0.0.2:80"), Some(&20));
+        // Healthy again: priority 0 takes everything back.
+        u.set_endpoints(&Endpoints {
+            groups: vec![group(0, 0, vec![endpoint(1, 1, true)]), group(1, 0, vec![endpoint(2, 1, true)])],
+        });
+        assert_eq!(picks(&u, 20, |_| None).get("127.0.0.1:80"), Some(&20));
+    }
+
+    #[test]
+    fn locality_weights_split_the_traffic() {
+        let u = upstream(
+            LbPolicy::RoundRobin,
+            vec![group(0, 1, vec![endpoint(1, 1, true)]), group(0, 4, vec![endpoint(2, 1, true)])],
+        );
+        let p = picks(&u, 5000, |_| None);
+        let share = p["127.0.0.2:80"] as f64 / 5000.0;
+        assert!((0.75..0.85).contains(&share), "{p:?}");
+    }
+
+    #[test]
+    fn outlier_detection_ejects_after_consecutive_errors_within_the_limit() {
+        let od = OutlierDetection {
+            consecutive_5xx: Some(2),
+            consecutive_gateway_failure: None,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 50,
+            interval: Duration::from_secs(1),
+        };
+        let u = Upstream::new(spec(LbPolicy::RoundRobin, Some(od)));
+        u.set_endpoints(&Endpoints { groups: vec![group(0, 0, (1..=4).map(|i| endpoint(i, 1, true)).collect())] });
+        let set = u.hosts_full();
+        let now = Instant::now();
+        u.record(&set.hosts[0], Outcome::Status(503));
+        assert!(!set.hosts[0].is_ejected(now), "one error is not enough");
+        u.record(&set.hosts[0], Outcome::Status(503));
+        assert!(set.hosts[0].is_ejected(Instant::now()));
+        assert!(!picks(&u, 40, |_| None).contains_key("127.0.0.1:80"));
+        // A success in between resets the count.
+        u.record(&set.hosts[1], Outcome::Status(503));
+        u.record(&set.hosts[1], Outcome::Status(200));
+        u.record(&set.hosts[1], Outcome::Status(503));
+        assert!(!set.hosts[1].is_ejected(Instant::now()));
+        // At most half the hosts: a second ejection is allowed, a third is not.
+        for host in [2, 3] {
+            u.record(&set.hosts[host], Outcome::ConnectFailure);
+            u.record(&set.hosts[host], Outcome::ConnectFailure);
+        }
+        let ejected = set.hosts.iter().filter(|h| h.is_ejected(Instant::now())).count();
+        assert_eq!(ejected, 2);
+        // Hosts that stay across an endpoint update keep their state.
+        u.set_endpoints(&Endpoints { groups: vec![group(0, 0, (1..=5).map(|i| endpoint(i, 1, true)).collect())] });
+        assert!(u.hosts_full().hosts[0].is_ejected(Instant::now()));
+    }
+
+    #[test]
+    fn circuit_breakers_queue_then_overflow() {
+        let mut s = (*spec(LbPolicy::RoundRobin, None)).clone();
+        s.limits.max_connections = 1;
+        s.limits.max_pending_requests = 1;
+        let u = Arc::new(Upstream::new(Arc::new(s)));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let first = u.slot().await;
+            assert!(first.is_ok());
+            let waiting = tokio::spawn({
+                let u = u.clone();
+                async move { u.slot().await.is_ok() }
+            });
+            tokio::task::yield_now().await;
+            assert_eq!(u.slot().await.err(), Some(Overflow), "one pending request at most");
+            drop(first);
+            assert!(waiting.await.unwrap_or(false), "the pending request gets the freed slot");
+            assert_eq!(u.stats.rq_pending_overflow.load(Ordering::Relaxed), 1);
+        });
+    }
+}

@@ -1,0 +1,339 @@
+//! The xDS client against a scripted ADS server over real sockets: it ACKs what it
+//! applies, NACKs what it cannot with the reason and keeps serving the last good
+//! configuration, keeps serving while the control plane is away, and on reconnecting
+//! tells the server which resources it already has.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use envoy_types::util::pack_any;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_proxy::state::types;
+use weft_proxy::{NodeInfo, ProxyConfig, XdsProtocol};
+
+type Responses = mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>;
+
+/// One ADS stream as the test sees it: what the proxy sent, and a way to answer.
+struct StreamHandle {
+    requests: mpsc::UnboundedReceiver<DeltaDiscoveryRequest>,
+    responses: Responses,
+}
+
+/// An ADS server that hands every new delta stream to the test.
+struct Scripted {
+    streams: mpsc::UnboundedSender<StreamHandle>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Scripted {
+    type StreamAggregatedResourcesStream =
+        Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, tonic::Status>> + Send + 'static>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, tonic::Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("this server speaks delta only"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        let mut incoming = request.into_inner();
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = incoming.message().await {
+                if req_tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        let (resp_tx, resp_rx) = mpsc::channel(16);
+        let _ = self.streams.send(StreamHandle { requests: req_rx, responses: resp_tx });
+        Ok(tonic::Response::new(ReceiverStream::new(resp_rx)))
+    }
+}
+
+fn free_port(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn socket(addr: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn cluster(backend: SocketAddr) -> Cluster {
+    Cluster {
+        name: "backend".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: "backend".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(
+                        envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                            address: Some(socket(backend)),
+                            ..Default::default()
+                        }),
+                    ),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A listener whose only route sends `path_match` to the backend cluster.
+fn listener(at: SocketAddr, path_match: route_match::PathSpecifier) -> Listener {
+    let routes = RouteConfiguration {
+        name: "inline".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch { path_specifier: Some(path_match), ..Default::default() }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("backend".into())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: "test".into(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: "test-listener".into(),
+        address: Some(socket(at)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn response(
+    type_url: &str,
+    nonce: &str,
+    name: &str,
+    resource: envoy_types::pb::google::protobuf::Any,
+) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        system_version_info: nonce.into(),
+        resources: vec![Resource {
+            name: name.into(),
+            version: nonce.into(),
+            resource: Some(resource),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A tiny backend answering every request with `backend says hello`.
+async fn backend(at: SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(at).await.unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                        b"backend says hello",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// A raw GET; the status and body, or 0 when the connection failed.
+async fn get(at: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(at).await else { return (0, String::new()) };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut out)).await;
+    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+async fn next_request(handle: &mut StreamHandle) -> DeltaDiscoveryRequest {
+    tokio::time::timeout(Duration::from_secs(20), handle.requests.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the proxy sent nothing for 20 s"))
+        .unwrap_or_else(|| panic!("the proxy closed the stream"))
+}
+
+/// Waits for the ACK or NACK of `nonce`, skipping subscription requests.
+async fn reply_to(handle: &mut StreamHandle, nonce: &str) -> DeltaDiscoveryRequest {
+    loop {
+        let r = next_request(handle).await;
+        if r.response_nonce == nonce {
+            return r;
+        }
+    }
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_nacks_keeps_the_last_good_config_and_survives_the_control_plane() {
+    let ip = "127.201.0.1";
+    let (ads_at, backend_at, listener_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip), free_port(ip));
+    backend(backend_at).await;
+
+    let (streams_tx, mut streams) = mpsc::unbounded_channel();
+    let server = Arc::new(Mutex::new(Some(tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx.clone() }))
+            .serve(ads_at),
+    ))));
+    let config = ProxyConfig {
+        xds_address: ads_at.to_string(),
+        protocol: XdsProtocol::Delta,
+        node: NodeInfo {
+            id: "sidecar~127.201.0.1~test.default~default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            interception_mode: "NONE".into(),
+            ..Default::default()
+        },
+        admin_address: admin_at,
+        readiness_address: None,
+        drain_grace: Duration::from_secs(1),
+        concurrency: 1,
+        set_log_level: Arc::new(|_| Ok(())),
+    };
+    tokio::spawn(weft_proxy::run(config, std::future::pending()));
+
+    // The first stream: the node, then wildcard clusters and listeners.
+    let mut s = tokio::time::timeout(Duration::from_secs(20), streams.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the proxy never connected"))
+        .unwrap_or_else(|| panic!("server gone"));
+    let first = next_request(&mut s).await;
+    let node = first.node.clone().unwrap_or_default();
+    assert_eq!(node.id, "sidecar~127.201.0.1~test.default~default.svc.cluster.local");
+    assert!(node.metadata.as_ref().is_some_and(|m| m.fields.contains_key("NAMESPACE")));
+    let second = next_request(&mut s).await;
+    let mut asked: Vec<String> = vec![first.type_url, second.type_url];
+    asked.sort();
+    assert_eq!(asked, [types::CLUSTER, types::LISTENER]);
+
+    // Apply, ACK, serve.
+    let _ = s.responses.send(Ok(response(types::CLUSTER, "1", "backend", pack_any(cluster(backend_at))))).await;
+    let ack = reply_to(&mut s, "1").await;
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    let good = listener(listener_at, route_match::PathSpecifier::Prefix("/".into()));
+    let _ = s.responses.send(Ok(response(types::LISTENER, "2", "test-listener", pack_any(good)))).await;
+    assert!(reply_to(&mut s, "2").await.error_detail.is_none());
+    eventually("traffic through the listener", async || get(listener_at, "/x").await.0 == 200).await;
+    assert_eq!(get(listener_at, "/x").await.1, "backend says hello");
+    eventually("readiness", async || get(admin_at, "/ready").await.0 == 200).await;
+
+    // A listener weft cannot apply is NACKed with the reason; the old one keeps serving.
+    let bad = listener(
+        listener_at,
+        route_match::PathSpecifier::SafeRegex(RegexMatcher { regex: "(unclosed".into(), ..Default::default() }),
+    );
+    let _ = s.responses.send(Ok(response(types::LISTENER, "3", "test-listener", pack_any(bad)))).await;
+    let nack = reply_to(&mut s, "3").await;
+    let detail = nack.error_detail.unwrap_or_else(|| panic!("the bad listener was ACKed"));
+    assert!(detail.message.contains("invalid regex") && detail.message.contains("test-listener"), "{detail:?}");
+    assert_eq!(get(listener_at, "/still").await.0, 200);
+    let stats = get(admin_at, "/stats").await.1;
+    assert!(stats.contains("weft.xds.update_rejected: 1"), "{stats}");
+
+    // The control plane goes away: traffic goes on from the last good configuration.
+    if let Some(task) = server.lock().await.take() {
+        task.abort();
+    }
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(listener_at, "/while-away").await.0, 200);
+
+    // It comes back: the proxy reconnects and says what it already has.
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx }))
+            .serve(ads_at),
+    );
+    let mut s = tokio::time::timeout(Duration::from_secs(30), streams.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the proxy did not reconnect"))
+        .unwrap_or_else(|| panic!("server gone"));
+    let mut known = Vec::new();
+    for _ in 0..2 {
+        let r = next_request(&mut s).await;
+        known.extend(r.initial_resource_versions.into_iter().map(|(name, version)| format!("{}={version}", name)));
+    }
+    known.sort();
+    assert_eq!(known, ["backend=1", "test-listener=2"]);
+    let dump = get(admin_at, "/config_dump").await.1;
+    assert!(dump.contains("\"name\": \"backend\"") && dump.contains("dynamic_active_clusters"), "{dump}");
+}

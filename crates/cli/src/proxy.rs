@@ -130,8 +130,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         concurrency,
         set_log_level,
     };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(concurrency.max(1)).enable_all().build()?;
+    // One worker: a single-threaded runtime, with no work-stealing machinery to pay for.
+    let runtime = if concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(concurrency).enable_all().build()?
+    };
     runtime.block_on(async {
         weft_proxy::run(config, async {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

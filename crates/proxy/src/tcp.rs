@@ -41,7 +41,7 @@ where
     };
     let set = upstream.hosts_full();
     let attempt = async {
-        let index = set.balancer.pick(&set.hosts, Some(hash_of(peer.ip())), &[])?;
+        let index = upstream.pick(&set, Some(hash_of(peer.ip())), &[])?;
         let host = set.hosts[index].clone();
         let slot = upstream.slot().await.ok()?;
         let connector = host.client_connector();

@@ -15,7 +15,7 @@ use hyper::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 
-use super::{Connection, authority, set_if_absent};
+use super::{Connection, authority};
 use crate::body::{Body, BoxError, full, stream};
 use crate::model::route::{
     Clusters, Forward, HashPolicy, RetryPolicy, Route, RouteTable, VirtualHost, WeightedCluster,
@@ -188,8 +188,12 @@ pub async fn forward(
         parts.headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(hyper::header::UPGRADE, u.clone());
     }
-    set_if_absent(&mut parts.headers, "x-forwarded-proto", || "http".into());
-    set_if_absent(&mut parts.headers, "x-request-id", request_id);
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !parts.headers.contains_key("x-request-id") {
+        parts.headers.insert("x-request-id", request_id());
+    }
     if let Some(t) = fwd.timeout {
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
     }
@@ -334,8 +338,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn request_id() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid().to_string()
+fn request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes()).unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> String {
@@ -402,7 +408,7 @@ fn shadow(target: Arc<Upstream>, parts: &Parts, uri: &Uri, body: Bytes) {
     let method = parts.method.clone();
     tokio::spawn(async move {
         let set = target.hosts_full();
-        let Some(i) = set.balancer.pick(&set.hosts, None, &[]) else { return };
+        let Some(i) = target.pick(&set, None, &[]) else { return };
         let host = set.hosts[i].clone();
         let mut req = Request::new(full(body));
         *req.method_mut() = method;
@@ -484,7 +490,7 @@ async fn attempts(
     loop {
         let set = upstream.hosts_full();
         let avoid: &[usize] = if retry.is_some_and(|r| r.other_hosts) { &tried } else { &[] };
-        let Some(index) = set.balancer.pick(&set.hosts, hash, avoid) else {
+        let Some(index) = upstream.pick(&set, hash, avoid) else {
             upstream.stats.none_healthy.fetch_add(1, Ordering::Relaxed);
             return Err(LocalReply::NO_HEALTHY_UPSTREAM);
         };

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
+use hyper::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -155,13 +155,4 @@ async fn route(conn: &Connection, req: Request<Incoming>) -> Result<Response<Bod
         filters::cors_response(&policy, origin, response.headers_mut());
     }
     Ok(response)
-}
-
-/// Adds a header value unless it is already there.
-pub fn set_if_absent(headers: &mut hyper::HeaderMap, name: &'static str, value: impl FnOnce() -> String) {
-    if !headers.contains_key(name)
-        && let Ok(v) = HeaderValue::from_str(&value())
-    {
-        headers.insert(name, v);
-    }
 }

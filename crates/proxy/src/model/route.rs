@@ -391,10 +391,15 @@ impl RouteTable {
     /// The virtual host for a request's authority (Envoy's order: exact, longest
     /// `*.suffix`, longest `prefix.*`, then `*`).
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
-        let host = authority.to_ascii_lowercase();
+        // Authorities are nearly always lower case already; copy only when they are not.
+        let host: std::borrow::Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            authority.to_ascii_lowercase().into()
+        } else {
+            authority.into()
+        };
         let index = self
             .exact
-            .get(&host)
+            .get(host.as_ref())
             .copied()
             .or_else(|| {
                 self.suffixes.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|x| x.1)

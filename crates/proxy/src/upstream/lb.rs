@@ -39,6 +39,8 @@ pub struct Balancer {
     /// Sorted (hash, host) points for ring hash; the Maglev table for Maglev.
     ring: Vec<(u64, usize)>,
     maglev: Vec<usize>,
+    /// One priority, no locality weights, every host healthy per EDS.
+    simple: bool,
 }
 
 /// A stable 64-bit hash.
@@ -58,6 +60,7 @@ impl Balancer {
             counter: AtomicUsize::new(0),
             ring: Vec::new(),
             maglev: Vec::new(),
+            simple: false,
         }
     }
 
@@ -86,14 +89,22 @@ impl Balancer {
             LbPolicy::Maglev => build_maglev(hosts),
             _ => Vec::new(),
         };
-        Balancer { policy, groups, rotation, counter: AtomicUsize::new(fastrand::usize(..)), ring, maglev }
+        let one_level = groups.iter().all(|g| g.priority == groups[0].priority);
+        let unweighted = groups.len() <= 1 || groups.iter().all(|g| g.weight == 0);
+        let simple = one_level && unweighted && hosts.iter().all(|h| h.endpoint.healthy);
+        Balancer { policy, groups, rotation, counter: AtomicUsize::new(fastrand::usize(..)), ring, maglev, simple }
     }
 
     /// Picks a host index. `hash` is the request's hash for consistent hashing;
     /// `avoid` lists hosts already tried, avoided when others are available.
-    pub fn pick(&self, hosts: &[Arc<Host>], hash: Option<u64>, avoid: &[usize]) -> Option<usize> {
+    /// `any_ejected` says whether outlier detection may have ejected a host; when it
+    /// has not and every host is healthy in one priority, no per-host check is needed.
+    pub fn pick(&self, hosts: &[Arc<Host>], hash: Option<u64>, avoid: &[usize], any_ejected: bool) -> Option<usize> {
         if hosts.is_empty() {
             return None;
+        }
+        if self.simple && !any_ejected && avoid.is_empty() {
+            return self.pick_simple(hosts, hash);
         }
         let now = Instant::now();
         let available: Vec<bool> = hosts.iter().map(|h| h.is_available(now)).collect();
@@ -129,6 +140,29 @@ impl Balancer {
             LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::Maglev => {
                 Some(candidates[fastrand::usize(..candidates.len())])
             }
+        }
+    }
+
+    /// Every host healthy, one level, no locality weights: the policy alone decides.
+    fn pick_simple(&self, hosts: &[Arc<Host>], hash: Option<u64>) -> Option<usize> {
+        let n = hosts.len();
+        match (self.policy, hash) {
+            (LbPolicy::RingHash { .. }, Some(h)) if !self.ring.is_empty() => {
+                let i = self.ring.partition_point(|(x, _)| *x < h);
+                Some(self.ring[i % self.ring.len()].1)
+            }
+            (LbPolicy::Maglev, Some(h)) if !self.maglev.is_empty() => {
+                Some(self.maglev[(h % self.maglev.len() as u64) as usize])
+            }
+            (LbPolicy::RoundRobin, _) if !self.rotation.is_empty() => {
+                Some(self.rotation[self.counter.fetch_add(1, Ordering::Relaxed) % self.rotation.len()])
+            }
+            (LbPolicy::LeastRequest, _) => {
+                let (a, b) = (fastrand::usize(..n), fastrand::usize(..n));
+                let load = |i: usize| hosts[i].active.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+            _ => Some(fastrand::usize(..n)),
         }
     }
 

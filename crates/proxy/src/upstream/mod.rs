@@ -44,6 +44,18 @@ pub struct Host {
     /// Responses that count as errors (5xx or a failed connection).
     pub errors: AtomicU64,
     outlier: Mutex<OutlierState>,
+    /// Milliseconds since [`epoch`] until which the host is ejected (0: never).
+    ejected_until_ms: AtomicU64,
+}
+
+/// The instant ejection deadlines count from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +125,8 @@ pub struct Upstream {
     slots: Arc<Semaphore>,
     retries_active: AtomicU32,
     applied: Mutex<Option<Arc<Endpoints>>>,
+    /// The latest ejection deadline of any host: before it, some host may be ejected.
+    ejections_until_ms: AtomicU64,
 }
 
 /// Why a request could not get a slot (the `UO` response flag).
@@ -146,6 +160,7 @@ impl Upstream {
             slots: Arc::new(Semaphore::new(limit)),
             retries_active: AtomicU32::new(0),
             applied: Mutex::new(None),
+            ejections_until_ms: AtomicU64::new(0),
             spec,
         }
     }
@@ -153,6 +168,12 @@ impl Upstream {
     /// The current hosts.
     pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
         self.hosts.load()
+    }
+
+    /// Picks a host of `set` (see [`Balancer::pick`]).
+    pub fn pick(&self, set: &HostSet, hash: Option<u64>, avoid: &[usize]) -> Option<usize> {
+        let any_ejected = self.ejections_until_ms.load(Ordering::Relaxed) > millis_since_epoch(Instant::now());
+        set.balancer.pick(&set.hosts, hash, avoid, any_ejected)
     }
 
     /// The current hosts, to hold across awaits.
@@ -223,6 +244,7 @@ impl Upstream {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             outlier: Mutex::new(OutlierState::default()),
+            ejected_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -294,7 +316,10 @@ impl Upstream {
         }
         let Ok(mut state) = host.outlier.lock() else { return };
         state.times_ejected += 1;
-        state.ejected_until = Some(now + od.base_ejection_time * state.times_ejected);
+        let until = now + od.base_ejection_time * state.times_ejected;
+        state.ejected_until = Some(until);
+        host.ejected_until_ms.store(millis_since_epoch(until), Ordering::Relaxed);
+        self.ejections_until_ms.fetch_max(millis_since_epoch(until), Ordering::Relaxed);
         state.consecutive_5xx = 0;
         state.consecutive_gateway = 0;
         self.stats.ejections.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +335,7 @@ impl Host {
 
     /// Whether outlier detection has this host ejected now.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.outlier.lock().is_ok_and(|s| s.ejected_until.is_some_and(|t| t > now))
+        self.ejected_until_ms.load(Ordering::Relaxed) > millis_since_epoch(now)
     }
 
     /// Whether the host may take traffic (EDS health and outlier detection).
@@ -364,7 +389,7 @@ mod tests {
         let set = u.hosts_full();
         let mut out = HashMap::new();
         for i in 0..n {
-            let Some(index) = set.balancer.pick(&set.hosts, hash(i), &[]) else { continue };
+            let Some(index) = u.pick(&set, hash(i), &[]) else { continue };
             *out.entry(set.hosts[index].address.to_string()).or_default() += 1;
         }
         out

@@ -84,7 +84,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let (filter, handle) = reload::Layer::new(initial);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     let set_log_level: weft_proxy::config::SetLogLevel = Arc::new(move |level: &str| {
         let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid level {level:?}: {e}"))?;

@@ -322,3 +322,32 @@ fn envoy_bad_input_is_refused_and_serving_goes_on() {
 fn weft_bad_input_is_refused_and_serving_goes_on() {
     bad_input_is_refused_and_serving_goes_on(Dataplane::Weft, 148);
 }
+
+/// weft drains on SIGTERM, as Istio's agent makes Envoy do: listeners close at once, a
+/// request in flight finishes, then the process exits. (Envoy itself exits on SIGTERM
+/// without draining, so this scenario has no Envoy twin.)
+#[test]
+fn weft_drains_in_flight_requests_on_sigterm() {
+    let b = 149;
+    let mut mesh = start(Dataplane::Weft, b);
+    let egress = format!("http://127.{b}.2.1:9080");
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| mesh.curl(&["-H", "Host: slow", &format!("{egress}/delay/2000")]));
+        std::thread::sleep(Duration::from_millis(700));
+        mesh.terminate("client");
+        mesh.wait_until("the listener to close", || {
+            mesh.curl(&["-H", "Host: echo", &format!("{egress}/")]).status == 0
+        });
+        let finished = slow.join().unwrap_or_else(|_| panic!("curl thread"));
+        assert_eq!((finished.status, finished.backend()), (200, "slow-1"), "{finished:?}");
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = mesh.exit_status("client") {
+            break status;
+        }
+        assert!(started.elapsed() < common::mesh::STARTUP, "the proxy did not exit after draining");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+}

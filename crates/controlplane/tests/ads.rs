@@ -50,8 +50,13 @@ async fn serve() -> Server {
     Server { addr, status, metrics, snapshots: tx }
 }
 
+/// A sidecar without traffic capture (Istio's default, REDIRECT, would add the capture
+/// listeners and passthrough clusters).
 fn node(id: &str) -> Option<Node> {
-    Some(Node { id: id.into(), ..Default::default() })
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let mode = Value { kind: Some(value::Kind::StringValue("NONE".into())) };
+    let metadata = Struct { fields: [("INTERCEPTION_MODE".to_owned(), mode)].into_iter().collect() };
+    Some(Node { id: id.into(), metadata: Some(metadata), ..Default::default() })
 }
 
 fn request(id: &str, version: &str, nonce: &str, error: Option<&str>) -> DiscoveryRequest {

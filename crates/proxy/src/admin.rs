@@ -150,7 +150,9 @@ fn clusters(shared: &Shared) -> String {
         let _ = writeln!(out, "{name}::default_priority::max_pending_requests::{}", l.max_pending_requests);
         let _ = writeln!(out, "{name}::default_priority::max_requests::{}", l.max_requests);
         let _ = writeln!(out, "{name}::default_priority::max_retries::{}", l.max_retries);
-        for h in &u.hosts().hosts {
+        let mut hosts: Vec<Arc<crate::upstream::Host>> = u.hosts().hosts.clone();
+        hosts.extend(u.original_hosts());
+        for h in &hosts {
             let a = &h.address;
             let health = match (h.endpoint.healthy, h.is_ejected(now)) {
                 (true, false) => "healthy",

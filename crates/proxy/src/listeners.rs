@@ -55,7 +55,7 @@ impl ListenerManager {
     /// Makes the running listeners those of `data`.
     pub fn reconcile(&mut self, shared: &Arc<Shared>, data: &DataPlane) -> Vec<BindError> {
         self.running.retain(|name, r| match data.listeners.get(name) {
-            Some(spec) if spec.address == r.address => true,
+            Some(spec) if spec.address == r.address && spec.bind_to_port => true,
             _ => {
                 r.task.abort();
                 false
@@ -63,6 +63,10 @@ impl ListenerManager {
         });
         let mut errors = Vec::new();
         for (name, spec) in &data.listeners {
+            if !spec.bind_to_port {
+                // Reached only through a capture listener's hand-off.
+                continue;
+            }
             if let Some(r) = self.running.get(name) {
                 if !Arc::ptr_eq(&r.current.load(), spec) {
                     r.current.store(spec.clone());
@@ -137,10 +141,13 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
     let Ok(local) = stream.local_addr() else { return };
     let mut spec = spec;
     let mut destination = local;
-    if spec.use_original_dst
+    if (spec.use_original_dst || spec.original_dst_filter)
         && let Some(original) = original_destination(&stream)
     {
         destination = original;
+    }
+    if spec.use_original_dst && destination != local {
+        let original = destination;
         // Hand the connection to the listener for its original destination, if any.
         let data = shared.data.load();
         let exact = data.listeners.values().find(|l| l.address == original);
@@ -157,9 +164,9 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
     match &chain.kind {
         ChainKind::Http(h) => {
             let stats = shared.stats.http(&h.stat_prefix);
-            let conn = Arc::new(http::Connection { shared: shared.clone(), spec: h.clone(), peer, stats });
+            let conn = Arc::new(http::Connection { shared: shared.clone(), spec: h.clone(), peer, destination, stats });
             http::serve(conn, stream).await;
         }
-        ChainKind::Tcp(t) => crate::tcp::proxy(shared.clone(), t.clone(), stream, peer).await,
+        ChainKind::Tcp(t) => crate::tcp::proxy(shared.clone(), t.clone(), stream, peer, destination).await,
     }
 }

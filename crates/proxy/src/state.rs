@@ -174,7 +174,7 @@ impl Store {
             .values()
             .filter_map(|c| match &c.compiled.discovery {
                 Discovery::Eds(name) => Some(name.clone()),
-                Discovery::Inline(_) => None,
+                Discovery::Inline(_) | Discovery::OriginalDst => None,
             })
             .collect()
     }
@@ -199,6 +199,7 @@ impl Store {
             let endpoints = match &c.compiled.discovery {
                 Discovery::Inline(e) => Some(e.clone()),
                 Discovery::Eds(eds) => self.endpoints.get(eds).map(|e| e.compiled.clone()),
+                Discovery::OriginalDst => None,
             };
             if let Some(endpoints) = endpoints {
                 upstream.set_endpoints_if_changed(&endpoints);

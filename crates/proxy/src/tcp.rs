@@ -8,13 +8,19 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Shared;
+use crate::model::cluster::Discovery;
 use crate::model::listener::TcpSpec;
 use crate::upstream::Outcome;
 use crate::upstream::lb::hash_of;
 
 /// Proxies one downstream connection.
-pub async fn proxy<I>(shared: Arc<Shared>, spec: Arc<TcpSpec>, mut downstream: I, peer: SocketAddr)
-where
+pub async fn proxy<I>(
+    shared: Arc<Shared>,
+    spec: Arc<TcpSpec>,
+    mut downstream: I,
+    peer: SocketAddr,
+    destination: SocketAddr,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let stats = shared.stats.tcp(&spec.stat_prefix);
@@ -41,8 +47,12 @@ where
     };
     let set = upstream.hosts_full();
     let attempt = async {
-        let index = upstream.pick(&set, Some(hash_of(peer.ip())), &[])?;
-        let host = set.hosts[index].clone();
+        let host = if upstream.spec.discovery == Discovery::OriginalDst {
+            upstream.original_dst_host(destination)?
+        } else {
+            let index = upstream.pick(&set, Some(hash_of(peer.ip())), &[])?;
+            set.hosts[index].clone()
+        };
         let slot = upstream.slot().await.ok()?;
         let connector = host.client_connector();
         match connector.connect().await {

@@ -469,6 +469,19 @@ static_resources:
         });
     }
 
+    /// Sends SIGTERM to the process this mesh started as `name`.
+    pub fn terminate(&self, name: &str) {
+        let (_, child) = self.children.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no process {name}"));
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "cannot signal {name}");
+    }
+
+    /// The exit status of process `name`, once it has exited.
+    pub fn exit_status(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        child.try_wait().ok().flatten()
+    }
+
     /// Replaces one configuration file; the control plane picks it up.
     pub fn write_config(&self, name: &str, yaml: &str) {
         std::fs::write(self.config_path().join(name), yaml).unwrap_or_else(|e| panic!("{e}"));

@@ -30,7 +30,7 @@ pub fn cluster_name(direction: &str, port: u32, subset: &str, host: &str) -> Str
 }
 
 /// Default connect timeout, as Istio's meshConfig default.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The clusters `proxy` needs.
 pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> {
@@ -50,7 +50,9 @@ pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
             }
         }
     }
-    if proxy.role == Role::Sidecar {
+    if proxy.role == Role::Sidecar && super::capture::captured(proxy) {
+        out.extend(super::capture::capture_clusters(snapshot, proxy));
+    } else if proxy.role == Role::Sidecar {
         out.extend(inbound_clusters(snapshot, proxy));
     }
     out
@@ -420,7 +422,7 @@ fn load_assignment(
     ClusterLoadAssignment { cluster_name: name.to_owned(), endpoints, ..Default::default() }
 }
 
-fn lb_endpoint_for(address: &str, port: u32, weight: u32) -> LbEndpoint {
+pub(super) fn lb_endpoint_for(address: &str, port: u32, weight: u32) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(socket(address, port)),

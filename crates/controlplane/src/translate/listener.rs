@@ -41,6 +41,9 @@ pub fn listeners_for(snapshot: &Snapshot, proxy: &ProxyIdentity, requested: &[St
 }
 
 fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {
+    if super::capture::captured(proxy) {
+        return captured_sidecar_listeners(snapshot, proxy);
+    }
     let Some(sidecar) = snapshot.sidecar_for(proxy) else { return Vec::new() };
     let mut out = Vec::new();
     for egress in &sidecar.egress {
@@ -84,6 +87,27 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         out.push(listener(&bind, number, TrafficDirection::Inbound, chain));
     }
     out
+}
+
+/// With iptables capture: one outbound chain per port of the reachable services, behind
+/// Istio's `virtualOutbound` and `virtualInbound`.
+fn captured_sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {
+    let mut ports: BTreeMap<u32, FilterChain> = BTreeMap::new();
+    for service in super::cluster::reachable_services(snapshot, proxy) {
+        for port in &service.ports {
+            let number = port.number;
+            ports.entry(number).or_insert_with(|| {
+                if port.protocol.is_http() {
+                    http_chain(&format!("outbound_{number}"), RouteSource::Rds(number.to_string()))
+                } else {
+                    let destinations =
+                        super::route::tcp_destinations(snapshot, proxy, &service.hostname, number, "mesh");
+                    tcp_chain(&format!("outbound_{number}"), &destinations)
+                }
+            });
+        }
+    }
+    super::capture::capture_listeners(ports.into_iter().collect(), snapshot, proxy)
 }
 
 fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {
@@ -175,7 +199,7 @@ fn api_listener(snapshot: &Snapshot, proxy: &ProxyIdentity, name: &str) -> Optio
     })
 }
 
-enum RouteSource {
+pub(super) enum RouteSource {
     Rds(String),
     Inline(Box<RouteConfiguration>),
 }
@@ -192,7 +216,7 @@ fn router() -> HttpFilter {
     http_filter("envoy.filters.http.router", pack_any(Router::default()))
 }
 
-fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
+pub(super) fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
     let route_specifier = match route {
         RouteSource::Rds(name) => {
             http_connection_manager::RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: name })
@@ -225,7 +249,7 @@ fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
     }
 }
 
-fn tcp_chain(stat_prefix: &str, destinations: &[(String, u32)]) -> FilterChain {
+pub(super) fn tcp_chain(stat_prefix: &str, destinations: &[(String, u32)]) -> FilterChain {
     let specifier = match destinations {
         [(cluster, _)] => tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
         many => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
@@ -261,7 +285,7 @@ fn listener(bind: &str, port: u32, direction: TrafficDirection, chain: FilterCha
 }
 
 /// Everything arriving on an ingress port goes to the application.
-fn inbound_route(cluster: &str, port: u32, _target: u32) -> RouteConfiguration {
+pub(super) fn inbound_route(cluster: &str, port: u32, _target: u32) -> RouteConfiguration {
     RouteConfiguration {
         name: cluster.to_owned(),
         virtual_hosts: vec![VirtualHost {

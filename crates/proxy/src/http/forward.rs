@@ -17,6 +17,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 
 use super::{Connection, authority};
 use crate::body::{Body, BoxError, full, stream};
+use crate::model::cluster::Discovery;
 use crate::model::route::{
     Clusters, Forward, HashPolicy, RetryPolicy, Route, RouteTable, VirtualHost, WeightedCluster,
 };
@@ -225,7 +226,7 @@ pub async fn forward(
         }
     }
 
-    let attempts = attempts(&upstream, &parts, &uri, &mut body, fwd.retry.as_ref(), hash, &mut flags);
+    let attempts = attempts(&upstream, conn.destination, &parts, &uri, &mut body, fwd.retry.as_ref(), hash, &mut flags);
     let result = match fwd.timeout {
         Some(t) => match tokio::time::timeout(t, attempts).await {
             Ok(r) => r,
@@ -475,8 +476,10 @@ fn backoff(p: &RetryPolicy, n: u32) -> Duration {
     Duration::from_millis(fastrand::u64(..millis))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempts(
     upstream: &Arc<Upstream>,
+    destination: SocketAddr,
     parts: &Parts,
     uri: &Uri,
     body: &mut Replay,
@@ -488,14 +491,18 @@ async fn attempts(
     let mut retries = 0u32;
     let mut _retry_slot = None;
     loop {
-        let set = upstream.hosts_full();
-        let avoid: &[usize] = if retry.is_some_and(|r| r.other_hosts) { &tried } else { &[] };
-        let Some(index) = upstream.pick(&set, hash, avoid) else {
-            upstream.stats.none_healthy.fetch_add(1, Ordering::Relaxed);
-            return Err(LocalReply::NO_HEALTHY_UPSTREAM);
+        let host = if upstream.spec.discovery == Discovery::OriginalDst {
+            upstream.original_dst_host(destination).ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?
+        } else {
+            let set = upstream.hosts_full();
+            let avoid: &[usize] = if retry.is_some_and(|r| r.other_hosts) { &tried } else { &[] };
+            let Some(index) = upstream.pick(&set, hash, avoid) else {
+                upstream.stats.none_healthy.fetch_add(1, Ordering::Relaxed);
+                return Err(LocalReply::NO_HEALTHY_UPSTREAM);
+            };
+            tried.push(index);
+            set.hosts[index].clone()
         };
-        tried.push(index);
-        let host = set.hosts[index].clone();
         let slot = upstream.slot().await.map_err(|_| LocalReply::OVERFLOW)?;
         let Some(attempt_body) = body.for_attempt() else { return Err(LocalReply::RESET) };
         let mut req = Request::new(attempt_body);

@@ -38,6 +38,8 @@ pub struct Connection {
     pub spec: Arc<HttpSpec>,
     /// The client.
     pub peer: SocketAddr,
+    /// Where the client connected to (the original destination when captured).
+    pub destination: SocketAddr,
     /// Counters.
     pub stats: Arc<HttpStats>,
 }

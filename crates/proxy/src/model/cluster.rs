@@ -31,6 +31,8 @@ pub enum Discovery {
     Eds(String),
     /// Endpoints are in the cluster itself (STATIC, STRICT_DNS, LOGICAL_DNS).
     Inline(Arc<Endpoints>),
+    /// The connection's original destination is the endpoint (capture mode passthrough).
+    OriginalDst,
 }
 
 /// The load-balancing policy.
@@ -164,9 +166,7 @@ pub fn compile_cluster(c: &Cluster) -> Result<ClusterSpec, ConfigError> {
             Ok(
                 cluster::DiscoveryType::Static | cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns,
             ) => Discovery::Inline(Arc::new(inline_endpoints(c).map_err(err)?)),
-            Ok(cluster::DiscoveryType::OriginalDst) => {
-                return Err(err("discovery type ORIGINAL_DST is not supported".into()));
-            }
+            Ok(cluster::DiscoveryType::OriginalDst) => Discovery::OriginalDst,
             Err(_) => return Err(err(format!("unknown discovery type {t}"))),
         },
         Some(cluster::ClusterDiscoveryType::ClusterType(t)) => {
@@ -188,6 +188,7 @@ pub fn compile_cluster(c: &Cluster) -> Result<ClusterSpec, ConfigError> {
             }
             LbPolicy::RingHash { min_ring_size }
         }
+        Ok(cluster::LbPolicy::ClusterProvided) if discovery == Discovery::OriginalDst => LbPolicy::RoundRobin,
         Ok(other) => return Err(err(format!("lb_policy {} is not supported", other.as_str_name()))),
         Err(_) => return Err(err(format!("unknown lb_policy {}", c.lb_policy))),
     };

@@ -31,6 +31,10 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     /// Hand connections to the listener of their original destination (capture mode).
     pub use_original_dst: bool,
+    /// Recover the original destination (iptables REDIRECT) for filter chain matching.
+    pub original_dst_filter: bool,
+    /// False for listeners that only receive connections handed over by another.
+    pub bind_to_port: bool,
     /// Filter chains; the first whose match holds serves the connection.
     pub chains: Vec<Chain>,
     /// The chain for connections no other chain matches.
@@ -165,12 +169,33 @@ pub fn compile_listener(l: &Listener) -> Result<Option<ListenerSpec>, ConfigErro
     .ok_or_else(|| ctx(ConfigError::new("a listener needs a port value")))?;
     let ip =
         sock.address.parse().map_err(|_| ctx(ConfigError::new(format!("{:?} is not an IP address", sock.address))))?;
+    let mut original_dst_filter = false;
+    for f in &l.listener_filters {
+        // As Envoy: a listener filter is identified by its typed config's type.
+        let type_url = match &f.config_type {
+            Some(envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(any)) => {
+                any.type_url.rsplit('/').next().unwrap_or_default()
+            }
+            _ => "",
+        };
+        match type_url {
+            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => original_dst_filter = true,
+            // SNI is read by weft when a chain matches on server names; nothing to configure.
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+            | "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => {}
+            other => {
+                return Err(ctx(ConfigError::new(format!("listener filter {} ({other:?}) is not supported", f.name))));
+            }
+        }
+    }
     let chains = l.filter_chains.iter().map(compile_chain).collect::<Result<_, _>>().map_err(ctx)?;
     let default_chain = l.default_filter_chain.as_ref().map(compile_chain).transpose().map_err(ctx)?;
     Ok(Some(ListenerSpec {
         name: l.name.clone(),
         address: SocketAddr::new(ip, port),
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        original_dst_filter,
+        bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
         chains,
         default_chain,
         source: l.clone(),

@@ -127,7 +127,12 @@ pub struct Upstream {
     applied: Mutex<Option<Arc<Endpoints>>>,
     /// The latest ejection deadline of any host: before it, some host may be ejected.
     ejections_until_ms: AtomicU64,
+    /// ORIGINAL_DST clusters: a host per original destination seen.
+    original: Mutex<HashMap<std::net::SocketAddr, Arc<Host>>>,
 }
+
+/// Most original destinations an ORIGINAL_DST cluster keeps pools for.
+const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
 
 /// Why a request could not get a slot (the `UO` response flag).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -161,6 +166,7 @@ impl Upstream {
             retries_active: AtomicU32::new(0),
             applied: Mutex::new(None),
             ejections_until_ms: AtomicU64::new(0),
+            original: Mutex::new(HashMap::new()),
             spec,
         }
     }
@@ -174,6 +180,30 @@ impl Upstream {
     pub fn pick(&self, set: &HostSet, hash: Option<u64>, avoid: &[usize]) -> Option<usize> {
         let any_ejected = self.ejections_until_ms.load(Ordering::Relaxed) > millis_since_epoch(Instant::now());
         set.balancer.pick(&set.hosts, hash, avoid, any_ejected)
+    }
+
+    /// The host for a connection's original destination (ORIGINAL_DST clusters).
+    pub fn original_dst_host(&self, destination: std::net::SocketAddr) -> Option<Arc<Host>> {
+        let mut hosts = self.original.lock().ok()?;
+        if hosts.len() >= MAX_ORIGINAL_DST_HOSTS && !hosts.contains_key(&destination) {
+            hosts.clear();
+        }
+        let host = hosts.entry(destination).or_insert_with(|| {
+            let endpoint = Endpoint {
+                host: destination.ip().to_string(),
+                port: destination.port(),
+                addr: Some(destination),
+                weight: 1,
+                healthy: true,
+            };
+            Arc::new(self.host(&endpoint, destination.to_string()))
+        });
+        Some(host.clone())
+    }
+
+    /// The hosts an ORIGINAL_DST cluster has connected to.
+    pub fn original_hosts(&self) -> Vec<Arc<Host>> {
+        self.original.lock().map(|h| h.values().cloned().collect()).unwrap_or_default()
     }
 
     /// The current hosts, to hold across awaits.

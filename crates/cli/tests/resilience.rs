@@ -39,9 +39,13 @@ spec: {{address: 127.{b}.{ip}, labels: {{app: {app}}}}}
         )
     };
     let mut yaml = String::new();
-    for (name, port, protocol) in
-        [("slow", 9080, "HTTP"), ("flaky", 9080, "HTTP"), ("empty", 9080, "HTTP"), ("echo", 9080, "HTTP")]
-    {
+    for (name, port, protocol) in [
+        ("slow", 9080, "HTTP"),
+        ("flaky", 9080, "HTTP"),
+        ("empty", 9080, "HTTP"),
+        ("echo", 9080, "HTTP"),
+        ("shadow", 9080, "HTTP"),
+    ] {
         yaml.push_str(&service(name, port, protocol));
     }
     yaml.push_str(&service("grpc-echo", 9090, "GRPC"));
@@ -51,6 +55,7 @@ spec: {{address: 127.{b}.{ip}, labels: {{app: {app}}}}}
         ("flaky-bad", "flaky", "1.3"),
         ("echo-1", "echo", "1.4"),
         ("grpc-1", "grpc-echo", "1.5"),
+        ("shadow-1", "shadow", "1.6"),
     ] {
         yaml.push_str(&workload(name, app, ip));
     }
@@ -104,6 +109,21 @@ spec:
     route: [{{destination: {{host: grpc-echo}}}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{{uri: {{prefix: /delay}}}}]
+    timeout: 500ms
+    route: [{{destination: {{host: echo}}}}]
+  - match: [{{uri: {{prefix: /mirror}}}}]
+    mirror: {{host: shadow}}
+    mirrorPercentage: {{value: 100}}
+    route: [{{destination: {{host: echo}}}}]
+  - route: [{{destination: {{host: echo}}}}]
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: client}}
 spec:
@@ -127,6 +147,7 @@ fn start(kind: Dataplane, b: u8) -> Mesh {
     mesh.backend("flaky-bad", &format!("127.{b}.1.3"), 9080, 1_000_000);
     mesh.backend("echo-1", &format!("127.{b}.1.4"), 9080, 0);
     mesh.grpc_server("grpc-1", &format!("127.{b}.1.5"), 9090, 3);
+    mesh.backend("shadow-1", &format!("127.{b}.1.6"), 9080, 0);
     let node = format!("sidecar~127.{b}.2.1~client.default~default.svc.cluster.local");
     mesh.proxy(kind, "client", &node, &[("app", "client")], &format!("127.{b}.2.1"), true);
     let url = format!("http://127.{b}.2.1:9080/");
@@ -174,6 +195,26 @@ fn circuit_breakers_outlier_detection_and_failed_upstreams(kind: Dataplane, b: u
     // No route for an unknown host.
     assert_eq!(mesh.curl(&["-H", "Host: unknown.example.com", &format!("{egress}/")]).status, 404);
     mesh.wait_synced(1);
+}
+
+fn timeouts_and_mirrors(kind: Dataplane, b: u8) {
+    let mesh = start(kind, b);
+    let egress = format!("http://127.{b}.2.1:9080");
+
+    // The route's 500 ms timeout cuts a 3 s answer short with Envoy's 504.
+    let cut = mesh.curl(&["-H", "Host: echo", &format!("{egress}/delay/3000")]);
+    assert_eq!((cut.status, cut.body.as_str()), (504, "upstream request timeout"), "{cut:?}");
+    assert!(cut.seconds < 2.5, "the timeout did not fire: {}s", cut.seconds);
+
+    // A mirrored request reaches the shadow with `-shadow` on its authority; the
+    // client's answer comes from the primary.
+    let shadow_last = || mesh.get(&format!("http://127.{b}.1.6:9080/last")).json();
+    let primary = mesh.curl(&["-H", "Host: echo", &format!("{egress}/mirror/once")]);
+    assert_eq!((primary.status, primary.backend()), (200, "echo-1"), "{primary:?}");
+    mesh.wait_until("the mirrored copy", || shadow_last()["path"] == "/mirror/once");
+    let copy = shadow_last();
+    assert_eq!(copy["headers"]["host"], "echo-shadow", "{copy}");
+    assert_eq!(copy["method"], "GET");
 }
 
 /// Sends raw bytes, returns everything read until the peer closes or goes quiet.
@@ -311,6 +352,16 @@ fn envoy_websocket_h2c_bodies_and_grpc() {
 #[test]
 fn weft_websocket_h2c_bodies_and_grpc() {
     websocket_h2c_bodies_and_grpc(Dataplane::Weft, 147);
+}
+
+#[test]
+fn envoy_timeouts_and_mirrors() {
+    timeouts_and_mirrors(Dataplane::Envoy, 40);
+}
+
+#[test]
+fn weft_timeouts_and_mirrors() {
+    timeouts_and_mirrors(Dataplane::Weft, 140);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A small HTTP backend for tests: answers every request with JSON naming itself
 (`--name`), echoing method, path, headers and the body's length. `/status/CODE`
-answers CODE; `/delay/MS` answers after MS milliseconds; `--fail-every N` answers 503
+answers CODE; `/delay/MS` answers after MS milliseconds; `/last` shows the previous
+request; `--fail-every N` answers 503
 to all but every Nth request (a flaky backend). A request with `Upgrade: websocket`
 is switched (101) and every byte sent after it is echoed back."""
 
@@ -22,6 +23,7 @@ args = parser.parse_args()
 
 lock = threading.Lock()
 count = 0
+last = b"{}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -31,7 +33,15 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def handle_any(self):
-        global count
+        global count, last
+        if self.path == "/last":
+            # What the previous request looked like (mirrored requests get no reply).
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(last)))
+            self.end_headers()
+            self.wfile.write(last)
+            return
         with lock:
             count += 1
             n = count
@@ -56,6 +66,8 @@ class Handler(BaseHTTPRequestHandler):
             "body_length": len(received),
             "tls": bool(args.tls_cert),
         }).encode()
+        with lock:
+            last = body
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("x-backend", args.name)

@@ -677,6 +677,97 @@ spec:
     mesh.wait_synced(1);
 }
 
+fn tls_is_routed_by_sni_without_being_terminated(kind: Dataplane, b: u8) {
+    let certs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (_, cert, key) = certificates(certs.path(), "secure.example.com");
+    let external = |name: &str, last: u8| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8443, name: tls, protocol: TLS}}]
+  endpoints: [{{address: 127.{b}.1.{last}}}]
+---"#
+        )
+    };
+    let yaml = format!(
+        r#"{}{}
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tls-gateway}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: tls, protocol: TLS}}
+    bind: 127.{b}.3.1
+    hosts: [secure.example.com, other.example.com]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: by-sni}}
+spec:
+  hosts: [secure.example.com, other.example.com]
+  gateways: [tls-gateway]
+  tls:
+  - match: [{{port: 8443, sniHosts: [secure.example.com]}}]
+    route: [{{destination: {{host: secure.example.com, port: {{number: 8443}}}}}}]
+  - match: [{{port: 8443, sniHosts: [other.example.com]}}]
+    route: [{{destination: {{host: other.example.com, port: {{number: 8443}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: tls-client}}
+spec:
+  workloadSelector: {{labels: {{app: tls-client}}}}
+  egress:
+  - port: {{number: 8443, protocol: TLS, name: tls}}
+    bind: 127.{b}.2.1
+    hosts: ["./*"]
+"#,
+        external("secure", 5),
+        external("other", 6)
+    );
+    let mut mesh = Mesh::start(b, &[("tls.yaml", &yaml)]);
+    for (name, last) in [("secure", 5), ("other", 6)] {
+        mesh.backend_with(name, &format!("127.{b}.1.{last}"), 8443, 0, &["--tls-cert", &cert, "--tls-key", &key]);
+    }
+    let node = format!("router~127.{b}.3.1~ingress.default~default.svc.cluster.local");
+    mesh.proxy(kind, "gateway", &node, &[("istio", "ingressgateway")], &format!("127.{b}.3.2"), false);
+    let node = format!("sidecar~127.{b}.2.1~tls-client.default~default.svc.cluster.local");
+    mesh.proxy(kind, "tls-client", &node, &[("app", "tls-client")], &format!("127.{b}.2.1"), true);
+    // curl's TLS goes end to end: the proxies only read the SNI.
+    let call = |host: &str, at: &str| {
+        mesh.curl(&["-k", "--resolve", &format!("{host}:8443:{at}"), &format!("https://{host}:8443/hello")])
+    };
+    let gateway = format!("127.{b}.3.1");
+    mesh.wait_until("the gateway's TLS listener", || call("secure.example.com", &gateway).status == 200);
+    for (host, backend) in [("secure.example.com", "secure"), ("other.example.com", "other")] {
+        let r = call(host, &gateway);
+        assert_eq!((r.status, r.backend(), r.json()["tls"].as_bool()), (200, backend, Some(true)), "{r:?}");
+    }
+    assert_eq!(call("unknown.example.com", &gateway).status, 0, "an unknown name has no route");
+    let sidecar = format!("127.{b}.2.1");
+    mesh.wait_until("the sidecar's TLS listener", || call("other.example.com", &sidecar).status == 200);
+    assert_eq!(call("secure.example.com", &sidecar).backend(), "secure");
+    mesh.wait_synced(2);
+}
+
+#[test]
+fn envoy_tls_is_routed_by_sni_without_being_terminated() {
+    tls_is_routed_by_sni_without_being_terminated(Dataplane::Envoy, 39);
+}
+
+#[test]
+fn weft_tls_is_routed_by_sni_without_being_terminated() {
+    tls_is_routed_by_sni_without_being_terminated(Dataplane::Weft, 139);
+}
+
 #[test]
 fn envoy_routes_as_the_istio_yaml_says() {
     routes_as_the_istio_yaml_says(Dataplane::Envoy, 41);

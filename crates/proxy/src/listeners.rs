@@ -137,6 +137,45 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
     addr.as_socket()
 }
 
+/// Longest TLS ClientHello weft waits for.
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
+/// How long a client may take to send its ClientHello.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SNI of a TLS ClientHello, read without consuming it: the bytes stay in the socket
+/// for whoever the connection goes to. None when the client does not speak TLS first.
+async fn peek_sni(stream: &TcpStream) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + CLIENT_HELLO_TIMEOUT;
+    let mut buf = vec![0u8; MAX_CLIENT_HELLO];
+    let mut seen = 0;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if n > seen {
+            seen = n;
+            let mut acceptor = rustls::server::Acceptor::default();
+            let mut data = &buf[..n];
+            while !data.is_empty() {
+                if acceptor.read_tls(&mut data).is_err() {
+                    return None;
+                }
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => return accepted.client_hello().server_name().map(str::to_owned),
+                Ok(None) if n < buf.len() => {}
+                _ => return None,
+            }
+        }
+        // The ClientHello is not complete yet: wait for more of it.
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: TcpStream, peer: SocketAddr) {
     let Ok(local) = stream.local_addr() else { return };
     let mut spec = spec;
@@ -157,7 +196,9 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
             spec = target.clone();
         }
     }
-    let Some(chain) = spec.chain_for(destination.port(), None) else {
+    let needs_sni = spec.chains.iter().any(|c| !c.server_names.is_empty());
+    let sni = if needs_sni { peek_sni(&stream).await } else { None };
+    let Some(chain) = spec.chain_for(destination.port(), sni.as_deref()) else {
         tracing::debug!(listener = %spec.name, "no filter chain matches a connection to {destination}");
         return;
     };

@@ -51,6 +51,12 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         let Some(number) = port.number else { continue };
         let bind = egress.bind.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
         let protocol = Protocol::of(port.protocol.as_deref(), port.name.as_deref());
+        if protocol == Protocol::Tls {
+            if let Some(l) = sidecar_tls_listener(snapshot, proxy, egress, &bind, number) {
+                out.push(l);
+            }
+            continue;
+        }
         let chain = if protocol.is_http() {
             http_chain(&format!("outbound_{number}"), RouteSource::Rds(number.to_string()))
         } else {
@@ -125,6 +131,11 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         ports.entry((bind, port)).or_insert(Protocol::Http);
     }
     let mut tcp = Vec::new();
+    for ((bind, number), _) in ports.iter().filter(|(_, p)| **p == Protocol::Tls) {
+        if let Some(l) = gateway_passthrough_listener(snapshot, proxy, bind, *number) {
+            tcp.push(l);
+        }
+    }
     for ((bind, number), _) in ports.iter().filter(|(_, p)| **p == Protocol::Tcp) {
         if let Some(destinations) = gateway_tcp_destinations(snapshot, proxy, *number) {
             tcp.push(listener(
@@ -148,6 +159,71 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         })
         .chain(tcp)
         .collect()
+}
+
+/// A sidecar's TLS egress port: chains by SNI, from VirtualService `tls` routes first,
+/// then one per visible service on the port for its own host name.
+fn sidecar_tls_listener(
+    snapshot: &Snapshot,
+    proxy: &ProxyIdentity,
+    egress: &weft_api::istio::IstioEgressListener,
+    bind: &str,
+    port: u32,
+) -> Option<Listener> {
+    let mut routes = super::route::gateway_tls_routes(snapshot, port, &["mesh".to_owned()]);
+    for service in snapshot.services_for(proxy, Some(egress)) {
+        if service.port(port).is_some() && !routes.iter().any(|(names, _)| names.contains(&service.hostname)) {
+            routes.push((
+                vec![service.hostname.clone()],
+                vec![(cluster_name("outbound", port, "", &service.hostname), 100)],
+            ));
+        }
+    }
+    sni_listener(bind, port, &format!("outbound_{port}"), routes)
+}
+
+/// A listener whose filter chains are chosen by the client's SNI (TLS inspector).
+fn sni_listener(bind: &str, port: u32, prefix: &str, routes: Vec<super::route::SniRoute>) -> Option<Listener> {
+    use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, ListenerFilter, listener_filter};
+    use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+    let chains: Vec<FilterChain> = routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (names, destinations))| {
+            let mut chain = tcp_chain(&format!("{prefix}_tls_{i}"), &destinations);
+            chain.filter_chain_match = Some(FilterChainMatch { server_names: names, ..Default::default() });
+            chain
+        })
+        .collect();
+    if chains.is_empty() {
+        return None;
+    }
+    let mut l = listener(bind, port, TrafficDirection::Outbound, FilterChain::default());
+    l.filter_chains = chains;
+    l.listener_filters = vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector::default()))),
+        ..Default::default()
+    }];
+    Some(l)
+}
+
+/// A TLS port in PASSTHROUGH mode: one filter chain per VirtualService `tls` match,
+/// chosen by the client's SNI, forwarding the still-encrypted connection.
+fn gateway_passthrough_listener(snapshot: &Snapshot, proxy: &ProxyIdentity, bind: &str, port: u32) -> Option<Listener> {
+    use weft_api::istio::ServerTlsMode;
+    let gateways: Vec<String> = snapshot
+        .gateways_for(proxy)
+        .into_iter()
+        .filter(|(_, gw)| {
+            gw.servers.iter().any(|s| {
+                s.port.as_ref().and_then(|p| p.number) == Some(port)
+                    && s.tls.as_ref().is_none_or(|t| t.mode == Some(ServerTlsMode::Passthrough))
+            })
+        })
+        .map(|(r, _)| format!("{}/{}", r.namespace(), r.name()))
+        .collect();
+    sni_listener(bind, port, &format!("gateway_{port}"), super::route::gateway_tls_routes(snapshot, port, &gateways))
 }
 
 /// The destinations of the first VirtualService `tcp` route bound to one of this

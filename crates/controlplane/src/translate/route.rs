@@ -683,6 +683,51 @@ fn cors_policy(c: &weft_api::istio::CorsPolicy) -> CorsPolicy {
     }
 }
 
+/// One SNI route: the server names it matches and its weighted destination clusters.
+pub(super) type SniRoute = (Vec<String>, Vec<(String, u32)>);
+
+/// TLS routed by SNI on a port: for each VirtualService `tls` match bound to one of
+/// `gateways` (`namespace/name`, or `mesh` for sidecars) on this port, in order, the SNI names it matches (its
+/// `sniHosts`, else the VirtualService's hosts) and its weighted destinations.
+pub(super) fn gateway_tls_routes(snapshot: &Snapshot, port: u32, gateways: &[String]) -> Vec<SniRoute> {
+    let mut out = Vec::new();
+    for (r, vs) in snapshot.virtual_services() {
+        let ns = r.namespace();
+        let bound: Vec<&String> =
+            gateways.iter().filter(|gw| vs.gateways.iter().any(|g| gateway_ref_matches(g, ns, gw))).collect();
+        // `mesh` stands for the sidecars: VirtualServices without gateways bind to it.
+        let mesh =
+            gateways.iter().any(|g| g == "mesh") && (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"));
+        if bound.is_empty() && !mesh {
+            continue;
+        }
+        for rule in &vs.tls {
+            for m in &rule.r#match {
+                let gateway_ok = m.gateways.is_empty()
+                    || m.gateways
+                        .iter()
+                        .any(|g| (mesh && g == "mesh") || bound.iter().any(|gw| gateway_ref_matches(g, ns, gw)));
+                if m.port.is_some_and(|p| p != port) || !gateway_ok {
+                    continue;
+                }
+                let names = if m.sni_hosts.is_empty() { vs.hosts.clone() } else { m.sni_hosts.clone() };
+                let total = rule.route.len();
+                let destinations = rule
+                    .route
+                    .iter()
+                    .filter_map(|d| {
+                        let weight =
+                            d.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(if total == 1 { 100 } else { 0 });
+                        Some((destination_cluster(snapshot, ns, d.destination.as_ref()?, port), weight))
+                    })
+                    .collect();
+                out.push((names, destinations));
+            }
+        }
+    }
+    out
+}
+
 /// Where a TCP connection to `hostname:port` goes: the first matching `tcp` rule of the
 /// VirtualService for the host (weighted destinations), else the service itself.
 pub(super) fn tcp_destinations(

@@ -217,6 +217,53 @@ fn timeouts_and_mirrors(kind: Dataplane, b: u8) {
     assert_eq!(copy["method"], "GET");
 }
 
+/// h2load's summary: (requests succeeded, 2xx responses).
+fn h2load(args: &[&str]) -> (u64, u64, String) {
+    let out = std::process::Command::new("h2load").args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run h2load ({e}): scripts/test installs it (Debian package nghttp2-client)")
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let number_before = |line_start: &str, word: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| {
+                let words: Vec<&str> = l.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+                words.iter().position(|w| *w == word).and_then(|i| words.get(i.checked_sub(1)?)?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    (number_before("requests:", "succeeded"), number_before("status codes:", "2xx"), text)
+}
+
+fn load_and_idle_connections(kind: Dataplane, b: u8) {
+    let mesh = start(kind, b);
+    let target = format!("127.{b}.2.1:9080");
+    // Multiplexed HTTP/2 (10 streams per connection) and HTTP/1.1 keep-alive load.
+    for extra in [&["-m", "10"][..], &["--h1"][..]] {
+        let mut args = vec!["-n", "600", "-c", "4", "--connect-to", &target];
+        args.extend_from_slice(extra);
+        args.push("http://echo:9080/load");
+        let (succeeded, ok, text) = h2load(&args);
+        assert_eq!((succeeded, ok), (600, 600), "{extra:?}: {text}");
+    }
+    // Many idle connections cost little memory each.
+    let proxy = "client";
+    let before = mesh.rss_kib(proxy);
+    let idle: Vec<std::net::TcpStream> =
+        (0..2000).map(|_| TcpStream::connect(&target).unwrap_or_else(|e| panic!("{e}"))).collect();
+    mesh.wait_until("the proxy to hold every connection", || {
+        let stats = mesh.get(&format!("http://127.{b}.2.1:15000/stats?filter=outbound_9080.downstream_cx_active")).body;
+        let count = stats.lines().filter_map(|l| l.split(": ").nth(1)?.parse::<u64>().ok()).sum::<u64>();
+        kind == Dataplane::Envoy || count >= 2000
+    });
+    let grown = mesh.rss_kib(proxy).saturating_sub(before);
+    eprintln!("{kind:?}: 2000 idle connections added {grown} KiB of RSS");
+    assert!(grown < 2000 * 32, "{grown} KiB for 2000 idle connections");
+    drop(idle);
+    let ok = mesh.curl(&["-H", "Host: echo", &format!("http://{target}/after")]);
+    assert_eq!(ok.status, 200);
+}
+
 /// Sends raw bytes, returns everything read until the peer closes or goes quiet.
 fn raw(address: &str, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("{address}: {e}"));
@@ -362,6 +409,16 @@ fn envoy_timeouts_and_mirrors() {
 #[test]
 fn weft_timeouts_and_mirrors() {
     timeouts_and_mirrors(Dataplane::Weft, 140);
+}
+
+#[test]
+fn envoy_load_and_idle_connections() {
+    load_and_idle_connections(Dataplane::Envoy, 38);
+}
+
+#[test]
+fn weft_load_and_idle_connections() {
+    load_and_idle_connections(Dataplane::Weft, 138);
 }
 
 #[test]

@@ -204,8 +204,7 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
     };
     match &chain.kind {
         ChainKind::Http(h) => {
-            let stats = shared.stats.http(&h.stat_prefix);
-            let conn = Arc::new(http::Connection { shared: shared.clone(), spec: h.clone(), peer, destination, stats });
+            let conn = Arc::new(http::Connection::new(shared.clone(), h.clone(), peer, destination));
             http::serve(conn, stream).await;
         }
         ChainKind::Tcp(t) => crate::tcp::proxy(shared.clone(), t.clone(), stream, peer, destination).await,

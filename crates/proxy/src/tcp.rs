@@ -2,10 +2,13 @@
 //! ways until either side closes.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::Shared;
 use crate::model::cluster::Discovery;
@@ -67,12 +70,76 @@ pub async fn proxy<I>(
     };
     if let Some((host, _slot, mut conn)) = attempt.await {
         host.active.fetch_add(1, Ordering::Relaxed);
-        let copied = tokio::io::copy_bidirectional(&mut downstream, &mut conn).await;
-        if let Ok((up, down)) = copied {
-            stats.rx_bytes.fetch_add(up, Ordering::Relaxed);
-            stats.tx_bytes.fetch_add(down, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut down = Active { inner: &mut downstream, last: last.clone(), started };
+        let mut up = Active { inner: &mut conn, last: last.clone(), started };
+        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        tokio::pin!(copy);
+        loop {
+            // Envoy's TCP idle timeout: no bytes either way for this long closes both sides.
+            let deadline =
+                spec.idle_timeout.map(|idle| started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle);
+            tokio::select! {
+                copied = &mut copy => {
+                    if let Ok((rx, tx)) = copied {
+                        stats.rx_bytes.fetch_add(rx, Ordering::Relaxed);
+                        stats.tx_bytes.fetch_add(tx, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                    let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
+                    if spec.idle_timeout.is_some_and(|idle| quiet_since + idle <= tokio::time::Instant::now()) {
+                        tracing::debug!(cluster, "TCP connection idle; closing");
+                        break;
+                    }
+                }
+            }
         }
         host.active.fetch_sub(1, Ordering::Relaxed);
     }
     stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A stream that records when bytes last moved through it, in milliseconds since `started`.
+struct Active<'a, T> {
+    inner: &'a mut T,
+    last: Arc<AtomicU64>,
+    started: tokio::time::Instant,
+}
+
+impl<T> Active<'_, T> {
+    fn touch(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<'_, T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<'_, T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut *self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }

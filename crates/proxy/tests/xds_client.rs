@@ -121,6 +121,10 @@ fn cluster(backend: SocketAddr) -> Cluster {
 
 /// A listener whose only route sends `path_match` to the backend cluster.
 fn listener(at: SocketAddr, path_match: route_match::PathSpecifier) -> Listener {
+    listener_with_idle(at, path_match, None)
+}
+
+fn listener_with_idle(at: SocketAddr, path_match: route_match::PathSpecifier, idle: Option<Duration>) -> Listener {
     let routes = RouteConfiguration {
         name: "inline".into(),
         virtual_hosts: vec![VirtualHost {
@@ -139,6 +143,13 @@ fn listener(at: SocketAddr, path_match: route_match::PathSpecifier) -> Listener 
         ..Default::default()
     };
     let hcm = HttpConnectionManager {
+        common_http_protocol_options: idle.map(|d| envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+            idle_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }),
+            ..Default::default()
+        }),
         stat_prefix: "test".into(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
         http_filters: vec![HttpFilter {
@@ -242,19 +253,8 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acks_nacks_keeps_the_last_good_config_and_survives_the_control_plane() {
-    let ip = "127.201.0.1";
-    let (ads_at, backend_at, listener_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip), free_port(ip));
-    backend(backend_at).await;
-
-    let (streams_tx, mut streams) = mpsc::unbounded_channel();
-    let server = Arc::new(Mutex::new(Some(tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx.clone() }))
-            .serve(ads_at),
-    ))));
-    let config = ProxyConfig {
+fn config(ads_at: SocketAddr, admin_at: SocketAddr) -> ProxyConfig {
+    ProxyConfig {
         xds_address: ads_at.to_string(),
         protocol: XdsProtocol::Delta,
         node: NodeInfo {
@@ -268,8 +268,63 @@ async fn acks_nacks_keeps_the_last_good_config_and_survives_the_control_plane() 
         drain_grace: Duration::from_secs(1),
         concurrency: 1,
         set_log_level: Arc::new(|_| Ok(())),
-    };
-    tokio::spawn(weft_proxy::run(config, std::future::pending()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let ip = "127.201.0.2";
+    let (ads_at, backend_at, listener_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip), free_port(ip));
+    backend(backend_at).await;
+    let (streams_tx, mut streams) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx }))
+            .serve(ads_at),
+    );
+    tokio::spawn(weft_proxy::run(config(ads_at, admin_at), std::future::pending()));
+    let mut s = tokio::time::timeout(Duration::from_secs(20), streams.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the proxy never connected"))
+        .unwrap_or_else(|| panic!("server gone"));
+    let _ = s.responses.send(Ok(response(types::CLUSTER, "1", "backend", pack_any(cluster(backend_at))))).await;
+    let idle =
+        listener_with_idle(listener_at, route_match::PathSpecifier::Prefix("/".into()), Some(Duration::from_secs(1)));
+    let _ = s.responses.send(Ok(response(types::LISTENER, "2", "test-listener", pack_any(idle)))).await;
+    assert!(reply_to(&mut s, "2").await.error_detail.is_none());
+    eventually("traffic through the listener", async || get(listener_at, "/x").await.0 == 200).await;
+
+    // One request on a kept-alive connection, then silence: the proxy closes it.
+    let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap_or(0);
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was still open after 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_nacks_keeps_the_last_good_config_and_survives_the_control_plane() {
+    let ip = "127.201.0.1";
+    let (ads_at, backend_at, listener_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip), free_port(ip));
+    backend(backend_at).await;
+
+    let (streams_tx, mut streams) = mpsc::unbounded_channel();
+    let server = Arc::new(Mutex::new(Some(tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx.clone() }))
+            .serve(ads_at),
+    ))));
+    tokio::spawn(weft_proxy::run(config(ads_at, admin_at), std::future::pending()));
 
     // The first stream: the node, then wildcard clusters and listeners.
     let mut s = tokio::time::timeout(Duration::from_secs(20), streams.recv())

@@ -469,6 +469,26 @@ static_resources:
         });
     }
 
+    /// The process id of the process this mesh started as `name`.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// Resident memory of process `name`, in KiB (`VmRSS`).
+    pub fn rss_kib(&self, name: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(name))).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends SIGTERM to the process this mesh started as `name`.
     pub fn terminate(&self, name: &str) {
         let (_, child) = self.children.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no process {name}"));

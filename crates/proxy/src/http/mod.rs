@@ -42,6 +42,33 @@ pub struct Connection {
     pub destination: SocketAddr,
     /// Counters.
     pub stats: Arc<HttpStats>,
+    /// Requests in flight on this connection.
+    pub active: std::sync::atomic::AtomicU32,
+    /// When the last request ended (for the idle timeout).
+    pub last_request_end: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Connection {
+    /// A connection's request context.
+    pub fn new(shared: Arc<Shared>, spec: Arc<HttpSpec>, peer: SocketAddr, destination: SocketAddr) -> Connection {
+        let stats = shared.stats.http(&spec.stat_prefix);
+        Connection {
+            shared,
+            spec,
+            peer,
+            destination,
+            stats,
+            active: std::sync::atomic::AtomicU32::new(0),
+            last_request_end: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// When the connection becomes idle long enough to close, if it has no request now.
+    fn idle_deadline(&self) -> Option<tokio::time::Instant> {
+        let idle = self.spec.idle_timeout?;
+        let last = *self.last_request_end.lock().ok()?;
+        Some(last + idle)
+    }
 }
 
 /// Serves one downstream connection until it closes or the proxy drains.
@@ -54,6 +81,7 @@ where
     let spec = conn.spec.clone();
     let shared = conn.shared.clone();
     let stats = conn.stats.clone();
+    let state = conn.clone();
     let service = service_fn(move |req| handle(conn.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -73,12 +101,37 @@ where
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     // A connection accepted while the proxy drains is closed at once.
-    if let Some(watcher) = shared.drain_watcher()
-        && let Err(e) = watcher.watch(connection.into_owned()).await
-    {
-        tracing::debug!("downstream connection ended: {e}");
+    if let Some(watcher) = shared.drain_watcher() {
+        let watched = watcher.watch(connection.into_owned());
+        tokio::pin!(watched);
+        loop {
+            // Envoy's idle timeout: no request for this long closes the connection.
+            let deadline = state.idle_deadline();
+            tokio::select! {
+                result = &mut watched => {
+                    if let Err(e) = result {
+                        tracing::debug!("downstream connection ended: {e}");
+                    }
+                    break;
+                }
+                () = sleep_until_or_forever(deadline) => {
+                    let idle = state.active.load(Ordering::Relaxed) == 0
+                        && state.idle_deadline().is_some_and(|d| d <= tokio::time::Instant::now());
+                    if idle {
+                        break;
+                    }
+                }
+            }
+        }
     }
     stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether the request is gRPC (local replies are then gRPC statuses).
@@ -92,6 +145,7 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
 async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     conn.stats.rq_total.fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+    conn.active.fetch_add(1, Ordering::Relaxed);
     let grpc = is_grpc(&req);
     let response = match route(&conn, req).await {
         Ok(r) => r,
@@ -105,6 +159,10 @@ async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Respons
     let class = usize::from(response.status().as_u16() / 100).min(5);
     conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+    conn.active.fetch_sub(1, Ordering::Relaxed);
+    if let Ok(mut last) = conn.last_request_end.lock() {
+        *last = tokio::time::Instant::now();
+    }
     Ok(response)
 }
 

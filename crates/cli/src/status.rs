@@ -170,5 +170,5 @@ pub fn proxy_config(kind: &str, dump: &Value) -> String {
 /// The debug path of a proxy's config dump.
 pub fn config_dump_path(proxy: &str) -> String {
     let query: String = form_urlencoded::Serializer::new(String::new()).append_pair("proxyID", proxy).finish();
-    format!("/debug/config_dump?{query}")
+    format!("/debug/config_dump?{query}&summary")
 }

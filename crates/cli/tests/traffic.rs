@@ -332,6 +332,25 @@ fn routes_as_the_istio_yaml_says(kind: Dataplane, b: u8) {
             == ["reviews.default.svc.cluster.local", "9080", "v2", "outbound", "EDS"]),
         "{clusters}"
     );
+    // The control plane's dump of what it sends this proxy is in Envoy's shape and
+    // names the very clusters the proxy's own dump holds.
+    let cp_dump: serde_json::Value = serde_json::from_str(
+        &mesh.get(&format!("http://127.{b}.0.1:15014/debug/config_dump?proxyID={client_id}")).body,
+    )
+    .unwrap_or_default();
+    let cluster_names = |dump: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["@type"].as_str().is_some_and(|t| t.ends_with("ClustersConfigDump")))
+            .flat_map(|c| c["dynamic_active_clusters"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["cluster"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let proxy_clusters = cluster_names(&dump);
+    assert!(proxy_clusters.contains("outbound|9080|v2|reviews.default.svc.cluster.local"), "{proxy_clusters:?}");
+    assert_eq!(cluster_names(&cp_dump), proxy_clusters);
     let acked = |t: &str| client["types"][t]["acked"].as_str().unwrap_or("").to_owned();
     let configs = dump["configs"].as_array().cloned().unwrap_or_default();
     let envoy_version = |kind: &str, field: &str| {

@@ -1,6 +1,7 @@
 //! Plain-HTTP debug endpoints on 15014: `/metrics`, `/ready`, `/debug/syncz` (each
 //! proxy: types, versions sent and acknowledged, NACKs) and
-//! `/debug/config_dump?proxyID=ID` (what that proxy is being sent, summarised).
+//! `/debug/config_dump?proxyID=ID` (what that proxy is being sent, in Envoy's
+//! `/config_dump` shape; `&summary` gives the digest `weft proxy-config` prints).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -82,7 +83,12 @@ fn handle<B>(
             };
             let snapshot = snapshots.borrow().clone();
             let resources = translate::resources_for(&snapshot, proxy, &sync.listener_names);
-            json_reply(StatusCode::OK, &summary(snapshot.version, &resources))
+            let wants_summary = form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "summary");
+            if wants_summary {
+                json_reply(StatusCode::OK, &summary(snapshot.version, &resources))
+            } else {
+                json_reply(StatusCode::OK, &envoy_dump(&sync, &resources))
+            }
         }
         _ => reply(
             StatusCode::NOT_FOUND,
@@ -90,6 +96,51 @@ fn handle<B>(
             "not found; try /metrics, /debug/syncz, /debug/config_dump?proxyID=\n".into(),
         ),
     }
+}
+
+/// What a proxy is being sent, in the shape of Envoy's own `/config_dump` (as Istio's
+/// `/debug/config_dump` serves it), each resource rendered as Envoy's JSON.
+fn envoy_dump(sync: &crate::ads::ProxySync, resources: &Resources) -> Value {
+    use weft_envoy::message_to_json;
+    let version = |t: &str| sync.types.get(t).map(|s| s.sent.clone()).unwrap_or_default();
+    let (cds, lds, rds, eds) = (
+        version(translate::type_url::CLUSTER),
+        version(translate::type_url::LISTENER),
+        version(translate::type_url::ROUTE),
+        version(translate::type_url::ENDPOINT),
+    );
+    let node = sync.identity.as_ref().map(|p| {
+        json!({
+            "id": sync.proxy,
+            "metadata": {"NAMESPACE": p.namespace, "LABELS": p.labels, "INTERCEPTION_MODE": p.interception_mode},
+        })
+    });
+    json!({"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {"node": node}},
+        {
+            "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+            "version_info": cds,
+            "dynamic_active_clusters": resources.clusters.iter()
+                .map(|c| json!({"version_info": cds, "cluster": message_to_json(c)})).collect::<Vec<_>>(),
+        },
+        {
+            "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+            "version_info": lds,
+            "dynamic_listeners": resources.listeners.iter()
+                .map(|l| json!({"name": l.name, "active_state": {"version_info": lds, "listener": message_to_json(l)}}))
+                .collect::<Vec<_>>(),
+        },
+        {
+            "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+            "dynamic_route_configs": resources.routes.iter()
+                .map(|r| json!({"version_info": rds, "route_config": message_to_json(r)})).collect::<Vec<_>>(),
+        },
+        {
+            "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+            "dynamic_endpoint_configs": resources.endpoints.iter()
+                .map(|e| json!({"version_info": eds, "endpoint_config": message_to_json(e)})).collect::<Vec<_>>(),
+        },
+    ]})
 }
 
 /// `ip:port` of an Envoy address.

@@ -1,40 +1,11 @@
 //! `/config_dump` as Envoy writes it: one entry per xDS type with the accepted
 //! resources, their versions, and the resources themselves as proto3 JSON.
 
-use std::sync::OnceLock;
-
-use envoy_types::pb::google::protobuf::Any;
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Value, json};
+use weft_envoy::to_json;
 
 use crate::Shared;
 use crate::state::types;
-
-static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy-descriptors.bin"));
-
-fn pool() -> Option<&'static DescriptorPool> {
-    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
-    POOL.get_or_init(|| if DESCRIPTORS.is_empty() { None } else { DescriptorPool::decode(DESCRIPTORS).ok() }).as_ref()
-}
-
-/// A resource as proto3 JSON with Envoy's field names, `@type` first.
-pub fn to_json(any: &Any) -> Value {
-    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
-    let rendered = pool().and_then(|pool| {
-        let descriptor = pool.get_message_by_name(type_name)?;
-        let message = DynamicMessage::decode(descriptor, any.value.as_slice()).ok()?;
-        let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
-        let mut out = serde_json::Serializer::new(Vec::new());
-        message.serialize_with_options(&mut out, &options).ok()?;
-        serde_json::from_slice::<Value>(&out.into_inner()).ok()
-    });
-    let mut object = serde_json::Map::new();
-    object.insert("@type".into(), Value::String(any.type_url.clone()));
-    if let Some(Value::Object(fields)) = rendered {
-        object.extend(fields);
-    }
-    Value::Object(object)
-}
 
 /// The whole dump; `resource` narrows it to one section (`dynamic_active_clusters`, ...).
 pub fn config_dump(shared: &Shared, resource: Option<&str>) -> Value {

@@ -1,7 +1,7 @@
 //! Embeds Envoy's protobuf descriptors, which the `envoy-types` crate ships as
-//! `src/generated/types.bin`, so that `/config_dump` renders resources as Envoy does.
+//! `src/generated/types.bin`, so that config dumps render resources as Envoy does.
 //! The crate is found through Cargo.lock and the registry source directory; when it
-//! cannot be found (a vendored build), the admin endpoint renders names and versions only.
+//! cannot be found (a vendored build), dumps render names and versions only.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ fn main() {
             }
         }
         None => {
-            println!("cargo:warning=envoy-types descriptors not found; /config_dump will omit resource bodies");
+            println!("cargo:warning=envoy-types descriptors not found; config dumps will omit resource bodies");
             let _ = std::fs::write(&out, b"");
         }
     }

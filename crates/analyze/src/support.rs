@@ -28,6 +28,7 @@ const TRAFFIC_POLICY: &[&str] = &[
     "connectionPool.http.http2MaxRequests",
     "connectionPool.http.maxRetries",
     "connectionPool.http.idleTimeout",
+    "connectionPool.http.h2UpgradePolicy",
     "outlierDetection.consecutive5xxErrors",
     "outlierDetection.consecutiveGatewayErrors",
     "outlierDetection.consecutiveErrors",
@@ -114,6 +115,8 @@ fn supported(kind: &str) -> &'static [&'static str] {
             "ingress.bind",
             "ingress.captureMode",
             "ingress.defaultEndpoint",
+            // Acted on for sidecars with traffic capture, where it decides unknown destinations.
+            "outboundTrafficPolicy.mode",
         ],
         // Security and telemetry kinds are not supported yet as a whole; the parser says so
         // once per resource rather than once per field.

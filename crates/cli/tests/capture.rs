@@ -349,4 +349,13 @@ fn capture_scenario(kind: Dataplane) {
     assert!(echoed["headers"]["x-captured"].is_null());
     let clusters = pods.curl(&a, &["http://127.0.0.1:15000/clusters"]).1;
     assert!(clusters.lines().any(|l| l == "PassthroughCluster::10.66.0.2:9999::cx_total::1"), "{clusters}");
+
+    // REGISTRY_ONLY: unknown destinations are closed, services still reached.
+    let registry_only = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: client}\nspec:\n  workloadSelector: {labels: {app: client}}\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+    std::fs::write(Path::new(&config).join("mesh.yaml"), format!("{CONFIG}{registry_only}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    pods.wait("REGISTRY_ONLY to close unknown destinations", || {
+        pods.curl(&a, &["http://10.66.0.2:9999/elsewhere"]).0 == 0
+    });
+    assert_eq!(pods.curl(&a, &["-H", "Host: server", url]).0, 200);
 }

@@ -109,6 +109,23 @@ spec:
     route: [{{destination: {{host: grpc-echo}}}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: grpc-over-http}}
+spec:
+  hosts: [grpc-over-http.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9091, name: http-grpc, protocol: HTTP, targetPort: 9090}}]
+  workloadSelector: {{labels: {{app: grpc-echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: grpc-over-http}}
+spec:
+  host: grpc-over-http
+  trafficPolicy: {{connectionPool: {{http: {{h2UpgradePolicy: UPGRADE}}}}}}
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: echo}}
 spec:
@@ -133,6 +150,9 @@ spec:
     bind: 127.{b}.2.1
     hosts: ["./*"]
   - port: {{number: 9090, protocol: GRPC, name: grpc}}
+    bind: 127.{b}.2.1
+    hosts: ["./*"]
+  - port: {{number: 9091, protocol: HTTP, name: http-grpc}}
     bind: 127.{b}.2.1
     hosts: ["./*"]
 "#
@@ -324,11 +344,11 @@ fn websocket_h2c_bodies_and_grpc(kind: Dataplane, b: u8) {
 
     // gRPC through the sidecar: retries on UNAVAILABLE make a flaky server succeed, and
     // an injected abort arrives as the configured gRPC status.
-    let grpc = |metadata: &[&str]| {
+    let grpc_to = |port: u16, host: &str, metadata: &[&str]| {
         let mut cmd = std::process::Command::new(common::mesh::python());
         cmd.arg(common::mesh::grpc_script())
-            .args(["client", "--target", &format!("127.{b}.2.1:9090"), "--count", "6"])
-            .args(["--authority", "grpc-echo.default.svc.cluster.local:9090"]);
+            .args(["client", "--target", &format!("127.{b}.2.1:{port}"), "--count", "6"])
+            .args(["--authority", &format!("{host}.default.svc.cluster.local:{port}")]);
         for m in metadata {
             cmd.args(["--metadata", m]);
         }
@@ -338,11 +358,15 @@ fn websocket_h2c_bodies_and_grpc(kind: Dataplane, b: u8) {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .collect::<Vec<_>>()
     };
+    let grpc = |metadata: &[&str]| grpc_to(9090, "grpc-echo", metadata);
     let calls = grpc(&[]);
     assert_eq!(calls.len(), 6);
     assert!(calls.iter().all(|c| c["ok"] == true && c["name"] == "grpc-1"), "{calls:?}");
     let denied = grpc(&["x-deny=yes"]);
     assert!(denied.iter().all(|c| c["code"] == "PERMISSION_DENIED"), "{denied:?}");
+    // An HTTP port upgraded to HTTP/2 upstream by the DestinationRule carries gRPC.
+    let upgraded = grpc_to(9091, "grpc-over-http", &[]);
+    assert!(upgraded.iter().all(|c| c["ok"] == true && c["name"] == "grpc-1"), "{upgraded:?}");
     mesh.wait_synced(1);
 }
 

@@ -25,6 +25,8 @@ pub const OUTBOUND_PORT: u32 = 15001;
 pub const INBOUND_PORT: u32 = 15006;
 /// Where captured connections to unknown destinations go, unchanged.
 pub const PASSTHROUGH: &str = "PassthroughCluster";
+/// Where captured connections to unknown destinations go under REGISTRY_ONLY: nowhere.
+pub const BLACKHOLE: &str = "BlackHoleCluster";
 /// Where captured inbound connections to undeclared ports go, unchanged.
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 
@@ -70,12 +72,18 @@ pub fn capture_listeners(
     snapshot: &Snapshot,
     proxy: &ProxyIdentity,
 ) -> Vec<Listener> {
+    // The Sidecar's outboundTrafficPolicy: ALLOW_ANY (Istio's default) passes unknown
+    // destinations through, REGISTRY_ONLY closes their connections.
+    let registry_only =
+        snapshot.sidecar_for(proxy).and_then(|s| s.outbound_traffic_policy.as_ref()).and_then(|p| p.mode)
+            == Some(weft_api::istio::OutboundTrafficPolicyMode::RegistryOnly);
+    let unknown = if registry_only { BLACKHOLE } else { PASSTHROUGH };
     let mut out = vec![Listener {
         name: "virtualOutbound".into(),
         address: Some(socket("0.0.0.0", OUTBOUND_PORT)),
         use_original_dst: Some(BoolValue { value: true }),
         listener_filters: vec![original_dst_filter()],
-        default_filter_chain: Some(tcp_chain(PASSTHROUGH, &[(PASSTHROUGH.to_owned(), 100)])),
+        default_filter_chain: Some(tcp_chain(unknown, &[(unknown.to_owned(), 100)])),
         traffic_direction: TrafficDirection::Outbound as i32,
         ..Default::default()
     }];
@@ -124,7 +132,16 @@ pub fn capture_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Clust
         connect_timeout: Some(duration(CONNECT_TIMEOUT)),
         ..Default::default()
     };
-    let mut out = vec![passthrough(PASSTHROUGH), passthrough(INBOUND_PASSTHROUGH)];
+    let mut out = vec![
+        passthrough(PASSTHROUGH),
+        passthrough(INBOUND_PASSTHROUGH),
+        Cluster {
+            name: BLACKHOLE.to_owned(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+            connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+            ..Default::default()
+        },
+    ];
     for port in inbound_ports(snapshot, proxy).into_keys() {
         let name = cluster_name("inbound", port, "", "");
         out.push(Cluster {

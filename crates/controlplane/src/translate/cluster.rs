@@ -195,7 +195,11 @@ fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy:
         c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32));
         c.eds_cluster_config = Some(cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: name.clone() });
     }
-    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+    // HTTP/2 ports speak HTTP/2 upstream; so do HTTP ports a DestinationRule upgrades.
+    let upgrade = port.protocol == Protocol::Http
+        && policy.connection_pool.as_ref().and_then(|cp| cp.http.as_ref()).and_then(|h| h.h2_upgrade_policy)
+            == Some(weft_api::istio::H2UpgradePolicy::Upgrade);
+    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) || upgrade {
         let options = HttpProtocolOptions {
             upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                 http_protocol_options::ExplicitHttpConfig {
@@ -327,8 +331,18 @@ fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>)
             ..Default::default()
         });
         if options.upstream_protocol_options.is_none() {
+            // Envoy requires a protocol choice beside common options: HTTP/1.1, as Istio's
+            // default for HTTP ports.
             options.upstream_protocol_options =
-                Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(Default::default()));
+                Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                                Default::default(),
+                            ),
+                        ),
+                    },
+                ));
         }
         c.typed_extension_protocol_options
             .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));

@@ -4,6 +4,8 @@
 //! AWS-LC module, OpenSSL 3) arrive as cargo features; whichever is built in is reported
 //! by [`provider_info`], which `weft version` and the admin endpoints print.
 
+pub mod ca;
+
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;

@@ -95,6 +95,16 @@ struct ControlPlaneArgs {
     /// Address of /metrics and /debug endpoints.
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_address: std::net::SocketAddr,
+    /// Address of the TLS port (xDS and Istio's certificate service); needs --state-dir.
+    #[arg(long, requires = "state_dir")]
+    secure_address: Option<std::net::SocketAddr>,
+    /// Where the CA (`ca/`, or Istio's plug-in CA files there) and the workloads'
+    /// bootstrap tokens (`tokens/<namespace>/<workload>.token`) are kept.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -195,6 +205,12 @@ fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         paths: args.config,
         xds_address: args.xds_address,
         debug_address: args.debug_address,
+        security: match (args.secure_address, args.state_dir) {
+            (Some(secure_address), Some(state_dir)) => {
+                Some(weft_controlplane::server::Security { state_dir, secure_address, trust_domain: args.trust_domain })
+            }
+            _ => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(weft_controlplane::server::run(config, async {

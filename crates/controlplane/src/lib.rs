@@ -6,6 +6,7 @@
 //! standard Envoy v3 xDS.
 
 pub mod ads;
+pub mod ca;
 pub mod cache;
 pub mod debug;
 pub mod metrics;

@@ -34,6 +34,20 @@ pub struct Config {
     pub xds_address: SocketAddr,
     /// Where `/metrics` and `/debug/*` listen.
     pub debug_address: SocketAddr,
+    /// The certificate authority and the TLS port, when enabled.
+    pub security: Option<Security>,
+}
+
+/// The CA and the secure port (15012: xDS and Istio's certificate service over TLS).
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Where the CA's root (or Istio's plug-in CA files, in `ca/`) and the workloads'
+    /// bootstrap tokens (`tokens/`) are kept.
+    pub state_dir: PathBuf,
+    /// Where the TLS port listens.
+    pub secure_address: SocketAddr,
+    /// The mesh's trust domain (`cluster.local`).
+    pub trust_domain: String,
 }
 
 /// Why the control plane could not start.
@@ -56,6 +70,12 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("xDS server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The certificate authority could not start.
+    #[error("certificate authority: {0}")]
+    Ca(#[from] weft_tls::ca::CaError),
+    /// Tokens or state could not be written.
+    #[error("state directory: {0}")]
+    State(#[from] std::io::Error),
 }
 
 /// Loads configuration and checks it as `weft analyze` would; errors refuse it.
@@ -94,6 +114,14 @@ pub async fn run(
     tokio::spawn(watch_config(config.paths.clone(), tx, metrics.clone()));
     tokio::spawn(debug::serve(debug_listener, rx.clone(), status.clone(), metrics.clone()));
 
+    if let Some(security) = &config.security {
+        let secure = secure_server(security.clone(), rx.clone(), status.clone(), metrics.clone()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = secure.await {
+                tracing::error!("secure port failed: {e}");
+            }
+        });
+    }
     let ads = Ads::new(rx, status, metrics);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -101,6 +129,49 @@ pub async fn run(
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(xds), shutdown)
         .await?;
     Ok(())
+}
+
+/// Starts the CA and returns the TLS server of the secure port (xDS and the certificate
+/// service), bound and ready to be awaited.
+async fn secure_server(
+    security: Security,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: Arc<SyncStatus>,
+    metrics: Arc<Metrics>,
+) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, ServerError> {
+    use crate::ca::{CertificateService, SERVER_NAMES, Tokens};
+    let ca = Arc::new(weft_tls::ca::CertificateAuthority::load_or_create(
+        &security.state_dir.join("ca"),
+        &security.trust_domain,
+    )?);
+    let tokens = Arc::new(Tokens::new(&security.state_dir, &security.trust_domain));
+    tokens.sync(&snapshots.borrow())?;
+    let mut updates = snapshots.clone();
+    let watched = tokens.clone();
+    tokio::spawn(async move {
+        while updates.changed().await.is_ok() {
+            let snapshot = updates.borrow_and_update().clone();
+            if let Err(e) = watched.sync(&snapshot) {
+                tracing::error!("cannot write bootstrap tokens: {e}");
+            }
+        }
+    });
+    let ip = security.secure_address.ip();
+    let ips: Vec<std::net::IpAddr> = if ip.is_unspecified() { Vec::new() } else { vec![ip] };
+    let (chain, key) = ca.server_certificate(SERVER_NAMES, &ips, Duration::from_secs(365 * 24 * 3600))?;
+    let listener = tokio::net::TcpListener::bind(security.secure_address)
+        .await
+        .map_err(|source| ServerError::Bind { address: security.secure_address, source })?;
+    tracing::info!(secure = %security.secure_address, trust_domain = %security.trust_domain, ca = ?ca.source(), "certificate authority serving");
+    let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key));
+    let ads = Ads::new(snapshots, status, metrics);
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(CertificateService::new(ca, tokens))
+        .add_service(ads.into_service())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    Ok(server)
 }
 
 /// `(path, modified, length)` of every configuration file: what a change changes.

@@ -264,6 +264,38 @@ impl CertificateAuthority {
     }
 }
 
+impl CertificateAuthority {
+    /// A serving certificate for the control plane itself (its xDS and CA port), valid
+    /// for these DNS names and IP addresses: (PEM chain leaf to root, PEM key).
+    pub fn server_certificate(
+        &self,
+        dns_names: &[&str],
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*name).try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?));
+        }
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + lifetime;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut chain = cert.pem();
+        for c in &self.chain {
+            chain.push_str(c);
+        }
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
 /// A new key pair and a certificate signing request for `identity`, both PEM: what a
 /// proxy sends the CA.
 pub fn key_and_csr(identity: &SpiffeId) -> Result<(String, String), CaError> {

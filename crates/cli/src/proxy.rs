@@ -73,6 +73,22 @@ pub struct ProxyArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// The control plane's secure port, where the workload certificate comes from
+    /// (needs --ca-root-cert and --token-file).
+    #[arg(long, requires_all = ["ca_root_cert", "token_file"])]
+    ca_address: Option<String>,
+    /// The mesh's root certificate (the control plane's `STATE/ca/root-cert.pem`).
+    #[arg(long)]
+    ca_root_cert: Option<std::path::PathBuf>,
+    /// This workload's bootstrap token (the control plane's `STATE/tokens/NS/NAME.token`).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime to ask for; the certificate is renewed at half of it (e.g. 24h).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_lifetime: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -112,6 +128,20 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let id =
         args.node_id.clone().unwrap_or_else(|| format!("{role}~{}~{workload}.{ns}~{ns}.svc.cluster.local", args.ip));
     let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let identity = match (args.ca_address, args.ca_root_cert, args.token_file) {
+        (Some(ca_address), Some(root_cert), Some(token_file)) => Some(weft_proxy::identity::IdentityConfig {
+            ca_address,
+            root_cert,
+            token_file,
+            identity: weft_tls::ca::SpiffeId {
+                trust_domain: args.trust_domain,
+                namespace: ns.clone(),
+                service_account: args.service_account.clone(),
+            },
+            lifetime: args.cert_lifetime,
+        }),
+        _ => None,
+    };
     let config = ProxyConfig {
         xds_address: args.xds_address,
         protocol: match args.xds_protocol {
@@ -133,6 +163,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         drain_grace: args.drain_grace,
         concurrency,
         set_log_level,
+        identity,
     };
     // One worker: a single-threaded runtime, with no work-stealing machinery to pay for.
     let runtime = if concurrency <= 1 {

@@ -14,10 +14,10 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use envoy_types::pb::google::protobuf::Struct;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, StdError, http};
 use weft_api::resource::Spec;
+pub use weft_envoy::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
 use weft_tls::ca::{CertificateAuthority, DEFAULT_WORKLOAD_LIFETIME, SpiffeId};
 
 use crate::snapshot::Snapshot;
@@ -29,28 +29,6 @@ pub const SECURE_PORT: u16 = 15012;
 /// The names the control plane's serving certificate carries (Istio's included, so
 /// proxies configured for istiod verify it).
 pub const SERVER_NAMES: &[&str] = &["istiod.istio-system.svc", "istiod", "weft-control-plane", "localhost"];
-
-/// `IstioCertificateRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct IstioCertificateRequest {
-    /// PEM-encoded certificate signing request.
-    #[prost(string, tag = "1")]
-    pub csr: String,
-    /// Requested lifetime, in seconds (0: the default).
-    #[prost(int64, tag = "3")]
-    pub validity_duration: i64,
-    /// Optional metadata.
-    #[prost(message, optional, tag = "4")]
-    pub metadata: Option<Struct>,
-}
-
-/// `IstioCertificateResponse`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct IstioCertificateResponse {
-    /// PEM certificates, leaf first, root last.
-    #[prost(string, repeated, tag = "1")]
-    pub cert_chain: Vec<String>,
-}
 
 /// Bootstrap tokens of the workloads in the configuration.
 #[derive(Debug)]
@@ -199,7 +177,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let service = self.clone();
         match request.uri().path() {
-            "/istio.v1.auth.IstioCertificateService/CreateCertificate" => Box::pin(async move {
+            weft_envoy::istio_ca::CREATE_CERTIFICATE => Box::pin(async move {
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
                 Ok(grpc.unary(CreateCertificate(service), request).await)
             }),

@@ -43,6 +43,36 @@ pub fn message_to_json<M: Message + prost::Name>(message: &M) -> Value {
     to_json(&Any { type_url: M::type_url(), value: message.encode_to_vec() })
 }
 
+/// Istio's certificate service messages (`istio.v1.auth`), as its proto defines them.
+pub mod istio_ca {
+    use envoy_types::pb::google::protobuf::Struct;
+
+    /// The gRPC method path of `CreateCertificate`.
+    pub const CREATE_CERTIFICATE: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
+
+    /// `IstioCertificateRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct IstioCertificateRequest {
+        /// PEM-encoded certificate signing request.
+        #[prost(string, tag = "1")]
+        pub csr: String,
+        /// Requested lifetime, in seconds (0: the default).
+        #[prost(int64, tag = "3")]
+        pub validity_duration: i64,
+        /// Optional metadata.
+        #[prost(message, optional, tag = "4")]
+        pub metadata: Option<Struct>,
+    }
+
+    /// `IstioCertificateResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct IstioCertificateResponse {
+        /// PEM certificates, leaf first, root last.
+        #[prost(string, repeated, tag = "1")]
+        pub cert_chain: Vec<String>,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;

@@ -121,6 +121,7 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             shared.quit.notify_one();
             text(StatusCode::OK, "OK\n".into())
         }
+        (_, "/certs") => json(&certs(&shared)),
         (_, "/server_info") => json(&serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "state": if shared.is_ready() { "LIVE" } else { "PRE_INITIALIZING" },
@@ -134,6 +135,25 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         ),
         _ => text(StatusCode::NOT_FOUND, "invalid path. admin commands are listed at /\n".into()),
     }
+}
+
+/// Envoy's `/certs` shape: the workload certificate and the root it chains to.
+fn certs(shared: &Shared) -> serde_json::Value {
+    let Some(cert) = shared.identity.load_full() else { return serde_json::json!({ "certificates": [] }) };
+    let info = |pem: &str| {
+        let i = weft_tls::ca::certificate_info(pem);
+        serde_json::json!({
+            "serial_number": i.as_ref().map(|i| i.serial.clone()),
+            "subject_alt_names": i.as_ref().map(|i| i.spiffe_ids.iter().map(|u| serde_json::json!({"uri": u})).collect::<Vec<_>>()),
+            "valid_from": i.as_ref().map(|i| i.not_before),
+            "expiration_time": i.as_ref().map(|i| i.not_after),
+        })
+    };
+    let root = cert.chain.last().map(|r| info(r));
+    serde_json::json!({ "certificates": [{
+        "cert_chain": cert.chain.first().map(|l| vec![info(l)]).unwrap_or_default(),
+        "ca_cert": root.into_iter().collect::<Vec<_>>(),
+    }]})
 }
 
 /// Envoy's `/clusters` text: one `cluster::host::stat::value` line per fact.

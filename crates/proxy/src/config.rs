@@ -66,6 +66,8 @@ pub struct ProxyConfig {
     pub concurrency: usize,
     /// Log level control.
     pub set_log_level: SetLogLevel,
+    /// Where to obtain the workload certificate, if the proxy has an identity.
+    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -78,6 +80,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("readiness_address", &self.readiness_address)
             .field("drain_grace", &self.drain_grace)
             .field("concurrency", &self.concurrency)
+            .field("identity", &self.identity)
             .finish()
     }
 }

@@ -12,6 +12,7 @@ pub mod body;
 pub mod config;
 pub mod dump;
 pub mod http;
+pub mod identity;
 pub mod listeners;
 pub mod model;
 pub mod reply;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub quit: Notify,
     /// Process start.
     pub started: Instant,
+    /// The workload's certificate, when the proxy has an identity.
+    pub identity: arc_swap::ArcSwapOption<identity::Certificate>,
     drain: Mutex<Option<GracefulShutdown>>,
 }
 
@@ -79,13 +82,16 @@ impl Shared {
             draining: AtomicBool::new(false),
             quit: Notify::new(),
             started: Instant::now(),
+            identity: arc_swap::ArcSwapOption::empty(),
             drain: Mutex::new(Some(GracefulShutdown::new())),
         }
     }
 
-    /// Whether the proxy has a complete configuration and is not draining.
+    /// Whether the proxy has a complete configuration (and its certificate, when it has
+    /// an identity) and is not draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        let identity_ok = self.config.identity.is_none() || self.identity.load().is_some();
+        self.ready.load(Ordering::Relaxed) && identity_ok && !self.draining.load(Ordering::Relaxed)
     }
 
     /// A watcher for a new connection, or None once draining has begun.
@@ -114,6 +120,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(admin::serve_readiness(shared.clone(), listener));
     }
     let client = tokio::spawn(xds::run(shared.clone()));
+    let identity = shared.config.identity.clone().map(|c| tokio::spawn(identity::maintain(shared.clone(), c)));
     tokio::select! {
         () = shutdown => {}
         () = shared.quit.notified() => {}
@@ -121,6 +128,9 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!(?grace, "draining: listeners closed, waiting for in-flight requests");
     shared.draining.store(true, Ordering::Relaxed);
     client.abort();
+    if let Some(task) = identity {
+        task.abort();
+    }
     if let Ok(mut listeners) = shared.listeners.lock() {
         listeners.stop_all();
     }

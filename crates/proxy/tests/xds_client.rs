@@ -268,6 +268,7 @@ fn config(ads_at: SocketAddr, admin_at: SocketAddr) -> ProxyConfig {
         drain_grace: Duration::from_secs(1),
         concurrency: 1,
         set_log_level: Arc::new(|_| Ok(())),
+        identity: None,
     }
 }
 

@@ -308,6 +308,32 @@ pub fn key_and_csr(identity: &SpiffeId) -> Result<(String, String), CaError> {
     Ok((key.serialize_pem(), csr))
 }
 
+/// What a certificate says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// SPIFFE ids (URI SANs).
+    pub spiffe_ids: Vec<String>,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Valid from, seconds since the epoch.
+    pub not_before: i64,
+    /// Valid until, seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// Reads the first certificate of a PEM text.
+pub fn certificate_info(cert_pem: &str) -> Option<CertificateInfo> {
+    let block = pem_blocks(cert_pem).into_iter().next()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(block.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(CertificateInfo {
+        spiffe_ids: spiffe_ids(&block),
+        serial: cert.raw_serial_as_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
 /// The SPIFFE ids (URI SANs) of a PEM certificate.
 pub fn spiffe_ids(cert_pem: &str) -> Vec<String> {
     use x509_parser::extensions::GeneralName;

@@ -93,6 +93,11 @@ pub struct Mesh {
 impl Mesh {
     /// Starts a control plane on `127.{block}.0.1` serving `files` (name, YAML).
     pub fn start(block: u8, files: &[(&str, &str)]) -> Mesh {
+        Mesh::start_with(block, files, &[])
+    }
+
+    /// As [`Mesh::start`], with extra `weft control-plane` arguments.
+    pub fn start_with(block: u8, files: &[(&str, &str)], extra: &[&str]) -> Mesh {
         let config_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let logs = config_dir.path().join("logs");
         let cp_dir = config_dir.path().join("config");
@@ -115,6 +120,7 @@ impl Mesh {
                 "--debug-address",
                 &debug,
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(mesh.log_file("control-plane"))
             .spawn()
@@ -269,6 +275,21 @@ static_resources:
         admin_ip: &str,
         protocol: &str,
     ) -> String {
+        self.weft_proxy_with(name, node_id, namespace, labels, admin_ip, protocol, &[])
+    }
+
+    /// As [`Mesh::weft_proxy`], with extra `weft proxy` arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weft_proxy_with(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+        protocol: &str,
+        extra: &[&str],
+    ) -> String {
         let admin = format!("{admin_ip}:15000");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
         cmd.args([
@@ -291,6 +312,7 @@ static_resources:
         for (k, v) in labels {
             cmd.args(["--label", &format!("{k}={v}")]);
         }
+        cmd.args(extra);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,8 +1,10 @@
 //! The `weft` command.
 
+mod demo_app;
 mod output;
 mod proxy;
 mod status;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +31,10 @@ enum Command {
     Validate(CheckArgs),
     /// Serve Envoy v3 xDS for the Istio configuration in PATH (watched for changes).
     ControlPlane(ControlPlaneArgs),
+    /// Run a whole mesh on this machine from Istio YAML (default: the bundled Bookinfo).
+    Up(up::UpArgs),
+    /// A small HTTP application for examples and tests (echo, /status, /delay, call chains).
+    DemoApp(demo_app::DemoAppArgs),
     /// Run the weft proxy (sidecar or gateway), configured by the control plane's xDS.
     Proxy(Box<proxy::ProxyArgs>),
     /// Show each connected proxy's sync state (SYNCED, STALE, NACKED) per xDS type.
@@ -171,6 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ControlPlane(args) => control_plane(args),
         Command::Proxy(args) => proxy::run(*args),
+        Command::Up(args) => up::run(args),
+        Command::DemoApp(args) => demo_app::run(args),
         Command::ProxyStatus { control_plane, output } => {
             let syncz = status::fetch(control_plane, "/debug/syncz")?;
             match output {

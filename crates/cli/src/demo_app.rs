@@ -1,0 +1,174 @@
+//! `weft demo-app`: a small HTTP application for examples and tests, in the spirit of
+//! Istio's httpbin and echo apps. Every answer names the app and its version and echoes
+//! the request (method, path, headers, the caller's identity as its sidecar forwarded
+//! it); `/status/CODE`, `/delay/MS` and `/headers` do what they say; with `--call`
+//! it calls other services first (through its sidecar) and includes their answers,
+//! forwarding Bookinfo's tracing and user headers, to build a call chain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+/// Headers an application must pass on for tracing and user routing to work across a
+/// call chain (Bookinfo's list).
+const PROPAGATED: &[&str] = &[
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "b3",
+    "end-user",
+    "user-agent",
+];
+
+#[derive(Debug, clap::Args)]
+pub struct DemoAppArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The app's name, in every answer.
+    #[arg(long, default_value = "demo")]
+    name: String,
+    /// The app's version, in every answer and the `x-version` header.
+    #[arg(long, default_value = "v1")]
+    app_version: String,
+    /// A service to call on every request, `HOST=URL` (the URL of the sidecar's egress
+    /// listener; HOST is the Host header): repeat for more.
+    #[arg(long = "call", value_name = "HOST=URL")]
+    calls: Vec<String>,
+}
+
+struct App {
+    name: String,
+    version: String,
+    calls: Vec<(String, String)>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub fn run(args: DemoAppArgs) -> anyhow::Result<ExitCode> {
+    let mut calls = Vec::new();
+    for c in &args.calls {
+        let (host, url) = c.split_once('=').ok_or_else(|| anyhow::anyhow!("--call {c:?}: expected HOST=URL"))?;
+        calls.push((host.to_owned(), url.trim_end_matches('/').to_owned()));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        eprintln!("{} {} listening on {}", args.name, args.app_version, args.listen);
+        let app = Arc::new(App {
+            name: args.name,
+            version: args.app_version,
+            calls,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        });
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let app = app.clone();
+                            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl App {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let headers: serde_json::Map<String, Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), Value::String(v.to_str().unwrap_or("").to_owned())))
+            .collect();
+        let mut status = StatusCode::OK;
+        if let Some(code) = path.strip_prefix("/status/") {
+            status =
+                code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        }
+        if let Some(ms) = path.strip_prefix("/delay/").and_then(|m| m.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+        }
+        let body = if path == "/headers" {
+            json!({ "headers": headers })
+        } else {
+            let mut downstream = Vec::new();
+            for (host, url) in &self.calls {
+                downstream.push(self.call(host, url, &req).await);
+            }
+            json!({
+                "name": self.name,
+                "version": self.version,
+                "method": req.method().as_str(),
+                "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                "headers": headers,
+                "peer": peer.to_string(),
+                // The caller's identity, as the sidecar passes it (Istio's header).
+                "caller": req.headers().get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()),
+                "calls": downstream,
+            })
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(v) = HeaderValue::from_str(&self.version) {
+            response.headers_mut().insert("x-version", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.name) {
+            response.headers_mut().insert("x-app", v);
+        }
+        response
+    }
+
+    /// Calls another service through the sidecar, passing on the propagated headers.
+    async fn call(&self, host: &str, url: &str, incoming: &Request<Incoming>) -> Value {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        let Ok(uri) = format!("{url}/").parse() else { return json!({"host": host, "error": "bad URL"}) };
+        *request.uri_mut() = uri;
+        if let Ok(h) = HeaderValue::from_str(host) {
+            request.headers_mut().insert(HOST, h);
+        }
+        for name in PROPAGATED {
+            if let Some(v) = incoming.headers().get(*name) {
+                request.headers_mut().insert(*name, v.clone());
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.client.request(request)).await {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let answer: Value =
+                    serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()));
+                json!({"host": host, "status": status, "answer": answer})
+            }
+            Ok(Err(e)) => json!({"host": host, "error": e.to_string()}),
+            Err(_) => json!({"host": host, "error": "timed out"}),
+        }
+    }
+}

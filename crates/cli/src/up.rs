@@ -1,0 +1,361 @@
+//! `weft up`: a whole mesh on one machine from a directory of Istio YAML (by default the
+//! bundled Bookinfo example): the control plane with its CA, each WorkloadEntry's
+//! application (from its `weft.io/command` annotation) and sidecar, and one gateway
+//! proxy per Gateway selector. It shows what started and where, supervises the
+//! processes (a crashed one is reported and restarted), and on Ctrl-C or SIGTERM stops
+//! everything, letting the proxies drain.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use weft_api::resource::Spec;
+
+/// The annotation naming a workload's application command (`weft ...` runs this binary).
+pub const COMMAND_ANNOTATION: &str = "weft.io/command";
+/// How long processes may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long stopping processes may take before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+const EXAMPLE: &[(&str, &str)] = &[
+    ("services.yaml", include_str!("../../../examples/bookinfo/services.yaml")),
+    ("workloads.yaml", include_str!("../../../examples/bookinfo/workloads.yaml")),
+    ("sidecars.yaml", include_str!("../../../examples/bookinfo/sidecars.yaml")),
+    ("networking.yaml", include_str!("../../../examples/bookinfo/networking.yaml")),
+];
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Istio YAML to run: a file or directory (default: the bundled Bookinfo example).
+    #[arg(short = 'f', long = "config")]
+    config: Option<PathBuf>,
+    /// Where the CA, tokens and logs are kept (default: $XDG_DATA_HOME/weft or ~/.local/share/weft).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The control plane's address (ports 15010, 15012, 15014).
+    #[arg(long, default_value = "127.0.0.1")]
+    control_plane_ip: IpAddr,
+}
+
+/// One process `weft up` runs.
+struct Process {
+    /// `control-plane`, `sidecar reviews-v1`, `app reviews-v1`, `gateway ...`.
+    label: String,
+    program: PathBuf,
+    args: Vec<String>,
+    /// Where its admin `/ready` is, for proxies.
+    ready_url: Option<String>,
+    child: Option<Child>,
+    restarts: u32,
+    /// When a crashed process is due to be started again (back-off).
+    restart_at: Option<tokio::time::Instant>,
+}
+
+struct Workload {
+    namespace: String,
+    name: String,
+    address: String,
+    labels: BTreeMap<String, String>,
+    service_account: String,
+    command: Option<String>,
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("weft")
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(state.join("logs"))?;
+    let config = match &args.config {
+        Some(path) => path.clone(),
+        None => {
+            let dir = state.join("example/bookinfo");
+            std::fs::create_dir_all(&dir)?;
+            for (name, yaml) in EXAMPLE {
+                std::fs::write(dir.join(name), yaml)?;
+            }
+            println!("Running the bundled Bookinfo example ({}).", dir.display());
+            dir
+        }
+    };
+    let parsed = weft_config::load(std::slice::from_ref(&config))?;
+    let mut findings = parsed.diagnostics.clone();
+    findings.extend(weft_analyze::analyze(&parsed.resources));
+    if findings.iter().any(|d| d.is_error()) {
+        for d in findings.iter().filter(|d| d.is_error()) {
+            eprintln!("{} [{}] {d}", d.level, d.code);
+        }
+        eprintln!("error: the configuration is invalid; nothing was started");
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut workloads = Vec::new();
+    let mut gateways: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for r in &parsed.resources {
+        match &r.spec {
+            Spec::WorkloadEntry(we) => workloads.push(Workload {
+                namespace: r.namespace().to_owned(),
+                name: r.name().to_owned(),
+                address: we.address.clone().unwrap_or_default(),
+                labels: we.labels.clone(),
+                service_account: we
+                    .service_account
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+                command: r.meta.annotations.as_ref().and_then(|a| a.get(COMMAND_ANNOTATION)).cloned(),
+            }),
+            Spec::Gateway(gw) => {
+                let selector = gw.selector.clone();
+                let key = selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                gateways.entry(format!("{}/{key}", r.namespace())).or_insert(selector);
+            }
+            _ => {}
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    runtime.block_on(up(args.control_plane_ip, &config, &state, workloads, gateways))
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("weft"))
+}
+
+impl Process {
+    fn new(label: String, program: PathBuf, args: Vec<String>, ready_url: Option<String>) -> Process {
+        Process { label, program, args, ready_url, child: None, restarts: 0, restart_at: None }
+    }
+
+    fn start(&mut self, logs: &Path) -> anyhow::Result<()> {
+        let log = std::fs::File::create(logs.join(format!("{}.log", self.label.replace(['/', ' '], "-"))))?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.label))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn http_status(url: &str) -> u16 {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<hyper::body::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let Ok(uri) = url.parse() else { return 0 };
+    match tokio::time::timeout(Duration::from_secs(2), client.get(uri)).await {
+        Ok(Ok(r)) => r.status().as_u16(),
+        _ => 0,
+    }
+}
+
+async fn wait_ready(url: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if http_status(url).await == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+async fn wait_file(path: &Path) -> bool {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn up(
+    ip: IpAddr,
+    config: &Path,
+    state: &Path,
+    workloads: Vec<Workload>,
+    gateways: BTreeMap<String, BTreeMap<String, String>>,
+) -> anyhow::Result<ExitCode> {
+    let logs = state.join("logs");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let (xds, secure, debug) = (format!("{ip}:15010"), format!("{ip}:15012"), format!("{ip}:15014"));
+    let mut processes = Vec::new();
+    let mut cp = Process::new(
+        "control-plane".into(),
+        exe(),
+        [
+            "control-plane",
+            "-f",
+            &s(config),
+            "--xds-address",
+            &xds,
+            "--debug-address",
+            &debug,
+            "--secure-address",
+            &secure,
+            "--state-dir",
+            &s(state),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        Some(format!("http://{debug}/ready")),
+    );
+    cp.start(&logs)?;
+    if !wait_ready(&format!("http://{debug}/ready")).await {
+        cp.stop().await;
+        anyhow::bail!("the control plane did not become ready; see {}", logs.join("control-plane.log").display());
+    }
+    println!("✔ control plane        xDS {xds}, CA and secure xDS {secure}, debug http://{debug}");
+    processes.push(cp);
+
+    let root = state.join("ca/root-cert.pem");
+    for w in &workloads {
+        if let Some(command) = &w.command {
+            let mut words = command.split_whitespace().map(str::to_owned);
+            let first = words.next().unwrap_or_default();
+            let program = if first == "weft" { exe() } else { PathBuf::from(first) };
+            let mut app = Process::new(format!("app {}", w.name), program, words.collect(), None);
+            app.start(&logs)?;
+            processes.push(app);
+        }
+        let token = state.join("tokens").join(&w.namespace).join(format!("{}.token", w.name));
+        if !wait_file(&token).await {
+            anyhow::bail!("no bootstrap token for {} at {}", w.name, token.display());
+        }
+        let admin = format!("{}:15000", w.address);
+        let mut args: Vec<String> = vec![
+            "proxy".into(),
+            "--xds-address".into(),
+            xds.clone(),
+            "--node-id".into(),
+            format!("sidecar~{}~{}.{}~{}.svc.cluster.local", w.address, w.name, w.namespace, w.namespace),
+            "--namespace".into(),
+            w.namespace.clone(),
+            "--workload-name".into(),
+            w.name.clone(),
+            "--service-account".into(),
+            w.service_account.clone(),
+            "--admin-address".into(),
+            admin.clone(),
+            "--concurrency".into(),
+            "1".into(),
+            "--ca-address".into(),
+            secure.clone(),
+            "--ca-root-cert".into(),
+            s(&root),
+            "--token-file".into(),
+            s(&token),
+        ];
+        for (k, v) in &w.labels {
+            args.push("--label".into());
+            args.push(format!("{k}={v}"));
+        }
+        let mut sidecar =
+            Process::new(format!("sidecar {}", w.name), exe(), args, Some(format!("http://{admin}/ready")));
+        sidecar.start(&logs)?;
+        processes.push(sidecar);
+    }
+    for (i, (key, selector)) in gateways.iter().enumerate() {
+        let namespace = key.split('/').next().unwrap_or("default").to_owned();
+        let name = selector.values().next().cloned().unwrap_or_else(|| "gateway".into());
+        let admin = format!("127.0.9.{}:15000", i + 1);
+        let mut args: Vec<String> = vec![
+            "proxy".into(),
+            "--xds-address".into(),
+            xds.clone(),
+            "--node-id".into(),
+            format!("router~127.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local"),
+            "--namespace".into(),
+            namespace.clone(),
+            "--admin-address".into(),
+            admin.clone(),
+            "--concurrency".into(),
+            "1".into(),
+        ];
+        for (k, v) in selector {
+            args.push("--label".into());
+            args.push(format!("{k}={v}"));
+        }
+        let mut gw = Process::new(format!("gateway {name}"), exe(), args, Some(format!("http://{admin}/ready")));
+        gw.start(&logs)?;
+        processes.push(gw);
+    }
+    for p in &processes[1..] {
+        let Some(url) = &p.ready_url else { continue };
+        let ready = wait_ready(url).await;
+        println!("{} {:<20} {}", if ready { "✔" } else { "✘" }, p.label, url.trim_end_matches("/ready"));
+    }
+    summary(&workloads, !gateways.is_empty());
+    println!("\nLogs: {}. Ctrl-C stops the mesh.", logs.display());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                let now = tokio::time::Instant::now();
+                for p in &mut processes {
+                    let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                    if let Some(status) = exited {
+                        p.child = None;
+                        p.restarts += 1;
+                        // Back off: 1 s, 2 s, 4 s ... up to 30 s between restarts.
+                        let delay = Duration::from_secs(1 << p.restarts.min(5)).min(Duration::from_secs(30));
+                        println!("✘ {} exited ({status}); restarting in {delay:?} (restart {})", p.label, p.restarts);
+                        p.restart_at = Some(now + delay);
+                    }
+                    if p.restart_at.is_some_and(|at| at <= now) {
+                        p.restart_at = None;
+                        p.start(&logs)?;
+                    }
+                }
+            }
+        }
+    }
+    println!("Stopping: proxies drain their in-flight requests.");
+    // Proxies and applications first, the control plane last.
+    for p in processes.iter_mut().rev() {
+        p.stop().await;
+    }
+    println!("✔ stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary(workloads: &[Workload], gateway: bool) {
+    println!("\n{:<16} {:<14} {:<10} APP", "WORKLOAD", "ADDRESS", "VERSION");
+    for w in workloads {
+        println!(
+            "{:<16} {:<14} {:<10} {}",
+            w.name,
+            w.address,
+            w.labels.get("version").map_or("-", String::as_str),
+            w.labels.get("app").map_or("-", String::as_str)
+        );
+    }
+    if gateway {
+        println!("\nTry:  curl http://127.0.0.1:8080/productpage");
+    }
+}

@@ -26,6 +26,7 @@ const EXAMPLE: &[(&str, &str)] = &[
     ("workloads.yaml", include_str!("../../../examples/bookinfo/workloads.yaml")),
     ("sidecars.yaml", include_str!("../../../examples/bookinfo/sidecars.yaml")),
     ("networking.yaml", include_str!("../../../examples/bookinfo/networking.yaml")),
+    ("reviews.yaml", include_str!("../../../examples/bookinfo/reviews.yaml")),
 ];
 
 #[derive(Debug, clap::Args)]

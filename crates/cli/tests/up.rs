@@ -1,9 +1,11 @@
 //! `weft up` with no arguments runs the bundled Bookinfo example: a control plane with
 //! its CA, six applications with their sidecars and an ingress gateway; routing follows
-//! the Istio YAML; SIGTERM stops everything and leaves no process behind.
+//! the Istio YAML; every step of `examples/bookinfo/README.md` shows what it says;
+//! SIGTERM stops everything and leaves no process behind.
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,8 @@ fn weft_up_runs_bookinfo_and_stops_cleanly() {
     assert_eq!(called, ["details", "reviews"]);
     assert!(page["calls"].as_array().into_iter().flatten().all(|c| c["status"] == 200), "{page}");
 
+    walk_through(&state_dir);
+
     let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
     let stopping = Instant::now();
     while up.try_wait().ok().flatten().is_none() {
@@ -63,5 +67,106 @@ fn weft_up_runs_bookinfo_and_stops_cleanly() {
     }
     assert!(output().contains("✔ stopped"), "{}", output());
     assert_eq!(processes_mentioning(&state_dir), Vec::<String>::new(), "proxies or control plane left behind");
-    assert_eq!(processes_mentioning("demo-app --listen 127.0.0.1:1908"), Vec::<String>::new(), "applications left behind");
+    assert_eq!(
+        processes_mentioning("demo-app --listen 127.0.0.1:1908"),
+        Vec::<String>::new(),
+        "applications left behind"
+    );
+}
+
+fn version(answer: &serde_json::Value) -> String {
+    answer["version"].as_str().unwrap_or("").to_owned()
+}
+
+/// Copies a walk-through step into the directory `weft up` watches, as the README does.
+fn apply(state_dir: &str, step: &str, as_file: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let from = root.join(step);
+    let to = Path::new(state_dir).join("example/bookinfo").join(as_file);
+    std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < common::mesh::STARTUP, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `curl -w` output: (body, status, seconds).
+fn timed(args: &[&str]) -> (String, u16, f64) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code} %{time_total}"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", ""));
+    let mut tail = tail.split_whitespace();
+    let status = tail.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seconds = tail.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    (body.to_owned(), status, seconds)
+}
+
+fn inbound_requests(admin: &str) -> u64 {
+    let stats = Command::new("curl")
+        .args(["-s", &format!("http://{admin}/stats?filter=inbound_9080.downstream_rq_total")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    stats.split(": ").nth(1).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The steps of `examples/bookinfo/README.md`, in order, with the outputs it shows.
+fn walk_through(state_dir: &str) {
+    let reviews = ["-H", "Host: reviews", "http://127.0.11.1:9080/"];
+    let jason = ["-H", "Host: reviews", "-H", "end-user: jason", "http://127.0.11.1:9080/"];
+
+    // 2. Traffic shifting: half of everyone's traffic to v3.
+    apply(state_dir, "examples/bookinfo-steps/1-reviews-v3-50.yaml", "reviews.yaml");
+    eventually("v3 to get traffic", || version(&curl(&reviews)) == "v3");
+    let versions: Vec<String> = (0..100).map(|_| version(&curl(&reviews))).collect();
+    let v3 = versions.iter().filter(|v| *v == "v3").count();
+    assert!((30..=70).contains(&v3), "v3 got {v3} of 100");
+    assert!(versions.iter().all(|v| v == "v1" || v == "v3"), "{versions:?}");
+    assert_eq!(version(&curl(&jason)), "v2");
+
+    // 3. A 2 s delay on jason's calls to ratings shows in his request.
+    apply(state_dir, "examples/bookinfo-steps/2-ratings-delay.yaml", "ratings.yaml");
+    eventually("the delay", || timed(&jason).2 >= 1.9);
+
+    // 4. A 0.5 s timeout on reviews cuts it short.
+    apply(state_dir, "examples/bookinfo-steps/3-reviews-timeout.yaml", "reviews.yaml");
+    eventually("the timeout", || {
+        let (body, status, _) = timed(&jason);
+        (body.as_str(), status) == ("upstream request timeout", 504)
+    });
+
+    // 5. An abort: ratings answers jason with 500.
+    apply(state_dir, "examples/bookinfo/reviews.yaml", "reviews.yaml");
+    apply(state_dir, "examples/bookinfo-steps/4-ratings-abort.yaml", "ratings.yaml");
+    eventually("the abort", || curl(&jason)["calls"][0]["status"] == 500);
+    assert_eq!(curl(&jason)["calls"][0]["host"], "ratings");
+
+    // 6. Circuit breaking on details: beyond one connection and one waiting request, 503.
+    apply(state_dir, "examples/bookinfo-steps/5-details-circuit-breaker.yaml", "details.yaml");
+    let details = ["-H", "Host: details", "http://127.0.11.1:9080/delay/1000"];
+    eventually("the circuit breaker", || {
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6).map(|_| s.spawn(|| timed(&details).1)).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        statuses.iter().any(|s| *s == 200) && statuses.iter().filter(|s| **s == 503).count() >= 2
+    });
+
+    // 7. Mirroring: v1 answers, v3's sidecar receives a copy of each request.
+    apply(state_dir, "examples/bookinfo-steps/6-reviews-mirror.yaml", "reviews.yaml");
+    eventually("v1 only", || (0..5).all(|_| version(&curl(&reviews)) == "v1"));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = inbound_requests("127.0.10.5:15000");
+    for _ in 0..10 {
+        assert_eq!(version(&curl(&reviews)), "v1");
+    }
+    eventually("ten mirrored copies", || inbound_requests("127.0.10.5:15000") == before + 10);
 }

@@ -157,7 +157,7 @@ fn walk_through(state_dir: &str) {
             let handles: Vec<_> = (0..6).map(|_| s.spawn(|| timed(&details).1)).collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
         });
-        statuses.iter().any(|s| *s == 200) && statuses.iter().filter(|s| **s == 503).count() >= 2
+        statuses.contains(&200) && statuses.iter().filter(|s| **s == 503).count() >= 2
     });
 
     // 7. Mirroring: v1 answers, v3's sidecar receives a copy of each request.

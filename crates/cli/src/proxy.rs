@@ -86,6 +86,10 @@ pub struct ProxyArgs {
     /// The mesh's trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Speak xDS over mutual TLS with the workload certificate (point --xds-address at
+    /// the control plane's secure port).
+    #[arg(long, requires = "ca_address")]
+    xds_mtls: bool,
     /// Lifetime to ask for; the certificate is renewed at half of it (e.g. 24h).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
@@ -164,6 +168,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         concurrency,
         set_log_level,
         identity,
+        xds_mtls: args.xds_mtls,
     };
     // One worker: a single-threaded runtime, with no work-stealing machinery to pay for.
     let runtime = if concurrency <= 1 {

@@ -110,4 +110,62 @@ fn sidecars_get_their_own_workloads_identity_and_renew_it() {
         ],
     );
     assert_eq!(leaf(&mesh, &admin).0, ["spiffe://cluster.local/ns/default/sa/default"]);
+
+    // xDS over mutual TLS with the workload certificate: the control plane knows who it
+    // talks to. A proxy whose node claims another namespace than its certificate is refused.
+    let node = format!("sidecar~127.{b}.1.3~reviews-v1.default~default.svc.cluster.local");
+    mesh.weft_proxy_with(
+        "reviews-mtls",
+        &node,
+        "default",
+        &[("app", "reviews")],
+        &format!("127.{b}.1.3"),
+        "delta",
+        &[
+            "--xds-address",
+            &secure,
+            "--xds-mtls",
+            "--ca-address",
+            &secure,
+            "--ca-root-cert",
+            &root,
+            "--token-file",
+            &reviews_token,
+            "--service-account",
+            "bookinfo-reviews",
+        ],
+    );
+    let liar = format!("sidecar~127.{b}.1.4~ratings-v1.other~other.svc.cluster.local");
+    let impostor = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "proxy",
+            "--xds-address",
+            &secure,
+            "--xds-mtls",
+            "--ca-address",
+            &secure,
+            "--ca-root-cert",
+            &root,
+            "--token-file",
+            &ratings_token,
+            "--node-id",
+            &liar,
+            "--namespace",
+            "other",
+            "--admin-address",
+            &format!("127.{b}.1.4:15000"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    mesh.adopt("impostor-mtls", impostor);
+    mesh.wait_until("the impostor to be refused", || {
+        mesh.log("control-plane").lines().any(|l| {
+            l.contains("claimed another workload's identity")
+                && l.contains("ratings-v1.other")
+                && l.contains("spiffe://cluster.local/ns/default/sa/default")
+        })
+    });
+    assert_ne!(mesh.get(&format!("http://127.{b}.1.4:15000/ready")).status, 200);
 }

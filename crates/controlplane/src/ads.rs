@@ -140,7 +140,8 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         // One response queued per stream: the next is built when gRPC has taken this one.
         let (tx, rx) = mpsc::channel(1);
-        let stream = Stream_::new(self, "sotw");
+        let mut stream = Stream_::new(self, "sotw");
+        stream.peer = peer_identity(&request);
         tokio::spawn(stream.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -150,10 +151,18 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(1);
-        let stream = Stream_::new(self, "delta");
+        let mut stream = Stream_::new(self, "delta");
+        stream.peer = peer_identity(&request);
         tokio::spawn(stream.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// The workload identity in a client certificate, when the stream is mTLS.
+fn peer_identity<T>(request: &Request<T>) -> Option<weft_tls::ca::SpiffeId> {
+    let certs = request.peer_certs()?;
+    let leaf = certs.first()?;
+    weft_tls::ca::spiffe_ids_der(leaf.as_ref()).iter().find_map(|id| weft_tls::ca::SpiffeId::parse(id).ok())
 }
 
 /// One xDS protocol, named by its request type: how a request is answered and how a
@@ -249,6 +258,8 @@ struct Stream_ {
     /// This stream's push slot, held while a response is unacknowledged.
     slot: Option<OwnedSemaphorePermit>,
     proxy: Option<ProxyIdentity>,
+    /// The workload identity of a client certificate (xDS over mTLS).
+    peer: Option<weft_tls::ca::SpiffeId>,
     watches: BTreeMap<String, Watch>,
     nonce: u64,
 }
@@ -265,6 +276,7 @@ impl Stream_ {
             pushes: ads.pushes.clone(),
             slot: None,
             proxy: None,
+            peer: None,
             watches: BTreeMap::new(),
             nonce: 0,
         }
@@ -300,7 +312,19 @@ impl Stream_ {
         if self.proxy.is_some() {
             return Ok(());
         }
-        let proxy = ProxyIdentity::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut proxy = ProxyIdentity::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Over mTLS the certificate, not the node, says who the workload is.
+        if let Some(peer) = &self.peer {
+            let sa_ok = proxy.service_account.is_empty() || proxy.service_account == peer.service_account;
+            if proxy.namespace != peer.namespace || !sa_ok {
+                tracing::warn!(proxy = %proxy.id, certificate = %peer, "a proxy claimed another workload's identity");
+                return Err(Status::permission_denied(format!(
+                    "node {} (namespace {}, service account {:?}) does not match its certificate {peer}",
+                    proxy.id, proxy.namespace, proxy.service_account
+                )));
+            }
+            proxy.service_account = peer.service_account.clone();
+        }
         tracing::info!(proxy = %proxy.id, protocol = self.protocol, "proxy connected");
         let connected_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let (id, protocol, identity) = (proxy.id.clone(), self.protocol, proxy.clone());

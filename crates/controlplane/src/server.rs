@@ -163,7 +163,12 @@ async fn secure_server(
         .await
         .map_err(|source| ServerError::Bind { address: security.secure_address, source })?;
     tracing::info!(secure = %security.secure_address, trust_domain = %security.trust_domain, ca = ?ca.source(), "certificate authority serving");
-    let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key));
+    // Client certificates are optional: the certificate service authenticates by token;
+    // proxies holding a workload certificate use it for xDS, and are held to it.
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(chain, key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca.root_pem()))
+        .client_auth_optional(true);
     let ads = Ads::new(snapshots, status, metrics);
     let server = tonic::transport::Server::builder()
         .tls_config(tls)?

@@ -68,6 +68,8 @@ pub struct ProxyConfig {
     pub set_log_level: SetLogLevel,
     /// Where to obtain the workload certificate, if the proxy has an identity.
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// Speak xDS over mutual TLS with the workload certificate (to the secure port).
+    pub xds_mtls: bool,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -81,6 +83,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("drain_grace", &self.drain_grace)
             .field("concurrency", &self.concurrency)
             .field("identity", &self.identity)
+            .field("xds_mtls", &self.xds_mtls)
             .finish()
     }
 }

@@ -73,12 +73,28 @@ pub async fn run(shared: Arc<Shared>) {
 
 async fn session(shared: &Arc<Shared>) -> Result<(), XdsError> {
     let address = &shared.config.xds_address;
-    let uri = if address.contains("://") { address.clone() } else { format!("http://{address}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+    let scheme = if shared.config.xds_mtls { "https" } else { "http" };
+    let uri = if address.contains("://") { address.clone() } else { format!("{scheme}://{address}") };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
         .map_err(|e| XdsError::Address(address.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30));
+    if shared.config.xds_mtls {
+        // Mutual TLS with the workload certificate: wait until the CA has issued it.
+        let cert = loop {
+            if let Some(cert) = shared.identity.load_full() {
+                break cert;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let root = cert.chain.last().cloned().unwrap_or_default();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(root))
+            .domain_name(crate::identity::CA_SERVER_NAME)
+            .identity(tonic::transport::Identity::from_pem(cert.chain.concat(), cert.key_pem.clone()));
+        endpoint = endpoint.tls_config(tls).map_err(|e| XdsError::Address(address.clone(), e.to_string()))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| XdsError::Connect(address.clone(), e.to_string()))?;
     let client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     shared.stats.xds.connected.store(1, Ordering::Relaxed);

@@ -269,6 +269,7 @@ fn config(ads_at: SocketAddr, admin_at: SocketAddr) -> ProxyConfig {
         concurrency: 1,
         set_log_level: Arc::new(|_| Ok(())),
         identity: None,
+        xds_mtls: false,
     }
 }
 

@@ -334,6 +334,22 @@ pub fn certificate_info(cert_pem: &str) -> Option<CertificateInfo> {
     })
 }
 
+/// The SPIFFE ids (URI SANs) of a DER certificate.
+pub fn spiffe_ids_der(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The SPIFFE ids (URI SANs) of a PEM certificate.
 pub fn spiffe_ids(cert_pem: &str) -> Vec<String> {
     use x509_parser::extensions::GeneralName;

@@ -292,10 +292,11 @@ static_resources:
     ) -> String {
         let admin = format!("{admin_ip}:15000");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+        cmd.arg("proxy");
+        if !extra.contains(&"--xds-address") {
+            cmd.args(["--xds-address", &format!("{}:15010", self.ip(0, 1))]);
+        }
         cmd.args([
-            "proxy",
-            "--xds-address",
-            &format!("{}:15010", self.ip(0, 1)),
             "--xds-protocol",
             protocol,
             "--node-id",
@@ -509,6 +510,11 @@ static_resources:
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Takes a process this test started itself, so it is stopped with the mesh.
+    pub fn adopt(&mut self, name: &str, child: Child) {
+        self.children.push((name.into(), child));
     }
 
     /// Sends SIGTERM to the process this mesh started as `name`.

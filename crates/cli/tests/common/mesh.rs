@@ -441,7 +441,15 @@ static_resources:
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out waiting for {what}\n--- control plane log:\n{}", self.log("control-plane"));
+        // Every process's last lines: a proxy's own log says why it is not ready.
+        let mut tails = String::new();
+        for (name, _) in self.children.iter().filter(|(n, _)| n != "control-plane") {
+            let log = self.log(name);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            tails.push_str(&format!("\n--- {name} (last lines):\n{tail}"));
+        }
+        panic!("timed out waiting for {what}\n--- control plane log:\n{}{tails}", self.log("control-plane"));
     }
 
     /// A GET with curl.

@@ -87,7 +87,10 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             } else if shared.is_ready() {
                 text(StatusCode::OK, "LIVE\n".into())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n".into())
+                // Say what holds readiness back when it is a listener that cannot bind.
+                let errors = shared.bind_errors.lock().map(|e| e.join("\n")).unwrap_or_default();
+                let body = if errors.is_empty() { "PRE_INITIALIZING\n".to_owned() } else { format!("PRE_INITIALIZING\n{errors}\n") };
+                text(StatusCode::SERVICE_UNAVAILABLE, body)
             }
         }
         (_, "/config_dump") => json(&dump::config_dump(&shared, query_param(&req, "resource").as_deref())),

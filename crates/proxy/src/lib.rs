@@ -66,6 +66,8 @@ pub struct Shared {
     pub started: Instant,
     /// The workload's certificate, when the proxy has an identity.
     pub identity: arc_swap::ArcSwapOption<identity::Certificate>,
+    /// Listeners that could not be bound, with the reason (shown by `/ready`).
+    pub bind_errors: Mutex<Vec<String>>,
     drain: Mutex<Option<GracefulShutdown>>,
 }
 
@@ -83,6 +85,7 @@ impl Shared {
             quit: Notify::new(),
             started: Instant::now(),
             identity: arc_swap::ArcSwapOption::empty(),
+            bind_errors: Mutex::new(Vec::new()),
             drain: Mutex::new(Some(GracefulShutdown::new())),
         }
     }

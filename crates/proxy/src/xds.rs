@@ -170,6 +170,9 @@ fn apply(
     for e in &errors {
         tracing::error!("{e}");
     }
+    if let Ok(mut shown) = shared.bind_errors.lock() {
+        *shown = errors.iter().map(ToString::to_string).collect();
+    }
     if ready && errors.is_empty() && !shared.ready.swap(true, Ordering::Relaxed) {
         tracing::info!("configuration complete: the proxy is ready");
     }

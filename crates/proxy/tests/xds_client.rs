@@ -394,3 +394,34 @@ async fn acks_nacks_keeps_the_last_good_config_and_survives_the_control_plane() 
     let dump = get(admin_at, "/config_dump").await.1;
     assert!(dump.contains("\"name\": \"backend\"") && dump.contains("dynamic_active_clusters"), "{dump}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_bind_is_nacked_and_named_by_ready() {
+    let ip = "127.201.0.3";
+    let (ads_at, backend_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip));
+    // Something else holds the listener's address.
+    let taken = std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("{e}"));
+    let taken_at = taken.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (streams_tx, mut streams) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx }))
+            .serve(ads_at),
+    );
+    tokio::spawn(weft_proxy::run(config(ads_at, admin_at), std::future::pending()));
+    let mut s = tokio::time::timeout(Duration::from_secs(20), streams.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the proxy never connected"))
+        .unwrap_or_else(|| panic!("server gone"));
+    let _ = s.responses.send(Ok(response(types::CLUSTER, "1", "backend", pack_any(cluster(backend_at))))).await;
+    assert!(reply_to(&mut s, "1").await.error_detail.is_none());
+    let blocked = listener(taken_at, route_match::PathSpecifier::Prefix("/".into()));
+    let _ = s.responses.send(Ok(response(types::LISTENER, "2", "test-listener", pack_any(blocked)))).await;
+    let nack = reply_to(&mut s, "2").await;
+    let detail = nack.error_detail.unwrap_or_else(|| panic!("a listener that cannot bind was ACKed"));
+    assert!(detail.message.contains("cannot bind listener test-listener"), "{detail:?}");
+    let (status, body) = get(admin_at, "/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("cannot bind listener test-listener"), "{body}");
+    drop(taken);
+}

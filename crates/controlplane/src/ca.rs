@@ -18,7 +18,7 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, StdError, http};
 use weft_api::resource::Spec;
 pub use weft_envoy::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
-use weft_tls::ca::{CertificateAuthority, DEFAULT_WORKLOAD_LIFETIME, SpiffeId};
+use weft_tls::ca::{CertificateAuthority, DEFAULT_WORKLOAD_LIFETIME, SpiffeId, write_private};
 
 use crate::snapshot::Snapshot;
 
@@ -91,17 +91,6 @@ impl Tokens {
     pub fn identity(&self, token: &str) -> Option<SpiffeId> {
         self.by_token.read().ok()?.get(token).cloned()
     }
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), std::io::Error> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
-    }
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(contents.as_bytes())
 }
 
 /// The certificate service.

@@ -129,13 +129,19 @@ fn material(path: &Path, reason: impl std::fmt::Display) -> CaError {
     CaError::Material { path: path.to_owned(), reason: reason.to_string() }
 }
 
-/// Writes a file readable and writable by its owner only.
-fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
+/// Writes a file readable and writable by its owner only, replacing any previous one;
+/// a directory it has to create is its owner's only too.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| CaError::Io { path: path.to_owned(), source };
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())
 }
 
 fn pem_blocks(text: &str) -> Vec<String> {
@@ -177,7 +183,8 @@ impl CertificateAuthority {
             params.not_before = now - CLOCK_SKEW;
             params.not_after = now + ROOT_LIFETIME;
             let cert = params.self_signed(&key).map_err(|e| CaError::Sign(e.to_string()))?;
-            write_private(&key_path, &key.serialize_pem())?;
+            write_private(&key_path, &key.serialize_pem())
+                .map_err(|source| CaError::Io { path: key_path.clone(), source })?;
             std::fs::write(&cert_path, cert.pem()).map_err(|source| CaError::Io { path: cert_path.clone(), source })?;
         }
         let root = read(&cert_path)?;
@@ -352,19 +359,9 @@ pub fn spiffe_ids_der(der: &[u8]) -> Vec<String> {
 
 /// The SPIFFE ids (URI SANs) of a PEM certificate.
 pub fn spiffe_ids(cert_pem: &str) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
     let Some(block) = pem_blocks(cert_pem).into_iter().next() else { return Vec::new() };
     let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(block.as_bytes()) else { return Vec::new() };
-    let Ok(cert) = pem.parse_x509() else { return Vec::new() };
-    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_owned()),
-            _ => None,
-        })
-        .collect()
+    spiffe_ids_der(&pem.contents)
 }
 
 #[cfg(test)]

@@ -161,6 +161,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             service_account: args.service_account,
             revision: args.revision,
             interception_mode: args.interception_mode,
+            sds: identity.is_some(),
         },
         admin_address: args.admin_address,
         readiness_address: args.readiness_address,

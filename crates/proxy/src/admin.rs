@@ -142,7 +142,8 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 
 /// Envoy's `/certs` shape: the workload certificate and the root it chains to.
 fn certs(shared: &Shared) -> serde_json::Value {
-    let Some(cert) = shared.identity.load_full() else { return serde_json::json!({ "certificates": [] }) };
+    let Some(tls) = shared.identity.current() else { return serde_json::json!({ "certificates": [] }) };
+    let cert = &tls.certificate;
     let info = |pem: &str| {
         let i = weft_tls::ca::certificate_info(pem);
         serde_json::json!({

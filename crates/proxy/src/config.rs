@@ -42,6 +42,9 @@ pub struct NodeInfo {
     pub revision: String,
     /// `INTERCEPTION_MODE`: `NONE` (explicit listeners) or `REDIRECT` (iptables).
     pub interception_mode: String,
+    /// `SDS`: the proxy has a workload certificate for the SDS secrets `default` and
+    /// `ROOTCA`, so the control plane may configure mutual TLS for it.
+    pub sds: bool,
 }
 
 /// Changes the log level at run time (`POST /logging?level=debug`).

@@ -119,7 +119,15 @@ pub async fn maintain(shared: Arc<Shared>, config: IdentityConfig) {
                 // for clock skew, which must not make renewal early).
                 let (from, until) = (now_secs(), cert.info.not_after);
                 tracing::info!(identity = ?cert.info.spiffe_ids, serial = %cert.info.serial, expires = until, "workload certificate issued");
-                shared.identity.store(Some(Arc::new(cert)));
+                match crate::secrets::WorkloadTls::new(cert) {
+                    Ok(tls) => shared.identity.install(tls),
+                    Err(e) => {
+                        tracing::warn!("{e}; retrying in {retry:?}");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(RETRY_MAX);
+                        continue;
+                    }
+                }
                 let renew_at = from + (until - from) / 2;
                 let wait = u64::try_from(renew_at - now_secs()).unwrap_or(0);
                 tokio::time::sleep(Duration::from_secs(wait.max(1))).await;

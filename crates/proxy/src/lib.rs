@@ -19,6 +19,7 @@ pub mod reply;
 pub mod state;
 pub mod stats;
 pub mod tcp;
+pub mod secrets;
 pub mod tls;
 pub mod upstream;
 pub mod xds;
@@ -65,7 +66,7 @@ pub struct Shared {
     /// Process start.
     pub started: Instant,
     /// The workload's certificate, when the proxy has an identity.
-    pub identity: arc_swap::ArcSwapOption<identity::Certificate>,
+    pub identity: secrets::Secrets,
     /// Listeners that could not be bound, with the reason (shown by `/ready`).
     pub bind_errors: Mutex<Vec<String>>,
     drain: Mutex<Option<GracefulShutdown>>,
@@ -74,9 +75,10 @@ pub struct Shared {
 impl Shared {
     /// New shared state with an empty configuration.
     pub fn new(config: ProxyConfig) -> Shared {
+        let identity = secrets::Secrets::default();
         Shared {
             data: ArcSwap::from_pointee(DataPlane::default()),
-            store: Mutex::new(Store::default()),
+            store: Mutex::new(Store::new(identity.clone())),
             listeners: Mutex::new(ListenerManager::default()),
             stats: stats::Stats::default(),
             config,
@@ -84,7 +86,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             quit: Notify::new(),
             started: Instant::now(),
-            identity: arc_swap::ArcSwapOption::empty(),
+            identity,
             bind_errors: Mutex::new(Vec::new()),
             drain: Mutex::new(Some(GracefulShutdown::new())),
         }
@@ -93,7 +95,7 @@ impl Shared {
     /// Whether the proxy has a complete configuration (and its certificate, when it has
     /// an identity) and is not draining.
     pub fn is_ready(&self) -> bool {
-        let identity_ok = self.config.identity.is_none() || self.identity.load().is_some();
+        let identity_ok = self.config.identity.is_none() || self.identity.current().is_some();
         self.ready.load(Ordering::Relaxed) && identity_ok && !self.draining.load(Ordering::Relaxed)
     }
 

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::Shared;
 use crate::http;
-use crate::model::listener::{ChainKind, ListenerSpec};
+use crate::model::listener::{ChainKind, Hello, ListenerSpec};
 use crate::state::DataPlane;
 
 /// Connections waiting to be accepted, per listener.
@@ -142,16 +142,20 @@ const MAX_CLIENT_HELLO: usize = 16 * 1024;
 /// How long a client may take to send its ClientHello.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The SNI of a TLS ClientHello, read without consuming it: the bytes stay in the socket
-/// for whoever the connection goes to. None when the client does not speak TLS first.
-async fn peek_sni(stream: &TcpStream) -> Option<String> {
+/// What a TLS ClientHello asks for (server name, ALPN), read without consuming it: the
+/// bytes stay in the socket for whoever the connection goes to. A connection whose first
+/// byte is not a TLS handshake record is plaintext.
+async fn peek_hello(stream: &TcpStream) -> Hello {
     let deadline = tokio::time::Instant::now() + CLIENT_HELLO_TIMEOUT;
     let mut buf = vec![0u8; MAX_CLIENT_HELLO];
     let mut seen = 0;
     loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
+        let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await else {
+            return Hello::default();
+        };
+        // 0x16: a TLS handshake record.
+        if n == 0 || buf[0] != 0x16 {
+            return Hello::default();
         }
         if n > seen {
             seen = n;
@@ -159,18 +163,30 @@ async fn peek_sni(stream: &TcpStream) -> Option<String> {
             let mut data = &buf[..n];
             while !data.is_empty() {
                 if acceptor.read_tls(&mut data).is_err() {
-                    return None;
+                    return Hello::default();
                 }
             }
             match acceptor.accept() {
-                Ok(Some(accepted)) => return accepted.client_hello().server_name().map(str::to_owned),
+                Ok(Some(accepted)) => {
+                    let hello = accepted.client_hello();
+                    return Hello {
+                        tls: true,
+                        sni: hello.server_name().map(str::to_owned),
+                        alpn: hello
+                            .alpn()
+                            .map(|protocols| {
+                                protocols.map(|p| String::from_utf8_lossy(p).into_owned()).collect()
+                            })
+                            .unwrap_or_default(),
+                    };
+                }
                 Ok(None) if n < buf.len() => {}
-                _ => return None,
+                _ => return Hello::default(),
             }
         }
         // The ClientHello is not complete yet: wait for more of it.
         if tokio::time::Instant::now() >= deadline {
-            return None;
+            return Hello::default();
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -196,17 +212,73 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
             spec = target.clone();
         }
     }
-    let needs_sni = spec.chains.iter().any(|c| !c.server_names.is_empty());
-    let sni = if needs_sni { peek_sni(&stream).await } else { None };
-    let Some(chain) = spec.chain_for(destination.port(), sni.as_deref()) else {
+    let hello = if spec.needs_hello() { peek_hello(&stream).await } else { Hello::default() };
+    let Some(chain) = spec.chain_for(destination.port(), &hello) else {
         tracing::debug!(listener = %spec.name, "no filter chain matches a connection to {destination}");
         return;
     };
-    match &chain.kind {
+    let Some(tls) = &chain.tls else {
+        serve_chain(shared, &chain.kind, stream, None, peer, destination).await;
+        return;
+    };
+    let config = tls.config_for(hello.alpn.iter().map(String::as_bytes));
+    let accepted = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, tokio_rustls::TlsAcceptor::from(config).accept(stream));
+    match accepted.await {
+        Ok(Ok(stream)) => {
+            let peer_cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(PeerCertificate::new);
+            serve_chain(shared, &chain.kind, stream, Some(peer_cert), peer, destination).await;
+        }
+        Ok(Err(e)) => {
+            shared.stats.ssl_handshake_error.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %spec.name, %peer, "TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            shared.stats.ssl_handshake_error.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %spec.name, %peer, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn serve_chain<I>(
+    shared: Arc<Shared>,
+    kind: &ChainKind,
+    stream: I,
+    tls: Option<Option<PeerCertificate>>,
+    peer: SocketAddr,
+    destination: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match kind {
         ChainKind::Http(h) => {
-            let conn = Arc::new(http::Connection::new(shared.clone(), h.clone(), peer, destination));
-            http::serve(conn, stream).await;
+            let mut conn = http::Connection::new(shared.clone(), h.clone(), peer, destination);
+            conn.tls = tls.is_some();
+            conn.peer_certificate = tls.flatten();
+            http::serve(Arc::new(conn), stream).await;
         }
         ChainKind::Tcp(t) => crate::tcp::proxy(shared.clone(), t.clone(), stream, peer, destination).await,
+    }
+}
+
+/// A TLS client's certificate, as `x-forwarded-client-cert` and authorization see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerCertificate {
+    /// The first URI SAN (the SPIFFE id), if any.
+    pub uri: Option<String>,
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub hash: String,
+}
+
+impl PeerCertificate {
+    fn new(der: &rustls_pki_types::CertificateDer<'_>) -> PeerCertificate {
+        PeerCertificate {
+            uri: weft_tls::ca::spiffe_ids_der(der).into_iter().next(),
+            hash: weft_tls::sha256_hex(der),
+        }
+    }
+
+    /// Istio's principal: the SPIFFE id without `spiffe://`.
+    pub fn principal(&self) -> Option<&str> {
+        self.uri.as_deref().map(|u| u.strip_prefix("spiffe://").unwrap_or(u))
     }
 }

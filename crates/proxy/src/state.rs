@@ -19,6 +19,7 @@ use crate::model::cluster::{ClusterSpec, Discovery, Endpoints, compile_cluster, 
 use crate::model::listener::{ListenerSpec, compile_listener};
 use crate::model::route::{RouteTable, compile_route_table};
 use crate::model::{ConfigError, unpack};
+use crate::secrets::Secrets;
 use crate::upstream::Upstream;
 
 /// xDS type URLs.
@@ -70,6 +71,8 @@ pub struct Store {
     pub endpoints: BTreeMap<String, Accepted<Arc<Endpoints>>>,
     /// The last accepted version of each type.
     pub versions: BTreeMap<&'static str, String>,
+    /// The workload's secrets, which TLS contexts may name.
+    pub secrets: Secrets,
 }
 
 /// One resource of an update.
@@ -96,12 +99,12 @@ pub fn known_type(type_url: &str) -> Option<&'static str> {
     [types::LISTENER, types::ROUTE, types::CLUSTER, types::ENDPOINT].into_iter().find(|t| *t == type_url)
 }
 
-fn compile(type_url: &str, any: &Any) -> Result<(String, Compiled), ConfigError> {
+fn compile(type_url: &str, any: &Any, secrets: &Secrets) -> Result<(String, Compiled), ConfigError> {
     let name = |t: &str| t.rsplit('/').next().unwrap_or(t).to_owned();
     match type_url {
         types::LISTENER => {
             let l: Listener = unpack(any, &name(type_url))?;
-            Ok((l.name.clone(), Compiled::Listener(compile_listener(&l)?.map(Arc::new))))
+            Ok((l.name.clone(), Compiled::Listener(compile_listener(&l, secrets)?.map(Arc::new))))
         }
         types::ROUTE => {
             let r: RouteConfiguration = unpack(any, &name(type_url))?;
@@ -109,7 +112,7 @@ fn compile(type_url: &str, any: &Any) -> Result<(String, Compiled), ConfigError>
         }
         types::CLUSTER => {
             let c: Cluster = unpack(any, &name(type_url))?;
-            Ok((c.name.clone(), Compiled::Cluster(Arc::new(compile_cluster(&c)?))))
+            Ok((c.name.clone(), Compiled::Cluster(Arc::new(compile_cluster(&c, secrets)?))))
         }
         types::ENDPOINT => {
             let e: ClusterLoadAssignment = unpack(any, &name(type_url))?;
@@ -120,6 +123,11 @@ fn compile(type_url: &str, any: &Any) -> Result<(String, Compiled), ConfigError>
 }
 
 impl Store {
+    /// An empty store whose TLS contexts use `secrets`.
+    pub fn new(secrets: Secrets) -> Store {
+        Store { secrets, ..Store::default() }
+    }
+
     /// Applies an update of one type: every resource compiles, or nothing changes.
     /// `replace_all` (state of the world for LDS and CDS) drops resources the update
     /// does not name; `removed` (delta) lists names to drop.
@@ -134,7 +142,7 @@ impl Store {
         let mut compiled = Vec::with_capacity(resources.len());
         let mut seen = BTreeSet::new();
         for r in resources {
-            let (name, c) = compile(type_url, &r.resource)?;
+            let (name, c) = compile(type_url, &r.resource, &self.secrets)?;
             if !r.name.is_empty() && r.name != name {
                 return Err(ConfigError::new(format!("resource {} carries a {} named {name}", r.name, type_url)));
             }

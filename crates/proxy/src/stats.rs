@@ -59,6 +59,8 @@ pub struct Stats {
     pub xds: XdsStats,
     /// `listener_manager.listener_create_failure`.
     pub listener_create_failure: AtomicU64,
+    /// Downstream TLS handshakes that failed (Envoy's `ssl.connection_error`).
+    pub ssl_handshake_error: AtomicU64,
 }
 
 impl Stats {
@@ -104,6 +106,7 @@ impl Stats {
         out.push(("weft.xds.update_rejected".into(), v(&self.xds.update_rejected)));
         out.push(("weft.xds.streams_opened".into(), v(&self.xds.streams)));
         out.push(("listener_manager.listener_create_failure".into(), v(&self.listener_create_failure)));
+        out.push(("listener.ssl.connection_error".into(), v(&self.ssl_handshake_error)));
         out
     }
 }

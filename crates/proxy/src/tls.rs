@@ -1,20 +1,35 @@
-//! TLS origination to upstreams (an Envoy `UpstreamTlsContext`), with rustls.
+//! TLS as Envoy's transport sockets configure it, with rustls: origination to upstreams
+//! (`UpstreamTlsContext`) and termination of downstream connections
+//! (`DownstreamTlsContext`).
 //!
-//! As Envoy does: with no trusted CA nothing is verified; with one, the chain must lead
-//! to it; with subject-alt-name matchers, the certificate must also carry one of them.
+//! Certificates and trusted roots come from files or inline data, or from the SDS
+//! secrets `default` and `ROOTCA`, which the proxy fills from its workload identity
+//! ([`crate::secrets`]). As Envoy does: with no trusted CA nothing is verified; with
+//! one, the chain must lead to it; with subject-alt-name matchers, the certificate must
+//! also carry one of them (DNS names or URIs such as SPIFFE ids, exact or by prefix).
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
+    common_tls_context, subject_alt_name_matcher,
 };
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::secrets::{ROOT_CA, Secrets, WORKLOAD_CERT};
 
 /// Why a TLS context cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,52 +63,18 @@ impl PartialEq for UpstreamTls {
 
 impl UpstreamTls {
     /// Builds the client configuration, reading the files the context names.
-    pub fn from_envoy(ctx: &UpstreamTlsContext) -> Result<UpstreamTls, TlsError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    pub fn from_envoy(ctx: &UpstreamTlsContext, secrets: &Secrets) -> Result<UpstreamTls, TlsError> {
+        let provider = weft_tls::provider();
         let common = ctx.common_tls_context.clone().unwrap_or_default();
-        let mut roots = RootCertStore::empty();
-        let mut sans = Vec::new();
-        let mut verify = false;
-        match &common.validation_context_type {
-            None => {}
-            Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
-                if let Some(ca) = &v.trusted_ca {
-                    verify = true;
-                    for cert in certificates(ca, "trusted CA")? {
-                        roots.add(cert)?;
-                    }
-                }
-                for m in &v.match_typed_subject_alt_names {
-                    let exact = match m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
-                        Some(string_matcher::MatchPattern::Exact(e)) => e.clone(),
-                        _ => return Err(TlsError::Unsupported("a subject alt name matcher other than exact".into())),
-                    };
-                    if m.san_type != subject_alt_name_matcher::SanType::Dns as i32 {
-                        return Err(TlsError::Unsupported("a subject alt name type other than DNS".into()));
-                    }
-                    sans.push(exact);
-                }
-            }
-            Some(_) => return Err(TlsError::Unsupported("SDS validation contexts".into())),
-        }
-        let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
-        let verifier: Arc<dyn ServerCertVerifier> = if verify {
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TlsError::Unsupported(format!("CA material ({e})")))?;
-            Arc::new(SanVerifier { inner, sans })
-        } else {
-            Arc::new(NoVerifier { provider: provider.clone() })
-        };
-        let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
-        let mut config = match common.tls_certificates.first() {
-            Some(c) => {
-                let chain =
-                    certificates(c.certificate_chain.as_ref().unwrap_or(&DataSource::default()), "certificate")?;
-                let key = private_key(c.private_key.as_ref().unwrap_or(&DataSource::default()))?;
-                builder.with_client_auth_cert(chain, key)?
-            }
+        let (trust, sans) = validation(&common, secrets)?;
+        let verifier = Arc::new(PeerVerifier::new(trust, sans, provider.clone())?);
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match own_certificate(&common, secrets, &provider)? {
             None => builder.with_no_client_auth(),
+            Some(key) => builder.with_client_cert_resolver(Arc::new(key)),
         };
         config.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(UpstreamTls { sni: ctx.sni.clone(), config: Arc::new(config), source: ctx.clone() })
@@ -104,6 +85,177 @@ impl UpstreamTls {
         let name = if self.sni.is_empty() { host } else { &self.sni };
         ServerName::try_from(name.to_owned()).ok()
     }
+}
+
+/// A compiled downstream TLS context (a filter chain's transport socket).
+#[derive(Debug)]
+pub struct DownstreamTls {
+    /// With the configured ALPN protocols.
+    with_alpn: Arc<ServerConfig>,
+    /// Without ALPN, for clients that offer none of the configured protocols (Envoy then
+    /// negotiates none rather than failing the handshake).
+    without_alpn: Arc<ServerConfig>,
+}
+
+impl DownstreamTls {
+    /// Builds the server configuration.
+    pub fn from_envoy(ctx: &DownstreamTlsContext, secrets: &Secrets) -> Result<DownstreamTls, TlsError> {
+        let provider = weft_tls::provider();
+        let common = ctx.common_tls_context.clone().unwrap_or_default();
+        let required = ctx.require_client_certificate.as_ref().is_some_and(|b| b.value);
+        let (trust, sans) = validation(&common, secrets)?;
+        if !sans.is_empty() {
+            return Err(TlsError::Unsupported("subject alt name matchers on client certificates".into()));
+        }
+        let key = own_certificate(&common, secrets, &provider)?
+            .ok_or_else(|| TlsError::Unsupported("a downstream TLS context without a certificate".into()))?;
+        let verifier = Arc::new(ClientVerifier::new(trust, required, provider.clone())?);
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(key));
+        let without_alpn = Arc::new(config.clone());
+        config.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(DownstreamTls { with_alpn: Arc::new(config), without_alpn })
+    }
+
+    /// The configuration for a client that offers `alpn`.
+    pub fn config_for<'a>(&self, mut offered: impl Iterator<Item = &'a [u8]>) -> Arc<ServerConfig> {
+        if offered.any(|p| self.with_alpn.alpn_protocols.iter().any(|ours| ours == p)) {
+            self.with_alpn.clone()
+        } else {
+            self.without_alpn.clone()
+        }
+    }
+}
+
+/// Where a context's certificate comes from.
+#[derive(Debug)]
+enum OwnCertificate {
+    /// Files or inline data.
+    Static(Arc<CertifiedKey>),
+    /// The workload's identity (SDS `default`).
+    Workload(Secrets),
+}
+
+impl OwnCertificate {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        match self {
+            OwnCertificate::Static(k) => Some(k.clone()),
+            OwnCertificate::Workload(s) => s.current().map(|w| w.key.clone()),
+        }
+    }
+}
+
+impl ResolvesClientCert for OwnCertificate {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ResolvesServerCert for OwnCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+fn sds_name(s: &SdsSecretConfig, expected: &str, what: &str) -> Result<(), TlsError> {
+    if s.name == expected {
+        Ok(())
+    } else {
+        Err(TlsError::Unsupported(format!(
+            "SDS secret {:?} as the {what} (weft's proxy serves {expected:?} from its workload identity)",
+            s.name
+        )))
+    }
+}
+
+fn own_certificate(
+    common: &CommonTlsContext,
+    secrets: &Secrets,
+    provider: &CryptoProvider,
+) -> Result<Option<OwnCertificate>, TlsError> {
+    if let Some(sds) = common.tls_certificate_sds_secret_configs.first() {
+        sds_name(sds, WORKLOAD_CERT, "certificate")?;
+        return Ok(Some(OwnCertificate::Workload(secrets.clone())));
+    }
+    let Some(c) = common.tls_certificates.first() else { return Ok(None) };
+    let chain = certificates(c.certificate_chain.as_ref().unwrap_or(&DataSource::default()), "certificate")?;
+    let key = private_key(c.private_key.as_ref().unwrap_or(&DataSource::default()))?;
+    let signing = provider.key_provider.load_private_key(key)?;
+    Ok(Some(OwnCertificate::Static(Arc::new(CertifiedKey::new(chain, signing)))))
+}
+
+/// Which roots a peer's chain must lead to.
+#[derive(Debug)]
+enum Trust {
+    /// Anything goes (no validation context).
+    Nothing,
+    /// A configured CA.
+    Roots(Arc<RootCertStore>),
+    /// The mesh's root (SDS `ROOTCA`).
+    Mesh(Secrets),
+}
+
+/// A subject-alt-name condition.
+#[derive(Debug, Clone, PartialEq)]
+enum SanMatch {
+    Dns(String),
+    UriExact(String),
+    UriPrefix(String),
+}
+
+fn validation(common: &CommonTlsContext, secrets: &Secrets) -> Result<(Trust, Vec<SanMatch>), TlsError> {
+    use common_tls_context::ValidationContextType as V;
+    let (static_ctx, sds) = match &common.validation_context_type {
+        None => return Ok((Trust::Nothing, Vec::new())),
+        Some(V::ValidationContext(v)) => (Some(v), None),
+        Some(V::ValidationContextSdsSecretConfig(s)) => (None, Some(s)),
+        Some(V::CombinedValidationContext(c)) => {
+            (c.default_validation_context.as_ref(), c.validation_context_sds_secret_config.as_ref())
+        }
+        Some(_) => return Err(TlsError::Unsupported("a certificate provider validation context".into())),
+    };
+    let sans = static_ctx.map(san_matchers).transpose()?.unwrap_or_default();
+    let trust = match (sds, static_ctx.and_then(|v| v.trusted_ca.as_ref())) {
+        (Some(sds), _) => {
+            sds_name(sds, ROOT_CA, "validation context")?;
+            Trust::Mesh(secrets.clone())
+        }
+        (None, Some(ca)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates(ca, "trusted CA")? {
+                roots.add(cert)?;
+            }
+            Trust::Roots(Arc::new(roots))
+        }
+        (None, None) => Trust::Nothing,
+    };
+    Ok((trust, sans))
+}
+
+fn san_matchers(v: &CertificateValidationContext) -> Result<Vec<SanMatch>, TlsError> {
+    let mut out = Vec::new();
+    for m in &v.match_typed_subject_alt_names {
+        let pattern = m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref());
+        let uri = m.san_type == subject_alt_name_matcher::SanType::Uri as i32;
+        let dns = m.san_type == subject_alt_name_matcher::SanType::Dns as i32;
+        out.push(match (pattern, dns, uri) {
+            (Some(string_matcher::MatchPattern::Exact(e)), true, _) => SanMatch::Dns(e.clone()),
+            (Some(string_matcher::MatchPattern::Exact(e)), _, true) => SanMatch::UriExact(e.clone()),
+            (Some(string_matcher::MatchPattern::Prefix(p)), _, true) => SanMatch::UriPrefix(p.clone()),
+            _ => {
+                return Err(TlsError::Unsupported(
+                    "a subject alt name matcher other than DNS exact or URI exact/prefix".into(),
+                ));
+            }
+        });
+    }
+    Ok(out)
 }
 
 fn read(source: &DataSource, what: &'static str) -> Result<Vec<u8>, TlsError> {
@@ -145,14 +297,53 @@ fn private_key(source: &DataSource) -> Result<PrivateKeyDer<'static>, TlsError> 
     })
 }
 
-/// Chain verification against the configured CA, then the subject-alt-name check.
-#[derive(Debug)]
-struct SanVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    sans: Vec<String>,
+fn is_name_mismatch(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        )
+    )
 }
 
-impl ServerCertVerifier for SanVerifier {
+fn no_secret() -> rustls::Error {
+    rustls::Error::General("the workload has no certificate yet (SDS ROOTCA)".into())
+}
+
+/// Verifies an upstream's certificate: its chain (unless nothing is trusted), then the
+/// subject-alt-name conditions.
+#[derive(Debug)]
+struct PeerVerifier {
+    /// None: the mesh's root, read at each handshake.
+    fixed: Option<Arc<WebPkiServerVerifier>>,
+    trust: Trust,
+    sans: Vec<SanMatch>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PeerVerifier {
+    fn new(trust: Trust, sans: Vec<SanMatch>, provider: Arc<CryptoProvider>) -> Result<PeerVerifier, TlsError> {
+        let fixed = match &trust {
+            Trust::Roots(roots) => Some(
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Unsupported(format!("CA material ({e})")))?,
+            ),
+            _ => None,
+        };
+        Ok(PeerVerifier { fixed, trust, sans, provider })
+    }
+
+    fn verifier(&self) -> Result<Option<Arc<WebPkiServerVerifier>>, rustls::Error> {
+        match &self.trust {
+            Trust::Nothing => Ok(None),
+            Trust::Roots(_) => Ok(self.fixed.clone()),
+            Trust::Mesh(secrets) => secrets.current().map(|w| Some(w.server_verifier.clone())).ok_or_else(no_secret),
+        }
+    }
+}
+
+impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -161,31 +352,29 @@ impl ServerCertVerifier for SanVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let name_mismatch = |e: &rustls::Error| {
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
-                )
-            )
-        };
-        if self.sans.is_empty() {
-            // Envoy checks the chain only; the SNI need not be one of the certificate's names.
-            return match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-                Err(e) if name_mismatch(&e) => Ok(ServerCertVerified::assertion()),
-                other => other,
-            };
+        let Some(inner) = self.verifier()? else { return Ok(ServerCertVerified::assertion()) };
+        // The chain first (webpki checks the name last, so a name mismatch means the
+        // chain is good): Envoy does not require the SNI among the certificate's names.
+        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(e) if !is_name_mismatch(&e) => return Err(e),
+            _ => {}
         }
-        let mut last = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+        if self.sans.is_empty() {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let uris = weft_tls::ca::spiffe_ids_der(end_entity);
         for san in &self.sans {
-            let Ok(name) = ServerName::try_from(san.as_str()) else { continue };
-            match self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp, now) {
-                Ok(v) => return Ok(v),
-                Err(e) if name_mismatch(&e) => last = e,
-                Err(e) => return Err(e),
+            let ok = match san {
+                SanMatch::UriExact(e) => uris.iter().any(|u| u == e),
+                SanMatch::UriPrefix(p) => uris.iter().any(|u| u.starts_with(p.as_str())),
+                SanMatch::Dns(d) => ServerName::try_from(d.as_str())
+                    .is_ok_and(|name| inner.verify_server_cert(end_entity, intermediates, &name, ocsp, now).is_ok()),
+            };
+            if ok {
+                return Ok(ServerCertVerified::assertion());
             }
         }
-        Err(last)
+        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
     }
 
     fn verify_tls12_signature(
@@ -194,7 +383,7 @@ impl ServerCertVerifier for SanVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -203,30 +392,67 @@ impl ServerCertVerifier for SanVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
-/// No validation context: Envoy accepts any server certificate, so does weft.
+/// Verifies a downstream client's certificate against the trusted roots.
 #[derive(Debug)]
-struct NoVerifier {
-    provider: Arc<rustls::crypto::CryptoProvider>,
+struct ClientVerifier {
+    /// For configured roots.
+    fixed: Option<Arc<dyn ClientCertVerifier>>,
+    trust: Trust,
+    required: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for NoVerifier {
-    fn verify_server_cert(
+impl ClientVerifier {
+    fn new(trust: Trust, required: bool, provider: Arc<CryptoProvider>) -> Result<ClientVerifier, TlsError> {
+        let fixed = match &trust {
+            Trust::Roots(roots) => {
+                let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+                let builder = if required { builder } else { builder.allow_unauthenticated() };
+                Some(builder.build().map_err(|e| TlsError::Unsupported(format!("CA material ({e})")))?)
+            }
+            _ => None,
+        };
+        Ok(ClientVerifier { fixed, trust, required, provider })
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        !matches!(self.trust, Trust::Nothing) || self.required
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
         &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match &self.trust {
+            Trust::Nothing => Ok(ClientCertVerified::assertion()),
+            Trust::Roots(_) => match &self.fixed {
+                Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+                None => Err(no_secret()),
+            },
+            Trust::Mesh(secrets) => {
+                secrets.current().ok_or_else(no_secret)?.client_verifier.verify_client_cert(end_entity, intermediates, now)
+            }
+        }
     }
 
     fn verify_tls12_signature(

@@ -83,11 +83,12 @@ async fn session(shared: &Arc<Shared>) -> Result<(), XdsError> {
     if shared.config.xds_mtls {
         // Mutual TLS with the workload certificate: wait until the CA has issued it.
         let cert = loop {
-            if let Some(cert) = shared.identity.load_full() {
-                break cert;
+            if let Some(tls) = shared.identity.current() {
+                break tls;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        let cert = &cert.certificate;
         let root = cert.chain.last().cloned().unwrap_or_default();
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(root))
@@ -122,6 +123,9 @@ pub fn node(info: &NodeInfo) -> Node {
     }
     if !info.revision.is_empty() {
         fields.insert("REVISION".to_owned(), text(&info.revision));
+    }
+    if info.sds {
+        fields.insert("SDS".to_owned(), text("true"));
     }
     let labels: HashMap<String, Value> = info.labels.iter().map(|(k, v)| (k.clone(), text(v))).collect();
     fields.insert("LABELS".to_owned(), Value { kind: Some(value::Kind::StructValue(Struct { fields: labels })) });

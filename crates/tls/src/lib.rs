@@ -28,6 +28,19 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// SHA-256 of `data` in lower-case hex, computed by this build's crypto provider.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use rustls::crypto::hash::HashAlgorithm;
+    let hash = provider()
+        .cipher_suites
+        .iter()
+        .filter_map(|s| s.tls13())
+        .map(|s| s.common.hash_provider)
+        .find(|h| h.algorithm() == HashAlgorithm::SHA256)
+        .map(|h| h.hash(data));
+    hash.map(|h| h.as_ref().iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default()
+}
+
 /// Describes the crypto provider of this build.
 pub fn provider_info() -> ProviderInfo {
     let p = provider();
@@ -42,6 +55,11 @@ pub fn provider_info() -> ProviderInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_is_the_standard_digest() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 
     #[test]
     fn the_default_build_offers_tls13_and_post_quantum_key_exchange() {

@@ -177,6 +177,7 @@ pub async fn forward(
     let host = authority(&req).unwrap_or_default();
     let (mut parts, body) = req.into_parts();
 
+    forward_client_cert(conn, &mut parts.headers);
     // Request headers: the most specific level first, as Envoy applies them.
     if let Some(w) = weighted {
         w.request_headers.apply(&mut parts.headers);
@@ -190,7 +191,8 @@ pub async fn forward(
         parts.headers.insert(hyper::header::UPGRADE, u.clone());
     }
     if !parts.headers.contains_key("x-forwarded-proto") {
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let proto = if conn.tls { "https" } else { "http" };
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     if !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());
@@ -632,4 +634,57 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
     let mut down = hyper_util::rt::TokioIo::new(down);
     let mut up = hyper_util::rt::TokioIo::new(up);
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+}
+
+/// `x-forwarded-client-cert`, as the connection manager's `forward_client_cert_details`
+/// says: the client's certificate as `By=<our SPIFFE id>;Hash=<sha256>;Subject="";URI=<its
+/// SPIFFE id>`, the form Istio's sidecars forward to applications.
+fn forward_client_cert(conn: &Connection, headers: &mut HeaderMap) {
+    use crate::model::listener::ForwardClientCert as F;
+    const XFCC: &str = "x-forwarded-client-cert";
+    let mode = conn.spec.forward_client_cert;
+    let Some(cert) = &conn.peer_certificate else {
+        if mode != F::AlwaysForwardOnly {
+            headers.remove(XFCC);
+        }
+        return;
+    };
+    let current = || {
+        let by = conn.shared.identity.current().map(|w| w.spiffe_id.clone()).unwrap_or_default();
+        let mut value = format!("By={by};Hash={};Subject=\"\"", cert.hash);
+        if let Some(uri) = &cert.uri {
+            value.push_str(";URI=");
+            value.push_str(uri);
+        }
+        HeaderValue::from_str(&value).ok()
+    };
+    match mode {
+        F::Sanitize => {
+            headers.remove(XFCC);
+        }
+        F::ForwardOnly | F::AlwaysForwardOnly => {}
+        F::SanitizeSet => {
+            headers.remove(XFCC);
+            if let Some(v) = current() {
+                headers.insert(XFCC, v);
+            }
+        }
+        F::AppendForward => {
+            let previous: Vec<String> =
+                headers.get_all(XFCC).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+            headers.remove(XFCC);
+            let mut all = previous.join(",");
+            if let Some(v) = current().and_then(|v| v.to_str().ok().map(str::to_owned)) {
+                if !all.is_empty() {
+                    all.push(',');
+                }
+                all.push_str(&v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&all)
+                && !all.is_empty()
+            {
+                headers.insert(XFCC, v);
+            }
+        }
+    }
 }

@@ -46,6 +46,10 @@ pub struct Connection {
     pub active: std::sync::atomic::AtomicU32,
     /// When the last request ended (for the idle timeout).
     pub last_request_end: std::sync::Mutex<tokio::time::Instant>,
+    /// The client's certificate, when the connection is TLS with a client certificate.
+    pub peer_certificate: Option<crate::listeners::PeerCertificate>,
+    /// Whether the downstream connection is TLS.
+    pub tls: bool,
 }
 
 impl Connection {
@@ -60,6 +64,8 @@ impl Connection {
             stats,
             active: std::sync::atomic::AtomicU32::new(0),
             last_request_end: std::sync::Mutex::new(tokio::time::Instant::now()),
+            peer_certificate: None,
+            tls: false,
         }
     }
 

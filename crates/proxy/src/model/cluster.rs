@@ -5,15 +5,49 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, address, socket_address};
+use envoy_types::pb::envoy::config::core::v3::{
+    HealthStatus, TransportSocket, address, socket_address, transport_socket,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 
 use super::{ConfigError, duration, unpack};
+use crate::secrets::Secrets;
 use crate::tls::UpstreamTls;
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+/// The endpoint metadata `transport_socket_matches` select on.
+pub const SOCKET_MATCH_METADATA: &str = "envoy.transport_socket_match";
+
+/// A transport socket: TLS, or None for plaintext.
+fn transport_socket(ts: &TransportSocket, secrets: &Secrets) -> Result<Option<Arc<UpstreamTls>>, String> {
+    let any = match &ts.config_type {
+        Some(transport_socket::ConfigType::TypedConfig(any)) => any,
+        None => return Err(format!("transport socket {} has no typed_config", ts.name)),
+    };
+    if any.type_url.ends_with(RAW_BUFFER) {
+        return Ok(None);
+    }
+    let ctx: UpstreamTlsContext =
+        unpack(any, UPSTREAM_TLS).map_err(|e| format!("transport socket {}: {e}", ts.name))?;
+    UpstreamTls::from_envoy(&ctx, secrets).map(|t| Some(Arc::new(t))).map_err(|e| format!("tls: {e}"))
+}
+
+/// The string values of a metadata struct.
+fn struct_strings(s: &envoy_types::pb::google::protobuf::Struct) -> Vec<(String, String)> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    s.fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            Some(Kind::BoolValue(b)) => Some((k.clone(), b.to_string())),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Envoy's defaults for a cluster's circuit breakers.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
@@ -99,8 +133,33 @@ pub struct ClusterSpec {
     pub http2: bool,
     /// Idle timeout of upstream connections.
     pub idle_timeout: Option<Duration>,
-    /// TLS origination.
+    /// TLS origination (the cluster's `transport_socket`).
     pub tls: Option<Arc<UpstreamTls>>,
+    /// `transport_socket_matches`: the first whose match the endpoint's
+    /// `envoy.transport_socket_match` metadata satisfies decides, else `tls`.
+    pub tls_matches: Vec<TlsMatch>,
+}
+
+/// One of a cluster's `transport_socket_matches`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsMatch {
+    /// The match's name (`tlsMode-istio`).
+    pub name: String,
+    /// Metadata values the endpoint must carry.
+    pub labels: Vec<(String, String)>,
+    /// TLS, or None for plaintext (`raw_buffer`).
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+impl ClusterSpec {
+    /// The transport an endpoint with this metadata is reached over.
+    pub fn tls_for(&self, metadata: &[(String, String)]) -> Option<Arc<UpstreamTls>> {
+        let matched = self.tls_matches.iter().find(|m| m.labels.iter().all(|l| metadata.contains(l)));
+        match matched {
+            Some(m) => m.tls.clone(),
+            None => self.tls.clone(),
+        }
+    }
 }
 
 /// One endpoint.
@@ -116,6 +175,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// False when EDS says the endpoint is not healthy.
     pub healthy: bool,
+    /// `envoy.transport_socket_match` metadata (`tlsMode: istio`).
+    pub socket_match: Vec<(String, String)>,
 }
 
 /// A group of endpoints in one locality and priority.
@@ -146,7 +207,7 @@ impl Endpoints {
 }
 
 /// Compiles a CDS resource.
-pub fn compile_cluster(c: &Cluster) -> Result<ClusterSpec, ConfigError> {
+pub fn compile_cluster(c: &Cluster, secrets: &Secrets) -> Result<ClusterSpec, ConfigError> {
     let err = |m: String| ConfigError::new(format!("cluster {}: {m}", c.name));
     if c.name.is_empty() {
         return Err(ConfigError::new("a cluster without a name"));
@@ -249,18 +310,16 @@ pub fn compile_cluster(c: &Cluster) -> Result<ClusterSpec, ConfigError> {
             interval: o.interval.as_ref().map_or(Duration::from_secs(10), duration),
         }
     });
-    let tls = match &c.transport_socket {
-        None => None,
-        Some(ts) => match &ts.config_type {
-            Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) => {
-                let ctx: UpstreamTlsContext =
-                    unpack(any, "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
-                        .map_err(|e| err(format!("transport socket {}: {e}", ts.name)))?;
-                Some(Arc::new(UpstreamTls::from_envoy(&ctx).map_err(|e| err(format!("tls: {e}")))?))
-            }
-            None => return Err(err(format!("transport socket {} has no typed_config", ts.name))),
-        },
-    };
+    let tls = c.transport_socket.as_ref().map(|ts| transport_socket(ts, secrets)).transpose().map_err(err)?.flatten();
+    let mut tls_matches = Vec::with_capacity(c.transport_socket_matches.len());
+    for m in &c.transport_socket_matches {
+        let ts = m.transport_socket.as_ref().ok_or_else(|| err(format!("transport socket match {} has no socket", m.name)))?;
+        tls_matches.push(TlsMatch {
+            name: m.name.clone(),
+            labels: m.r#match.as_ref().map(struct_strings).unwrap_or_default(),
+            tls: transport_socket(ts, secrets).map_err(err)?,
+        });
+    }
     Ok(ClusterSpec {
         name: c.name.clone(),
         discovery,
@@ -271,6 +330,7 @@ pub fn compile_cluster(c: &Cluster) -> Result<ClusterSpec, ConfigError> {
         http2,
         idle_timeout,
         tls,
+        tls_matches,
     })
 }
 
@@ -310,12 +370,19 @@ pub fn compile_endpoints(cla: &ClusterLoadAssignment) -> Result<Endpoints, Confi
             };
             let addr = sock.address.parse().ok().map(|ip| SocketAddr::new(ip, port));
             let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
+            let socket_match = lb
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(SOCKET_MATCH_METADATA))
+                .map(struct_strings)
+                .unwrap_or_default();
             endpoints.push(Endpoint {
                 host: sock.address.clone(),
                 port,
                 addr,
                 weight: lb.load_balancing_weight.as_ref().map_or(1, |w| w.value.max(1)),
                 healthy: matches!(health, HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded),
+                socket_match,
             });
         }
         groups.push(LocalityGroup {

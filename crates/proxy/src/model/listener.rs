@@ -11,11 +11,17 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+
 use super::route::{RouteTable, compile_route_table};
+use crate::secrets::Secrets;
+use crate::tls::DownstreamTls;
 use super::{ConfigError, duration, unpack};
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 /// Envoy's default limit on request headers, in KiB.
 pub const DEFAULT_MAX_HEADERS_KB: u32 = 60;
@@ -50,8 +56,64 @@ pub struct Chain {
     pub destination_port: Option<u16>,
     /// TLS server names condition (SNI).
     pub server_names: Vec<String>,
+    /// Transport condition: `tls` or `raw_buffer` (plaintext).
+    pub transport_protocol: Option<Transport>,
+    /// ALPN condition (any of these offered in the ClientHello).
+    pub application_protocols: Vec<String>,
+    /// TLS termination (the chain's transport socket).
+    pub tls: Option<Arc<DownstreamTls>>,
     /// What runs on the connection.
     pub kind: ChainKind,
+}
+
+/// How a connection starts, as Envoy's TLS inspector tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A TLS ClientHello.
+    Tls,
+    /// Anything else.
+    RawBuffer,
+}
+
+/// What the TLS inspector read from a connection's first bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hello {
+    /// Whether the connection starts with a TLS ClientHello.
+    pub tls: bool,
+    /// The server name asked for.
+    pub sni: Option<String>,
+    /// The ALPN protocols offered.
+    pub alpn: Vec<String>,
+}
+
+impl Chain {
+    /// Whether the chain's conditions hold, and how specific they are (Envoy prefers
+    /// the most specific match: port, then server name, transport, ALPN).
+    fn matches(&self, destination_port: u16, hello: &Hello) -> Option<(bool, bool, bool, bool)> {
+        if self.destination_port.is_some_and(|p| p != destination_port) {
+            return None;
+        }
+        if !self.server_names.is_empty()
+            && !hello.sni.as_deref().is_some_and(|sn| self.server_names.iter().any(|n| server_name_matches(n, sn)))
+        {
+            return None;
+        }
+        let transport = if hello.tls { Transport::Tls } else { Transport::RawBuffer };
+        if self.transport_protocol.is_some_and(|t| t != transport) {
+            return None;
+        }
+        if !self.application_protocols.is_empty()
+            && !hello.alpn.iter().any(|p| self.application_protocols.contains(p))
+        {
+            return None;
+        }
+        Some((
+            self.destination_port.is_some(),
+            !self.server_names.is_empty(),
+            self.transport_protocol.is_some(),
+            !self.application_protocols.is_empty(),
+        ))
+    }
 }
 
 /// The terminal network filter.
@@ -86,6 +148,23 @@ pub struct HttpSpec {
     pub stream_idle_timeout: Option<Duration>,
     /// Upgrade types allowed through (`websocket`), lower-cased.
     pub upgrades: Vec<String>,
+    /// What happens to `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
+}
+
+/// Envoy's `forward_client_cert_details`: what `x-forwarded-client-cert` carries on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    /// Remove it (Envoy's default).
+    Sanitize,
+    /// Pass it on unchanged when the client connected with mutual TLS.
+    ForwardOnly,
+    /// Pass it on, with the client's certificate appended, over mutual TLS.
+    AppendForward,
+    /// Replace it with the client's certificate over mutual TLS.
+    SanitizeSet,
+    /// Pass it on unchanged, whatever the connection.
+    AlwaysForwardOnly,
 }
 
 /// Downstream codec.
@@ -131,16 +210,25 @@ impl ListenerSpec {
         })
     }
 
-    /// The clusters a TCP chain or an inline route table names.
-    pub fn chain_for(&self, destination_port: u16, server_name: Option<&str>) -> Option<&Chain> {
-        self.chains
-            .iter()
-            .find(|c| {
-                c.destination_port.is_none_or(|p| p == destination_port)
-                    && (c.server_names.is_empty()
-                        || server_name.is_some_and(|sn| c.server_names.iter().any(|n| server_name_matches(n, sn))))
-            })
-            .or(self.default_chain.as_ref())
+    /// Whether choosing a chain needs the connection's first bytes (a ClientHello).
+    pub fn needs_hello(&self) -> bool {
+        self.chains.iter().any(|c| {
+            !c.server_names.is_empty() || c.transport_protocol.is_some() || !c.application_protocols.is_empty()
+        })
+    }
+
+    /// The chain that serves a connection: the most specific whose conditions hold
+    /// (the first of equals), else the default chain.
+    pub fn chain_for(&self, destination_port: u16, hello: &Hello) -> Option<&Chain> {
+        let mut best: Option<((bool, bool, bool, bool), &Chain)> = None;
+        for c in &self.chains {
+            if let Some(rank) = c.matches(destination_port, hello)
+                && best.as_ref().is_none_or(|(b, _)| rank > *b)
+            {
+                best = Some((rank, c));
+            }
+        }
+        best.map(|(_, c)| c).or(self.default_chain.as_ref())
     }
 }
 
@@ -153,7 +241,7 @@ fn server_name_matches(pattern: &str, name: &str) -> bool {
 
 /// Compiles an LDS resource. Listeners that only carry an `api_listener` (for
 /// proxyless gRPC clients) yield `None`: a proxy has nothing to bind for them.
-pub fn compile_listener(l: &Listener) -> Result<Option<ListenerSpec>, ConfigError> {
+pub fn compile_listener(l: &Listener, secrets: &Secrets) -> Result<Option<ListenerSpec>, ConfigError> {
     let ctx = |e: ConfigError| e.context(format!("listener {}", l.name));
     if l.api_listener.is_some() {
         return Ok(None);
@@ -188,8 +276,9 @@ pub fn compile_listener(l: &Listener) -> Result<Option<ListenerSpec>, ConfigErro
             }
         }
     }
-    let chains = l.filter_chains.iter().map(compile_chain).collect::<Result<_, _>>().map_err(ctx)?;
-    let default_chain = l.default_filter_chain.as_ref().map(compile_chain).transpose().map_err(ctx)?;
+    let chains = l.filter_chains.iter().map(|c| compile_chain(c, secrets)).collect::<Result<_, _>>().map_err(ctx)?;
+    let default_chain =
+        l.default_filter_chain.as_ref().map(|c| compile_chain(c, secrets)).transpose().map_err(ctx)?;
     Ok(Some(ListenerSpec {
         name: l.name.clone(),
         address: SocketAddr::new(ip, port),
@@ -202,14 +291,31 @@ pub fn compile_listener(l: &Listener) -> Result<Option<ListenerSpec>, ConfigErro
     }))
 }
 
-fn compile_chain(c: &FilterChain) -> Result<Chain, ConfigError> {
+fn compile_chain(c: &FilterChain, secrets: &Secrets) -> Result<Chain, ConfigError> {
     let m = c.filter_chain_match.clone().unwrap_or_default();
-    if !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer" && m.transport_protocol != "tls" {
-        return Err(ConfigError::new(format!("transport protocol {:?} is not supported", m.transport_protocol)));
-    }
-    if c.transport_socket.is_some() {
-        return Err(ConfigError::new("downstream TLS (a filter chain transport socket) is not supported yet"));
-    }
+    let transport_protocol = match m.transport_protocol.as_str() {
+        "" => None,
+        "tls" => Some(Transport::Tls),
+        "raw_buffer" => Some(Transport::RawBuffer),
+        other => return Err(ConfigError::new(format!("transport protocol {other:?} is not supported"))),
+    };
+    let tls = match &c.transport_socket {
+        None => None,
+        Some(ts) => {
+            let any = match &ts.config_type {
+                Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) => any,
+                None => return Err(ConfigError::new(format!("transport socket {} has no typed_config", ts.name))),
+            };
+            if any.type_url.ends_with(RAW_BUFFER) {
+                None
+            } else {
+                let ctx: DownstreamTlsContext = unpack(any, DOWNSTREAM_TLS)?;
+                let tls = DownstreamTls::from_envoy(&ctx, secrets)
+                    .map_err(|e| ConfigError::new(format!("filter chain {}: tls: {e}", c.name)))?;
+                Some(Arc::new(tls))
+            }
+        }
+    };
     let Some(last) = c.filters.last() else {
         return Err(ConfigError::new("a filter chain without filters"));
     };
@@ -233,6 +339,9 @@ fn compile_chain(c: &FilterChain) -> Result<Chain, ConfigError> {
     Ok(Chain {
         destination_port: m.destination_port.and_then(|p| u16::try_from(p.value).ok()),
         server_names: m.server_names,
+        transport_protocol,
+        application_protocols: m.application_protocols,
+        tls,
         kind,
     })
 }
@@ -295,6 +404,16 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect(),
+        forward_client_cert: {
+            use http_connection_manager::ForwardClientCertDetails as F;
+            match F::try_from(h.forward_client_cert_details).unwrap_or(F::Sanitize) {
+                F::Sanitize => ForwardClientCert::Sanitize,
+                F::ForwardOnly => ForwardClientCert::ForwardOnly,
+                F::AppendForward => ForwardClientCert::AppendForward,
+                F::SanitizeSet => ForwardClientCert::SanitizeSet,
+                F::AlwaysForwardOnly => ForwardClientCert::AlwaysForwardOnly,
+            }
+        },
         stream_idle_timeout: h
             .stream_idle_timeout
             .as_ref()

@@ -195,6 +195,7 @@ impl Upstream {
                 addr: Some(destination),
                 weight: 1,
                 healthy: true,
+                socket_match: Vec::new(),
             };
             Arc::new(self.host(&endpoint, destination.to_string()))
         });
@@ -251,7 +252,7 @@ impl Upstream {
             target: address.clone().into(),
             host: e.host.clone().into(),
             timeout: self.spec.connect_timeout,
-            tls: self.spec.tls.clone(),
+            tls: self.spec.tls_for(&e.socket_match),
             open: open.clone(),
             total: total.clone(),
         };
@@ -396,12 +397,13 @@ mod tests {
             http2: false,
             idle_timeout: None,
             tls: None,
+            tls_matches: Vec::new(),
         })
     }
 
     fn endpoint(last: u8, weight: u32, healthy: bool) -> Endpoint {
         let host = format!("127.0.0.{last}");
-        Endpoint { addr: format!("{host}:80").parse().ok(), host, port: 80, weight, healthy }
+        Endpoint { addr: format!("{host}:80").parse().ok(), host, port: 80, weight, healthy, socket_match: Vec::new() }
     }
 
     fn group(priority: u32, weight: u32, endpoints: Vec<Endpoint>) -> LocalityGroup {

@@ -324,6 +324,8 @@ impl Stream_ {
                 )));
             }
             proxy.service_account = peer.service_account.clone();
+            // It holds a workload certificate: mutual TLS can be configured for it.
+            proxy.sds = true;
         }
         tracing::info!(proxy = %proxy.id, protocol = self.protocol, "proxy connected");
         let connected_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

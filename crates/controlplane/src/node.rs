@@ -52,6 +52,10 @@ pub struct ProxyIdentity {
     pub revision: String,
     /// `ISTIO_VERSION`, when sent.
     pub istio_version: String,
+    /// The proxy has the SDS secrets `default` and `ROOTCA` (node metadata `SDS: true`,
+    /// or xDS over mutual TLS with a workload certificate): mutual TLS is configured for
+    /// it. A proxy without them is sent plaintext configuration only.
+    pub sds: bool,
 }
 
 /// The node could not be understood.
@@ -113,6 +117,7 @@ impl ProxyIdentity {
                 .unwrap_or_else(|| "REDIRECT".into()),
             revision,
             istio_version: text("ISTIO_VERSION"),
+            sds: text("SDS").eq_ignore_ascii_case("true"),
         })
     }
 }

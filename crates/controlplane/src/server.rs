@@ -100,7 +100,9 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(SyncStatus::default());
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::new(1, parsed.resources)));
+    let trust_domain =
+        config.security.as_ref().map_or(crate::snapshot::DEFAULT_TRUST_DOMAIN, |s| s.trust_domain.as_str());
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::new(1, parsed.resources).with_trust_domain(trust_domain)));
     metrics.config_version(1);
 
     let xds = tokio::net::TcpListener::bind(config.xds_address)

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use weft_api::istio::{DestinationRuleSpec, GatewaySpec, IstioEgressListener, SidecarSpec, VirtualServiceSpec};
+use weft_api::istio::{
+    DestinationRuleSpec, GatewaySpec, IstioEgressListener, MtlsMode, PeerAuthenticationSpec, SidecarSpec,
+    VirtualServiceSpec,
+};
 use weft_api::validate::host_covers;
 use weft_api::{Resource, Spec};
 
@@ -12,6 +15,8 @@ use crate::registry::{Registry, Service, resolve_host};
 
 /// The namespace whose Sidecar and policies apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// One version of the mesh's configuration.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +30,9 @@ pub struct Snapshot {
     /// Positions in `resources` of each kind translation looks up, so lookups do not
     /// scan every workload and service entry.
     index: KindIndex,
+    /// The mesh's trust domain (`cluster.local`): workload identities are
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub trust_domain: String,
     /// Set when this snapshot differs from the previous one only in where endpoints are.
     pub endpoint_change: Option<EndpointChange>,
 }
@@ -65,13 +73,21 @@ impl Snapshot {
                 _ => {}
             }
         }
-        Snapshot { version, resources, registry, index, endpoint_change: None }
+        Snapshot {
+            version,
+            resources,
+            registry,
+            index,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            endpoint_change: None,
+        }
     }
 
     /// The snapshot after `previous`, noting whether only endpoints moved.
     pub fn next(previous: &Snapshot, version: u64, resources: Vec<Resource>) -> Self {
         let mut next = Snapshot::new(version, resources);
         next.endpoint_change = endpoint_only_change(previous, &next);
+        next.trust_domain = previous.trust_domain.clone();
         next
     }
 
@@ -127,6 +143,51 @@ impl Snapshot {
 
     /// The Sidecar resource that configures `proxy`: one in its namespace whose selector
     /// matches it, else its namespace's selector-less one, else the root namespace's.
+    /// The same snapshot in another trust domain.
+    pub fn with_trust_domain(mut self, trust_domain: &str) -> Self {
+        self.trust_domain = trust_domain.to_owned();
+        self
+    }
+
+    /// The mutual TLS mode PeerAuthentication sets for a workload's port, with Istio's
+    /// precedence: a policy selecting the workload (its `portLevelMtls` entry for the
+    /// port first), then its namespace's policy without a selector, then the mesh's (root
+    /// namespace); UNSET defers to the next level; PERMISSIVE when nothing says.
+    /// Without `labels` (a destination seen from a client), workload policies are not
+    /// consulted, as Istio's own best-effort guess for auto mTLS.
+    pub fn mtls_mode(&self, namespace: &str, labels: Option<&BTreeMap<String, String>>, port: Option<u32>) -> MtlsMode {
+        let policies: Vec<(&Resource, &PeerAuthenticationSpec)> = self
+            .resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::PeerAuthentication(pa) => Some((r, pa.as_ref())),
+                _ => None,
+            })
+            .collect();
+        let selects = |pa: &PeerAuthenticationSpec| pa.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
+        let set = |m: Option<&weft_api::istio::MutualTls>| m.and_then(|m| m.mode).filter(|m| *m != MtlsMode::Unset);
+        if let Some(labels) = labels {
+            let workload = policies.iter().find(|(r, pa)| {
+                r.namespace() == namespace
+                    && selects(pa)
+                    && pa.selector.as_ref().is_some_and(|s| labels_match(&s.match_labels, labels))
+            });
+            if let Some((_, pa)) = workload {
+                let by_port = port.and_then(|p| set(pa.port_level_mtls.get(&p.to_string())));
+                if let Some(mode) = by_port.or_else(|| set(pa.mtls.as_ref())) {
+                    return mode;
+                }
+            }
+        }
+        for ns in [namespace, ROOT_NAMESPACE] {
+            let wide = policies.iter().find(|(r, pa)| r.namespace() == ns && !selects(pa));
+            if let Some(mode) = wide.and_then(|(_, pa)| set(pa.mtls.as_ref())) {
+                return mode;
+            }
+        }
+        MtlsMode::Permissive
+    }
+
     pub fn sidecar_for(&self, proxy: &ProxyIdentity) -> Option<&SidecarSpec> {
         let sidecars: Vec<(&Resource, &SidecarSpec)> = self
             .of_kind(&self.index.sidecars)

@@ -15,5 +15,6 @@ pub fn proxy(role: Role, labels: &[(&str, &str)]) -> ProxyIdentity {
         interception_mode: "NONE".into(),
         revision: String::new(),
         istio_version: String::new(),
+        sds: false,
     }
 }

@@ -84,11 +84,15 @@ fn translation_matches_the_golden_files() {
         let parsed = weft_api::parse_text(&case.to_string_lossy(), &yaml);
         assert!(!parsed.has_errors(), "{}: {:?}", case.display(), parsed.diagnostics);
         let snapshot = Snapshot::new(1, parsed.resources);
-        let got = serde_json::json!({
+        let mut got = serde_json::json!({
             "sidecar app=client": render(&pool, &snapshot, &proxy(Role::Sidecar, &[("app", "client")]), &[]),
             "gateway istio=ingressgateway": render(&pool, &snapshot, &proxy(Role::Gateway, &[("istio", "ingressgateway")]), &[]),
             "proxyless asking for reviews:9080": render(&pool, &snapshot, &proxy(Role::Proxyless, &[]), &["reviews.default.svc.cluster.local:9080".to_owned()]),
         });
+        // A sidecar with a workload identity (the SDS secrets) is also given mutual TLS.
+        let mut with_identity = proxy(Role::Sidecar, &[("app", "client")]);
+        with_identity.sds = true;
+        got["sidecar app=client with an identity"] = render(&pool, &snapshot, &with_identity, &[]);
         let text = serde_json::to_string_pretty(&got).unwrap_or_default() + "\n";
         let golden = case.with_extension("json");
         if std::env::var_os("WEFT_BLESS").is_some() {

@@ -174,9 +174,7 @@ async fn peek_hello(stream: &TcpStream) -> Hello {
                         sni: hello.server_name().map(str::to_owned),
                         alpn: hello
                             .alpn()
-                            .map(|protocols| {
-                                protocols.map(|p| String::from_utf8_lossy(p).into_owned()).collect()
-                            })
+                            .map(|protocols| protocols.map(|p| String::from_utf8_lossy(p).into_owned()).collect())
                             .unwrap_or_default(),
                     };
                 }
@@ -271,10 +269,7 @@ pub struct PeerCertificate {
 
 impl PeerCertificate {
     fn new(der: &rustls_pki_types::CertificateDer<'_>) -> PeerCertificate {
-        PeerCertificate {
-            uri: weft_tls::ca::spiffe_ids_der(der).into_iter().next(),
-            hash: weft_tls::sha256_hex(der),
-        }
+        PeerCertificate { uri: weft_tls::ca::spiffe_ids_der(der).into_iter().next(), hash: weft_tls::sha256_hex(der) }
     }
 
     /// Istio's principal: the SPIFFE id without `spiffe://`.

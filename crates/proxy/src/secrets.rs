@@ -64,9 +64,11 @@ impl WorkloadTls {
         let key_der = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes()).map_err(|e| fail(&e))?;
         let signing = provider.key_provider.load_private_key(key_der).map_err(|e| fail(&e))?;
         let spiffe_id = certificate.info.spiffe_ids.first().cloned().unwrap_or_default();
-        let server_verifier =
-            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build().map_err(|e| fail(&e))?;
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider).build().map_err(|e| fail(&e))?;
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| fail(&e))?;
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots, provider).build().map_err(|e| fail(&e))?;
         Ok(WorkloadTls {
             certificate,
             key: Arc::new(CertifiedKey::new(chain, signing)),

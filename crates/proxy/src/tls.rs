@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
     common_tls_context, subject_alt_name_matcher,
 };
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
@@ -449,9 +449,11 @@ impl ClientCertVerifier for ClientVerifier {
                 Some(v) => v.verify_client_cert(end_entity, intermediates, now),
                 None => Err(no_secret()),
             },
-            Trust::Mesh(secrets) => {
-                secrets.current().ok_or_else(no_secret)?.client_verifier.verify_client_cert(end_entity, intermediates, now)
-            }
+            Trust::Mesh(secrets) => secrets.current().ok_or_else(no_secret)?.client_verifier.verify_client_cert(
+                end_entity,
+                intermediates,
+                now,
+            ),
         }
     }
 

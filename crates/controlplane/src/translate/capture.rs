@@ -108,12 +108,14 @@ pub fn capture_listeners(
         chain.filter_chain_match =
             Some(FilterChainMatch { destination_port: Some(UInt32Value { value: port }), ..Default::default() });
         chain.name = cluster;
-        chains.push(chain);
+        chains.extend(super::security::inbound_chains(snapshot, proxy, port, chain));
     }
+    let mut listener_filters = vec![original_dst_filter()];
+    listener_filters.extend(super::security::tls_inspector(&chains));
     out.push(Listener {
         name: "virtualInbound".into(),
         address: Some(socket("0.0.0.0", INBOUND_PORT)),
-        listener_filters: vec![original_dst_filter()],
+        listener_filters,
         filter_chains: chains,
         default_filter_chain: Some(tcp_chain(INBOUND_PASSTHROUGH, &[(INBOUND_PASSTHROUGH.to_owned(), 100)])),
         traffic_direction: TrafficDirection::Inbound as i32,

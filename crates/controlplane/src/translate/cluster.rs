@@ -39,14 +39,18 @@ pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
         let dr = snapshot.destination_rule(&service.hostname, &proxy.namespace, &service.namespace);
         for port in &service.ports {
             let policy = effective_policy(dr.and_then(|d| d.traffic_policy.as_ref()), port.number);
-            out.push(outbound_cluster(service, port, "", &policy));
+            let mut c = outbound_cluster(service, port, "", &policy);
+            super::security::apply_outbound(&mut c, snapshot, proxy, service, policy.tls.as_ref());
+            out.push(c);
             for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
                 let Some(name) = subset.name.as_deref() else { continue };
                 let mut merged = policy.clone();
                 if let Some(sp) = &subset.traffic_policy {
                     overlay(&mut merged, &effective_policy(Some(sp), port.number));
                 }
-                out.push(outbound_cluster(service, port, name, &merged));
+                let mut c = outbound_cluster(service, port, name, &merged);
+                super::security::apply_outbound(&mut c, snapshot, proxy, service, merged.tls.as_ref());
+                out.push(c);
             }
         }
     }
@@ -224,8 +228,8 @@ fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy:
 
 /// TLS origination to the upstream (DestinationRule `tls` SIMPLE and MUTUAL), with the
 /// server's certificate checked against `caCertificates` and `subjectAltNames` unless
-/// `insecureSkipVerify`. DISABLE and unset send plaintext; ISTIO_MUTUAL needs the mesh's
-/// own certificates and is not supported yet.
+/// `insecureSkipVerify`. ISTIO_MUTUAL and auto mTLS are the mesh's own
+/// ([`super::security::apply_outbound`]); DISABLE sends plaintext.
 fn apply_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>, hostname: &str) {
     use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source, transport_socket};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -428,7 +432,14 @@ fn load_assignment(
                     sub_zone: parts.next().unwrap_or("").to_owned(),
                 }),
                 load_balancing_weight: Some(UInt32Value { value: eps.iter().map(|e| e.weight.max(1)).sum() }),
-                lb_endpoints: eps.iter().map(|e| lb_endpoint_for(&e.address, e.port_for(port), e.weight)).collect(),
+                lb_endpoints: eps
+                    .iter()
+                    .map(|e| {
+                        let mut lb = lb_endpoint_for(&e.address, e.port_for(port), e.weight);
+                        lb.metadata = super::security::endpoint_metadata(e);
+                        lb
+                    })
+                    .collect(),
                 ..Default::default()
             }
         })

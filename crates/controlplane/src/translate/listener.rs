@@ -81,8 +81,8 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
             .unwrap_or_else(|| if proxy.ip.is_empty() { "0.0.0.0".into() } else { proxy.ip.clone() });
         let cluster = cluster_name("inbound", number, "", "");
         let protocol = Protocol::of(port.protocol.as_deref(), port.name.as_deref());
+        let (_, target) = default_endpoint(ingress.default_endpoint.as_deref(), number);
         let chain = if protocol.is_http() {
-            let (_, target) = default_endpoint(ingress.default_endpoint.as_deref(), number);
             http_chain(
                 &format!("inbound_{number}"),
                 RouteSource::Inline(Box::new(inbound_route(&cluster, number, target))),
@@ -90,7 +90,11 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         } else {
             tcp_chain(&cluster, &[(cluster.clone(), 100)])
         };
-        out.push(listener(&bind, number, TrafficDirection::Inbound, chain));
+        // PeerAuthentication's port-level settings name the workload's port.
+        let mut l = listener(&bind, number, TrafficDirection::Inbound, FilterChain::default());
+        l.filter_chains = super::security::inbound_chains(snapshot, proxy, target, chain);
+        l.listener_filters.extend(super::security::tls_inspector(&l.filter_chains));
+        out.push(l);
     }
     out
 }

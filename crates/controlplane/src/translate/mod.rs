@@ -11,6 +11,7 @@ mod cluster;
 mod gateway_api;
 mod listener;
 mod route;
+mod security;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{

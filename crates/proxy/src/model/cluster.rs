@@ -313,7 +313,10 @@ pub fn compile_cluster(c: &Cluster, secrets: &Secrets) -> Result<ClusterSpec, Co
     let tls = c.transport_socket.as_ref().map(|ts| transport_socket(ts, secrets)).transpose().map_err(err)?.flatten();
     let mut tls_matches = Vec::with_capacity(c.transport_socket_matches.len());
     for m in &c.transport_socket_matches {
-        let ts = m.transport_socket.as_ref().ok_or_else(|| err(format!("transport socket match {} has no socket", m.name)))?;
+        let ts = m
+            .transport_socket
+            .as_ref()
+            .ok_or_else(|| err(format!("transport socket match {} has no socket", m.name)))?;
         tls_matches.push(TlsMatch {
             name: m.name.clone(),
             labels: m.r#match.as_ref().map(struct_strings).unwrap_or_default(),

@@ -14,9 +14,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
 use super::route::{RouteTable, compile_route_table};
+use super::{ConfigError, duration, unpack};
 use crate::secrets::Secrets;
 use crate::tls::DownstreamTls;
-use super::{ConfigError, duration, unpack};
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -102,8 +102,7 @@ impl Chain {
         if self.transport_protocol.is_some_and(|t| t != transport) {
             return None;
         }
-        if !self.application_protocols.is_empty()
-            && !hello.alpn.iter().any(|p| self.application_protocols.contains(p))
+        if !self.application_protocols.is_empty() && !hello.alpn.iter().any(|p| self.application_protocols.contains(p))
         {
             return None;
         }
@@ -277,8 +276,7 @@ pub fn compile_listener(l: &Listener, secrets: &Secrets) -> Result<Option<Listen
         }
     }
     let chains = l.filter_chains.iter().map(|c| compile_chain(c, secrets)).collect::<Result<_, _>>().map_err(ctx)?;
-    let default_chain =
-        l.default_filter_chain.as_ref().map(|c| compile_chain(c, secrets)).transpose().map_err(ctx)?;
+    let default_chain = l.default_filter_chain.as_ref().map(|c| compile_chain(c, secrets)).transpose().map_err(ctx)?;
     Ok(Some(ListenerSpec {
         name: l.name.clone(),
         address: SocketAddr::new(ip, port),

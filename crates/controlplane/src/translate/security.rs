@@ -1,0 +1,291 @@
+//! Mutual TLS between sidecars, as Istio configures it.
+//!
+//! Clients: a DestinationRule `tls.mode: ISTIO_MUTUAL` always originates mutual TLS with
+//! the workload certificate; without a `tls` setting, auto mTLS sends it to endpoints
+//! labelled `security.istio.io/tlsMode: istio` (those with a sidecar) and plaintext to
+//! the rest, through `transport_socket_matches`. The server's certificate must carry
+//! the SPIFFE id of one of the destination's service accounts.
+//!
+//! Servers: each inbound filter chain becomes a TLS chain (certificate required, ALPN
+//! `istio*`), a plaintext chain, or both, as PeerAuthentication says for the port
+//! (STRICT, DISABLE, PERMISSIVE). Certificates are the SDS secrets `default` and `ROOTCA`,
+//! which a proxy only has with a workload identity ([`ProxyIdentity::sds`]): a proxy
+//! without one gets plaintext configuration only.
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ApiVersion, ConfigSource, GrpcService, Metadata, TransportSocket, api_config_source,
+    config_source, grpc_service, transport_socket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, ListenerFilter, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+    TlsParameters, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher, tls_parameters,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, Struct, Value, value};
+use envoy_types::util::pack_any;
+use prost::Message;
+use weft_api::istio::{ClientTlsMode, ClientTlsSettings, Location, MtlsMode};
+
+use crate::node::ProxyIdentity;
+use crate::registry::{Endpoint, Service};
+use crate::snapshot::Snapshot;
+
+/// The endpoint label that says a workload has a sidecar (and so accepts mutual TLS).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// The cluster that serves SDS to Envoy (Istio's agent, in the bootstrap).
+pub const SDS_CLUSTER: &str = "sds-grpc";
+/// ALPN a client offers for mesh mutual TLS.
+const CLIENT_ALPN: &[&str] = &["istio-peer-exchange", "istio"];
+/// ALPN values that mark a connection as mesh mutual TLS.
+const MESH_ALPN: &[&str] = &["istio-peer-exchange", "istio", "istio-http/1.0", "istio-http/1.1", "istio-h2"];
+/// The endpoint metadata `transport_socket_matches` select on.
+const SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    let sa = if service_account.is_empty() { "default" } else { service_account };
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}")
+}
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ConfigSource {
+            resource_api_version: ApiVersion::V3 as i32,
+            // Wait for the secret however long it takes, as Istio does.
+            initial_fetch_timeout: Some(Duration::default()),
+            config_source_specifier: Some(config_source::ConfigSourceSpecifier::ApiConfigSource(ApiConfigSource {
+                api_type: api_config_source::ApiType::Grpc as i32,
+                transport_api_version: ApiVersion::V3 as i32,
+                set_node_on_first_message_only: true,
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                        cluster_name: SDS_CLUSTER.to_owned(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The workload certificate and the mesh root, with `sans` required of the peer.
+fn mesh_common(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
+    let matchers = sans
+        .iter()
+        .map(|san| SubjectAltNameMatcher {
+            san_type: subject_alt_name_matcher::SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(san.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    CommonTlsContext {
+        tls_params: Some(TlsParameters {
+            tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
+            ..Default::default()
+        }),
+        tls_certificate_sds_secret_configs: vec![sds("default")],
+        validation_context_type: Some(common_tls_context::ValidationContextType::CombinedValidationContext(
+            common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: matchers,
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                ..Default::default()
+            },
+        )),
+        alpn_protocols: alpn.iter().map(|a| (*a).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+fn tls_socket(context: UpstreamTlsContext) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    }
+}
+
+fn raw_buffer() -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(RawBuffer::default()))),
+    }
+}
+
+/// Istio's SNI for mesh traffic: `outbound_.9080_.v1_.reviews.default.svc.cluster.local`.
+fn mesh_sni(cluster_name: &str) -> String {
+    let mut parts = cluster_name.splitn(4, '|');
+    let (direction, port, subset, host) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    format!("{direction}_.{port}_.{subset}_.{host}")
+}
+
+/// The SPIFFE ids a destination's servers may present: the service accounts of its
+/// endpoints (`default` for a sidecar endpoint that names none, as the CA issues it).
+fn service_identities(snapshot: &Snapshot, service: &Service) -> Vec<String> {
+    let mut ids: Vec<String> = service
+        .endpoints
+        .iter()
+        .filter(|e| !e.service_account.is_empty() || e.labels.contains_key(TLS_MODE_LABEL))
+        .map(|e| spiffe_id(&snapshot.trust_domain, &service.namespace, &e.service_account))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Mesh mutual TLS on an outbound cluster, as its DestinationRule's `tls` (or its
+/// absence, with auto mTLS) asks. SIMPLE and MUTUAL are handled by the caller.
+pub(super) fn apply_outbound(
+    c: &mut Cluster,
+    snapshot: &Snapshot,
+    proxy: &ProxyIdentity,
+    service: &Service,
+    tls: Option<&ClientTlsSettings>,
+) {
+    if !proxy.sds {
+        return;
+    }
+    let context = || UpstreamTlsContext {
+        common_tls_context: Some(mesh_common(&service_identities(snapshot, service), CLIENT_ALPN)),
+        sni: mesh_sni(&c.name),
+        ..Default::default()
+    };
+    match tls.and_then(|t| t.mode) {
+        Some(ClientTlsMode::IstioMutual) => c.transport_socket = Some(tls_socket(context())),
+        Some(_) => {}
+        None => {
+            // Auto mTLS: only inside the mesh, and not when the destination's namespace
+            // (or the mesh) turned mutual TLS off.
+            if service.location == Location::MeshExternal
+                || snapshot.mtls_mode(&service.namespace, None, None) == MtlsMode::Disable
+            {
+                return;
+            }
+            let istio = Struct {
+                fields: [("tlsMode".to_owned(), Value { kind: Some(value::Kind::StringValue("istio".into())) })]
+                    .into_iter()
+                    .collect(),
+            };
+            c.transport_socket_matches = vec![
+                cluster::TransportSocketMatch {
+                    name: "tlsMode-istio".into(),
+                    r#match: Some(istio),
+                    transport_socket: Some(tls_socket(context())),
+                },
+                cluster::TransportSocketMatch {
+                    name: "tlsMode-disabled".into(),
+                    r#match: Some(Struct::default()),
+                    transport_socket: Some(raw_buffer()),
+                },
+            ];
+        }
+    }
+}
+
+/// The metadata that tells auto mTLS an endpoint has a sidecar.
+pub(super) fn endpoint_metadata(endpoint: &Endpoint) -> Option<Metadata> {
+    let mode = endpoint.labels.get(TLS_MODE_LABEL)?;
+    let fields =
+        [("tlsMode".to_owned(), Value { kind: Some(value::Kind::StringValue(mode.clone())) })].into_iter().collect();
+    Some(Metadata {
+        filter_metadata: [(SOCKET_MATCH.to_owned(), Struct { fields })].into_iter().collect(),
+        ..Default::default()
+    })
+}
+
+/// An inbound filter chain as PeerAuthentication wants it for `port`: mutual TLS only
+/// (STRICT), plaintext only (DISABLE), or both (PERMISSIVE), the TLS chain chosen by its
+/// `istio` ALPN. HTTP chains forward the client's identity in `x-forwarded-client-cert`.
+pub(super) fn inbound_chains(
+    snapshot: &Snapshot,
+    proxy: &ProxyIdentity,
+    port: u32,
+    chain: FilterChain,
+) -> Vec<FilterChain> {
+    let chain = with_client_cert_details(chain);
+    if !proxy.sds {
+        return vec![chain];
+    }
+    let mode = snapshot.mtls_mode(&proxy.namespace, Some(&proxy.labels), Some(port));
+    let mut tls = chain.clone();
+    let mut m = tls.filter_chain_match.take().unwrap_or_default();
+    m.transport_protocol = "tls".into();
+    m.application_protocols = MESH_ALPN.iter().map(|a| (*a).to_owned()).collect();
+    tls.filter_chain_match = Some(m);
+    let http = chain_is_http(&chain);
+    let alpn: &[&str] = if http { &["h2", "http/1.1"] } else { &[] };
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(mesh_common(&[], alpn)),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    tls.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    });
+    if !tls.name.is_empty() {
+        tls.name = format!("{}-mtls", tls.name);
+    }
+    match mode {
+        MtlsMode::Strict => vec![tls],
+        MtlsMode::Disable => vec![chain],
+        MtlsMode::Permissive | MtlsMode::Unset => vec![tls, chain],
+    }
+}
+
+fn chain_is_http(chain: &FilterChain) -> bool {
+    chain.filters.iter().any(|f| f.name == super::listener::HCM)
+}
+
+/// Istio's inbound connection managers: append the client's certificate details.
+fn with_client_cert_details(mut chain: FilterChain) -> FilterChain {
+    for f in &mut chain.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+        if f.name != super::listener::HCM {
+            continue;
+        }
+        let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+        hcm.forward_client_cert_details = http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
+        hcm.set_current_client_cert_details = Some(http_connection_manager::SetCurrentClientCertDetails {
+            subject: Some(BoolValue { value: true }),
+            dns: true,
+            uri: true,
+            ..Default::default()
+        });
+        *any = pack_any(hcm);
+    }
+    chain
+}
+
+/// Envoy's TLS inspector, which listeners whose chains match on TLS need.
+pub(super) fn tls_inspector(chains: &[FilterChain]) -> Option<ListenerFilter> {
+    use envoy_types::pb::envoy::config::listener::v3::listener_filter;
+    use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+    let needed = chains.iter().filter_map(|c| c.filter_chain_match.as_ref()).any(|m: &FilterChainMatch| {
+        !m.transport_protocol.is_empty() || !m.application_protocols.is_empty() || !m.server_names.is_empty()
+    });
+    needed.then(|| ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector::default()))),
+        ..Default::default()
+    })
+}

@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::Shared;
 use crate::http;
-use crate::model::listener::{ChainKind, Hello, ListenerSpec};
+use crate::model::listener::{Chain, ChainKind, Hello, ListenerSpec};
+use crate::model::rbac::Subject;
 use crate::state::DataPlane;
 
 /// Connections waiting to be accepted, per listener.
@@ -216,7 +217,7 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
         return;
     };
     let Some(tls) = &chain.tls else {
-        serve_chain(shared, &chain.kind, stream, None, peer, destination).await;
+        serve_chain(shared, chain, stream, None, hello.sni, peer, destination).await;
         return;
     };
     let config = tls.config_for(hello.alpn.iter().map(String::as_bytes));
@@ -224,7 +225,7 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
     match accepted.await {
         Ok(Ok(stream)) => {
             let peer_cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(PeerCertificate::new);
-            serve_chain(shared, &chain.kind, stream, Some(peer_cert), peer, destination).await;
+            serve_chain(shared, chain, stream, Some(peer_cert), hello.sni, peer, destination).await;
         }
         Ok(Err(e)) => {
             shared.stats.ssl_handshake_error.fetch_add(1, Ordering::Relaxed);
@@ -239,19 +240,41 @@ async fn serve_connection(shared: Arc<Shared>, spec: Arc<ListenerSpec>, stream: 
 
 async fn serve_chain<I>(
     shared: Arc<Shared>,
-    kind: &ChainKind,
+    chain: &Chain,
     stream: I,
     tls: Option<Option<PeerCertificate>>,
+    sni: Option<String>,
     peer: SocketAddr,
     destination: SocketAddr,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match kind {
+    let peer_certificate = tls.as_ref().and_then(|t| t.clone());
+    if !chain.rbac.is_empty() {
+        let subject = Subject {
+            peer: Some(peer),
+            destination: Some(destination),
+            principal: peer_certificate.as_ref().and_then(|c| c.uri.as_deref()),
+            sni: sni.as_deref(),
+            http: None,
+            metadata: None,
+        };
+        for filter in &chain.rbac {
+            let (allowed, policy) = filter.allows(&subject);
+            if !allowed {
+                // Envoy's network RBAC: the connection is closed.
+                shared.stats.rbac_denied.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, ?policy, "connection denied by RBAC");
+                return;
+            }
+        }
+    }
+    match &chain.kind {
         ChainKind::Http(h) => {
             let mut conn = http::Connection::new(shared.clone(), h.clone(), peer, destination);
             conn.tls = tls.is_some();
-            conn.peer_certificate = tls.flatten();
+            conn.peer_certificate = peer_certificate;
+            conn.sni = sni;
             http::serve(Arc::new(conn), stream).await;
         }
         ChainKind::Tcp(t) => crate::tcp::proxy(shared.clone(), t.clone(), stream, peer, destination).await,

@@ -61,6 +61,8 @@ pub struct Stats {
     pub listener_create_failure: AtomicU64,
     /// Downstream TLS handshakes that failed (Envoy's `ssl.connection_error`).
     pub ssl_handshake_error: AtomicU64,
+    /// Requests and connections refused by RBAC (Envoy's `rbac.denied`).
+    pub rbac_denied: AtomicU64,
 }
 
 impl Stats {
@@ -107,6 +109,7 @@ impl Stats {
         out.push(("weft.xds.streams_opened".into(), v(&self.xds.streams)));
         out.push(("listener_manager.listener_create_failure".into(), v(&self.listener_create_failure)));
         out.push(("listener.ssl.connection_error".into(), v(&self.ssl_handshake_error)));
+        out.push(("rbac.denied".into(), v(&self.rbac_denied)));
         out
     }
 }

@@ -50,6 +50,8 @@ pub struct Connection {
     pub peer_certificate: Option<crate::listeners::PeerCertificate>,
     /// Whether the downstream connection is TLS.
     pub tls: bool,
+    /// The TLS server name the client asked for.
+    pub sni: Option<String>,
 }
 
 impl Connection {
@@ -66,6 +68,7 @@ impl Connection {
             last_request_end: std::sync::Mutex::new(tokio::time::Instant::now()),
             peer_certificate: None,
             tls: false,
+            sni: None,
         }
     }
 
@@ -185,6 +188,9 @@ async fn route(conn: &Connection, req: Request<Incoming>) -> Result<Response<Bod
     if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
         return Err(LocalReply::BAD_REQUEST);
     }
+    if !conn.spec.rbac.is_empty() {
+        authorize(conn, &req)?;
+    }
     let data = conn.shared.data.load_full();
     let table: Arc<RouteTable> = match &conn.spec.routes {
         RouteSource::Inline(t) => t.clone(),
@@ -221,4 +227,31 @@ async fn route(conn: &Connection, req: Request<Incoming>) -> Result<Response<Bod
         filters::cors_response(&policy, origin, response.headers_mut());
     }
     Ok(response)
+}
+
+/// The connection manager's RBAC filters, in order: the first that refuses answers 403.
+fn authorize(conn: &Connection, req: &Request<Incoming>) -> Result<(), LocalReply> {
+    let authority = authority(req).unwrap_or_default();
+    let subject = crate::model::rbac::Subject {
+        peer: Some(conn.peer),
+        destination: Some(conn.destination),
+        principal: conn.peer_certificate.as_ref().and_then(|c| c.uri.as_deref()),
+        sni: conn.sni.as_deref(),
+        http: Some(crate::model::rbac::HttpSubject {
+            method: req.method().as_str(),
+            authority: &authority,
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            headers: req.headers(),
+        }),
+        metadata: None,
+    };
+    for filter in &conn.spec.rbac {
+        let (allowed, policy) = filter.allows(&subject);
+        if !allowed {
+            conn.shared.stats.rbac_denied.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %conn.peer, ?policy, "request denied by RBAC");
+            return Err(LocalReply::new(403, "RBAC: access denied", Flags::default()));
+        }
+    }
+    Ok(())
 }

@@ -13,6 +13,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+
+use super::rbac::{RbacFilter, compile_rbac};
 use super::route::{RouteTable, compile_route_table};
 use super::{ConfigError, duration, unpack};
 use crate::secrets::Secrets;
@@ -20,6 +24,8 @@ use crate::tls::DownstreamTls;
 
 const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const NETWORK_RBAC: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
+const HTTP_RBAC: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
@@ -62,6 +68,8 @@ pub struct Chain {
     pub application_protocols: Vec<String>,
     /// TLS termination (the chain's transport socket).
     pub tls: Option<Arc<DownstreamTls>>,
+    /// Network RBAC filters, checked when the connection is accepted.
+    pub rbac: Vec<RbacFilter>,
     /// What runs on the connection.
     pub kind: ChainKind,
 }
@@ -149,6 +157,8 @@ pub struct HttpSpec {
     pub upgrades: Vec<String>,
     /// What happens to `x-forwarded-client-cert`.
     pub forward_client_cert: ForwardClientCert,
+    /// HTTP RBAC filters, in filter order.
+    pub rbac: Vec<RbacFilter>,
 }
 
 /// Envoy's `forward_client_cert_details`: what `x-forwarded-client-cert` carries on.
@@ -314,14 +324,17 @@ fn compile_chain(c: &FilterChain, secrets: &Secrets) -> Result<Chain, ConfigErro
             }
         }
     };
-    let Some(last) = c.filters.last() else {
+    let Some((last, before)) = c.filters.split_last() else {
         return Err(ConfigError::new("a filter chain without filters"));
     };
-    if c.filters.len() > 1 {
-        return Err(ConfigError::new(format!(
-            "network filter {} before {} is not supported",
-            c.filters[0].name, last.name
-        )));
+    let mut rbac = Vec::new();
+    for f in before {
+        let any = match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) if any.type_url.ends_with(NETWORK_RBAC) => any,
+            _ => return Err(ConfigError::new(format!("network filter {} before {} is not supported", f.name, last.name))),
+        };
+        let config: NetworkRbac = unpack(any, NETWORK_RBAC)?;
+        rbac.extend(compile_rbac(config.rules.as_ref()).map_err(|e| e.context(format!("network filter {}", f.name)))?);
     }
     let any = match &last.config_type {
         Some(filter::ConfigType::TypedConfig(any)) => any,
@@ -340,6 +353,7 @@ fn compile_chain(c: &FilterChain, secrets: &Secrets) -> Result<Chain, ConfigErro
         transport_protocol,
         application_protocols: m.application_protocols,
         tls,
+        rbac,
         kind,
     })
 }
@@ -354,6 +368,7 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
         _ => return Err(ctx(ConfigError::new("only RDS and inline route configurations are supported"))),
     };
     let (mut fault, mut cors, mut router) = (false, false, false);
+    let mut rbac = Vec::new();
     for (i, f) in h.http_filters.iter().enumerate() {
         let type_url = match &f.config_type {
             Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)) => a.type_url.as_str(),
@@ -368,6 +383,11 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             }
             (_, "envoy.extensions.filters.http.fault.v3.HTTPFault") => fault = true,
             (_, "envoy.extensions.filters.http.cors.v3.Cors") => cors = true,
+            (name, HTTP_RBAC) => {
+                let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
+                let config: HttpRbac = unpack(any, HTTP_RBAC)?;
+                rbac.extend(compile_rbac(config.rules.as_ref()).map_err(|e| ctx(e.context(format!("HTTP filter {name}"))))?);
+            }
             _ if f.is_optional => {}
             (name, t) => return Err(ctx(ConfigError::new(format!("HTTP filter {name} ({t}) is not supported")))),
         }
@@ -402,6 +422,7 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             .filter(|u| u.enabled.as_ref().is_none_or(|e| e.value))
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect(),
+        rbac,
         forward_client_cert: {
             use http_connection_manager::ForwardClientCertDetails as F;
             match F::try_from(h.forward_client_cert_details).unwrap_or(F::Sanitize) {

@@ -95,7 +95,7 @@ enum PathMatch {
 }
 
 #[derive(Debug)]
-struct HeaderMatch {
+pub(crate) struct HeaderMatch {
     name: HeaderName,
     kind: HeaderMatchKind,
     invert: bool,
@@ -478,7 +478,7 @@ pub fn form_pairs(query: &str) -> Vec<(String, String)> {
 }
 
 impl HeaderMatch {
-    fn matches(&self, headers: &hyper::HeaderMap) -> bool {
+    pub(crate) fn matches(&self, headers: &hyper::HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter().filter_map(|v| v.to_str().ok()).peekable();
         let joined;
         let value = match values.next() {
@@ -641,7 +641,7 @@ fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
 
 // The deprecated matcher forms are still valid xDS that Envoy accepts.
 #[allow(deprecated)]
-fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, ConfigError> {
+pub(crate) fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, ConfigError> {
     use header_matcher::HeaderMatchSpecifier as S;
     let kind = match &h.header_match_specifier {
         Some(S::StringMatch(m)) => HeaderMatchKind::String(StringMatch::compile(m)?),

@@ -141,6 +141,26 @@ pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
                     "action CUSTOM is not supported yet (it needs external authorization); this policy is not enforced",
                 ));
             }
+            if s.target_ref.is_some() || !s.target_refs.is_empty() {
+                out.push(resource.diagnostic(
+                    codes::NOT_SUPPORTED_YET,
+                    &FieldPath::root().field("spec").field("targetRefs"),
+                    "targetRefs are not supported yet; this policy is not enforced (use a selector)",
+                ));
+            }
+            let trust_domains = s
+                .rules
+                .iter()
+                .flat_map(|r| &r.from)
+                .filter_map(|f| f.source.as_ref())
+                .any(|src| !src.trust_domains.is_empty() || !src.not_trust_domains.is_empty());
+            if trust_domains {
+                out.push(resource.diagnostic(
+                    codes::NOT_SUPPORTED_YET,
+                    &FieldPath::root().field("spec").field("rules"),
+                    "source trustDomains are not supported yet: weft ignores them when matching",
+                ));
+            }
             return;
         }
         _ => return,

@@ -84,8 +84,8 @@ kinds! {
         Sidecar(istio::SidecarSpec) = Supported;
         EnvoyFilter(istio::EnvoyFilterSpec) = Unsupported;
         ProxyConfig(istio::ProxyConfigSpec) = NotYet;
-        AuthorizationPolicy(istio::AuthorizationPolicySpec) = NotYet;
-        PeerAuthentication(istio::PeerAuthenticationSpec) = NotYet;
+        AuthorizationPolicy(istio::AuthorizationPolicySpec) = Supported;
+        PeerAuthentication(istio::PeerAuthenticationSpec) = Supported;
         RequestAuthentication(istio::RequestAuthenticationSpec) = NotYet;
         Telemetry(istio::TelemetrySpec) = NotYet;
         WasmPlugin(istio::WasmPluginSpec) = Unsupported;

@@ -72,6 +72,10 @@ struct Class {
     namespace: String,
     labels: BTreeMap<String, String>,
     ip: String,
+    workload: String,
+    service_account: String,
+    interception_mode: String,
+    sds: bool,
     listener_names: Vec<String>,
 }
 
@@ -91,6 +95,10 @@ impl TranslationCache {
             namespace: proxy.namespace.clone(),
             labels: proxy.labels.clone(),
             ip: proxy.ip.clone(),
+            workload: proxy.workload.clone(),
+            service_account: proxy.service_account.clone(),
+            interception_mode: proxy.interception_mode.clone(),
+            sds: proxy.sds,
             listener_names: listener_names.to_vec(),
         };
         let key = ClassKey { version: snapshot.version, class: class.clone() };

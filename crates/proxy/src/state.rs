@@ -141,7 +141,18 @@ impl Store {
     ) -> Result<(), ConfigError> {
         let mut compiled = Vec::with_capacity(resources.len());
         let mut seen = BTreeSet::new();
+        let mut unchanged = BTreeSet::new();
         for r in resources {
+            // A listener sent again unchanged keeps its compiled form (and its connections).
+            if type_url == types::LISTENER
+                && let Some(old) = self.listeners.get(&r.name).filter(|old| old.raw == r.resource)
+            {
+                seen.insert(r.name.clone());
+                unchanged.insert(r.name.clone());
+                let version = r.version;
+                compiled.push((r.name, version, old.raw.clone(), Compiled::Listener(old.compiled.clone())));
+                continue;
+            }
             let (name, c) = compile(type_url, &r.resource, &self.secrets)?;
             if !r.name.is_empty() && r.name != name {
                 return Err(ConfigError::new(format!("resource {} carries a {} named {name}", r.name, type_url)));
@@ -165,6 +176,16 @@ impl Store {
                     }
                 }
             }};
+        }
+        if type_url == types::LISTENER {
+            for (name, old) in &self.listeners {
+                let replaced = (replace_all && !seen.contains(name))
+                    || removed.contains(name)
+                    || (seen.contains(name) && !unchanged.contains(name));
+                if replaced && let Some(spec) = &old.compiled {
+                    spec.retire();
+                }
+            }
         }
         match type_url {
             types::LISTENER => update!(self.listeners, Listener),

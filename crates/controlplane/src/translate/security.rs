@@ -221,7 +221,8 @@ pub(super) fn inbound_chains(
     port: u32,
     chain: FilterChain,
 ) -> Vec<FilterChain> {
-    let chain = with_client_cert_details(chain);
+    let mut chain = with_client_cert_details(chain);
+    super::authz::apply(snapshot, proxy, &mut chain);
     if !proxy.sds {
         return vec![chain];
     }

@@ -116,7 +116,16 @@ where
         loop {
             // Envoy's idle timeout: no request for this long closes the connection.
             let deadline = state.idle_deadline();
+            let retired = spec.retire_notify.notified();
+            tokio::pin!(retired);
+            retired.as_mut().enable();
+            // A replaced connection manager's idle connections close, so that the client's
+            // next request meets the new configuration.
+            if spec.retired.load(Ordering::Relaxed) && state.active.load(Ordering::Relaxed) == 0 {
+                break;
+            }
             tokio::select! {
+                () = &mut retired => continue,
                 result = &mut watched => {
                     if let Err(e) = result {
                         tracing::debug!("downstream connection ended: {e}");
@@ -156,7 +165,8 @@ async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Respons
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
     let grpc = is_grpc(&req);
-    let response = match route(&conn, req).await {
+    let http1 = req.version() < hyper::Version::HTTP_2;
+    let mut response = match route(&conn, req).await {
         Ok(r) => r,
         Err(reply) => {
             if reply.flags == Flags::NO_ROUTE {
@@ -165,6 +175,9 @@ async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Respons
             reply.response(grpc)
         }
     };
+    if http1 && conn.spec.retired.load(Ordering::Relaxed) {
+        response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    }
     let class = usize::from(response.status().as_u16() / 100).min(5);
     conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);

@@ -159,6 +159,12 @@ pub struct HttpSpec {
     pub forward_client_cert: ForwardClientCert,
     /// HTTP RBAC filters, in filter order.
     pub rbac: Vec<RbacFilter>,
+    /// Set when a new version of the listener replaces this one: its HTTP/1 connections
+    /// close after their current request, so that clients reconnect to the new version
+    /// (Envoy drains a replaced filter chain's connections the same way).
+    pub retired: std::sync::atomic::AtomicBool,
+    /// Wakes the connections of a retired connection manager, so idle ones close.
+    pub retire_notify: tokio::sync::Notify,
 }
 
 /// Envoy's `forward_client_cert_details`: what `x-forwarded-client-cert` carries on.
@@ -208,6 +214,16 @@ pub struct TcpSpec {
 }
 
 impl ListenerSpec {
+    /// Marks the listener's connection managers as replaced.
+    pub fn retire(&self) {
+        for c in self.chains.iter().chain(&self.default_chain) {
+            if let ChainKind::Http(h) = &c.kind {
+                h.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+                h.retire_notify.notify_waiters();
+            }
+        }
+    }
+
     /// The RDS names this listener needs.
     pub fn rds_names(&self) -> impl Iterator<Item = &str> {
         self.chains.iter().chain(&self.default_chain).filter_map(|c| match &c.kind {
@@ -331,7 +347,12 @@ fn compile_chain(c: &FilterChain, secrets: &Secrets) -> Result<Chain, ConfigErro
     for f in before {
         let any = match &f.config_type {
             Some(filter::ConfigType::TypedConfig(any)) if any.type_url.ends_with(NETWORK_RBAC) => any,
-            _ => return Err(ConfigError::new(format!("network filter {} before {} is not supported", f.name, last.name))),
+            _ => {
+                return Err(ConfigError::new(format!(
+                    "network filter {} before {} is not supported",
+                    f.name, last.name
+                )));
+            }
         };
         let config: NetworkRbac = unpack(any, NETWORK_RBAC)?;
         rbac.extend(compile_rbac(config.rules.as_ref()).map_err(|e| e.context(format!("network filter {}", f.name)))?);
@@ -386,7 +407,9 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             (name, HTTP_RBAC) => {
                 let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
                 let config: HttpRbac = unpack(any, HTTP_RBAC)?;
-                rbac.extend(compile_rbac(config.rules.as_ref()).map_err(|e| ctx(e.context(format!("HTTP filter {name}"))))?);
+                rbac.extend(
+                    compile_rbac(config.rules.as_ref()).map_err(|e| ctx(e.context(format!("HTTP filter {name}"))))?,
+                );
             }
             _ if f.is_optional => {}
             (name, t) => return Err(ctx(ConfigError::new(format!("HTTP filter {name} ({t}) is not supported")))),
@@ -423,6 +446,8 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect(),
         rbac,
+        retired: std::sync::atomic::AtomicBool::new(false),
+        retire_notify: tokio::sync::Notify::new(),
         forward_client_cert: {
             use http_connection_manager::ForwardClientCertDetails as F;
             match F::try_from(h.forward_client_cert_details).unwrap_or(F::Sanitize) {

@@ -231,9 +231,7 @@ fn principal(p: &Principal) -> Result<Rule, ConfigError> {
         Some(I::AndIds(s)) => Rule::And(s.ids.iter().map(principal).collect::<Result<_, _>>()?),
         Some(I::OrIds(s)) => Rule::Or(s.ids.iter().map(principal).collect::<Result<_, _>>()?),
         Some(I::NotId(n)) => Rule::Not(Box::new(principal(n)?)),
-        Some(I::Authenticated(a)) => {
-            Rule::Principal(a.principal_name.as_ref().map(StringMatch::compile).transpose()?)
-        }
+        Some(I::Authenticated(a)) => Rule::Principal(a.principal_name.as_ref().map(StringMatch::compile).transpose()?),
         Some(I::DirectRemoteIp(c) | I::RemoteIp(c)) => Rule::PeerIp(Cidr::compile(c)?),
         Some(I::SourceIp(c)) => Rule::PeerIp(Cidr::compile(c)?),
         Some(I::Header(h)) => header(h)?,

@@ -1,0 +1,461 @@
+//! AuthorizationPolicy, expressed as Envoy's RBAC filters on a workload's inbound
+//! filter chains, as Istio expresses it: one RBAC filter per action present (DENY before
+//! ALLOW; AUDIT as LOG), one RBAC policy per rule, named `ns[NS]-policy[NAME]-rule[N]`.
+//!
+//! A rule matches when one of its `from` sources, one of its `to` operations and every
+//! `when` condition match; a field's values are alternatives, its `not` form excludes.
+//! Values follow Istio's string rules: `*` is any non-empty value, `x*` a prefix, `*x` a
+//! suffix, anything else exact. An ALLOW policy turns default-deny on: a request no
+//! ALLOW rule matches is refused (so an ALLOW policy without rules allows nothing).
+//!
+//! On TCP chains HTTP-only fields cannot be checked: an ALLOW rule using them is dropped
+//! (it allows nothing), a DENY rule is kept without them (it denies more), as Istio does.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
+use envoy_types::pb::envoy::config::rbac::v3::{
+    Permission, Policy, Principal, Rbac, permission, principal, principal::Authenticated, rbac,
+};
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher, metadata_matcher, path_matcher,
+    string_matcher, value_matcher,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::util::pack_any;
+use prost::Message;
+use weft_api::istio::{AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, Rule, Source};
+use weft_api::{Resource, Spec};
+
+use crate::node::ProxyIdentity;
+use crate::snapshot::{ROOT_NAMESPACE, Snapshot};
+
+/// The metadata the JWT filter leaves for authorization (Istio's `istio_authn`).
+const AUTHN_METADATA: &str = "istio_authn";
+
+/// The policies that apply to `proxy`'s workload, by action, in a stable order.
+fn policies_for<'a>(snapshot: &'a Snapshot, proxy: &ProxyIdentity) -> Vec<(&'a Resource, &'a AuthorizationPolicySpec)> {
+    let mut out: Vec<(&Resource, &AuthorizationPolicySpec)> = snapshot
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::AuthorizationPolicy(p) => Some((r, p.as_ref())),
+            _ => None,
+        })
+        .filter(|(r, p)| {
+            // Policies aimed at a target (Gateway API) are not for sidecars.
+            if p.target_ref.is_some() || !p.target_refs.is_empty() {
+                return false;
+            }
+            let in_scope = r.namespace() == proxy.namespace || r.namespace() == ROOT_NAMESPACE;
+            let selected =
+                p.selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)));
+            in_scope && selected
+        })
+        .collect();
+    out.sort_by(|(a, _), (b, _)| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+    out
+}
+
+/// Istio's string rules, for `value` matched by `m`.
+fn istio_string(value: &str, prefix_with: &str) -> StringMatcher {
+    let pattern = if value == "*" {
+        string_matcher::MatchPattern::SafeRegex(RegexMatcher { regex: ".+".into(), ..Default::default() })
+    } else if let Some(p) = value.strip_suffix('*') {
+        string_matcher::MatchPattern::Prefix(format!("{prefix_with}{p}"))
+    } else if let Some(s) = value.strip_prefix('*') {
+        string_matcher::MatchPattern::Suffix(s.to_owned())
+    } else {
+        string_matcher::MatchPattern::Exact(format!("{prefix_with}{value}"))
+    };
+    StringMatcher { match_pattern: Some(pattern), ..Default::default() }
+}
+
+fn or_p(rules: Vec<Permission>) -> Permission {
+    Permission { rule: Some(permission::Rule::OrRules(permission::Set { rules })) }
+}
+
+fn and_p(rules: Vec<Permission>) -> Permission {
+    if rules.is_empty() {
+        return Permission { rule: Some(permission::Rule::Any(true)) };
+    }
+    Permission { rule: Some(permission::Rule::AndRules(permission::Set { rules })) }
+}
+
+fn not_p(p: Permission) -> Permission {
+    Permission { rule: Some(permission::Rule::NotRule(Box::new(p))) }
+}
+
+fn or_i(ids: Vec<Principal>) -> Principal {
+    Principal { identifier: Some(principal::Identifier::OrIds(principal::Set { ids })) }
+}
+
+fn and_i(ids: Vec<Principal>) -> Principal {
+    if ids.is_empty() {
+        return Principal { identifier: Some(principal::Identifier::Any(true)) };
+    }
+    Principal { identifier: Some(principal::Identifier::AndIds(principal::Set { ids })) }
+}
+
+fn not_i(p: Principal) -> Principal {
+    Principal { identifier: Some(principal::Identifier::NotId(Box::new(p))) }
+}
+
+fn header(name: &str, m: StringMatcher) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(m)),
+        ..Default::default()
+    }
+}
+
+fn exact(value: &str) -> StringMatcher {
+    StringMatcher { match_pattern: Some(string_matcher::MatchPattern::Exact(value.to_owned())), ..Default::default() }
+}
+
+fn cidr(block: &str) -> Option<CidrRange> {
+    let (ip, len) = match block.split_once('/') {
+        Some((ip, len)) => (ip, len.parse().ok()?),
+        None => (block, if block.contains(':') { 128 } else { 32 }),
+    };
+    ip.parse::<std::net::IpAddr>().ok()?;
+    Some(CidrRange { address_prefix: ip.to_owned(), prefix_len: Some(UInt32Value { value: len }) })
+}
+
+fn principal_name(m: StringMatcher) -> Principal {
+    Principal { identifier: Some(principal::Identifier::Authenticated(Authenticated { principal_name: Some(m) })) }
+}
+
+fn namespace_matcher(ns: &str) -> Principal {
+    let regex = format!(".*/ns/{}/.*", regex_escape(ns));
+    principal_name(StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher { regex, ..Default::default() })),
+        ..Default::default()
+    })
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { vec![c] } else { vec!['\\', c] })
+        .collect()
+}
+
+#[allow(deprecated)] // Istio's form, which Envoy still accepts.
+fn auth_metadata(key: &str, m: StringMatcher) -> Principal {
+    Principal {
+        identifier: Some(principal::Identifier::Metadata(MetadataMatcher {
+            filter: AUTHN_METADATA.into(),
+            path: vec![metadata_matcher::PathSegment {
+                segment: Some(metadata_matcher::path_segment::Segment::Key(key.to_owned())),
+            }],
+            value: Some(ValueMatcher { match_pattern: Some(value_matcher::MatchPattern::StringMatch(m)) }),
+            invert: false,
+        })),
+    }
+}
+
+fn path(value: &str) -> Permission {
+    Permission {
+        rule: Some(permission::Rule::UrlPath(PathMatcher {
+            rule: Some(path_matcher::Rule::Path(istio_string(value, ""))),
+        })),
+    }
+}
+
+fn host(value: &str) -> Permission {
+    let mut m = istio_string(value, "");
+    m.ignore_case = true;
+    let with_port = HeaderMatcher {
+        name: ":authority".into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Prefix(format!("{value}:"))),
+            ignore_case: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let plain = Permission { rule: Some(permission::Rule::Header(header(":authority", m))) };
+    if value.contains('*') {
+        plain
+    } else {
+        or_p(vec![plain, Permission { rule: Some(permission::Rule::Header(with_port)) }])
+    }
+}
+
+/// Adds `positive` as alternatives and `negative` as exclusions.
+fn field<T>(
+    out: &mut Vec<T>,
+    values: &[String],
+    not_values: &[String],
+    each: impl Fn(&str) -> Option<T>,
+    or: impl Fn(Vec<T>) -> T,
+    not: impl Fn(T) -> T,
+) {
+    if !values.is_empty() {
+        out.push(or(values.iter().filter_map(|v| each(v)).collect()));
+    }
+    if !not_values.is_empty() {
+        out.push(not(or(not_values.iter().filter_map(|v| each(v)).collect())));
+    }
+}
+
+fn operation(op: &Operation, http: bool) -> Permission {
+    let mut all = Vec::new();
+    if http {
+        field(&mut all, &op.hosts, &op.not_hosts, |v| Some(host(v)), or_p, not_p);
+        field(
+            &mut all,
+            &op.methods,
+            &op.not_methods,
+            |v| Some(Permission { rule: Some(permission::Rule::Header(header(":method", exact(v)))) }),
+            or_p,
+            not_p,
+        );
+        field(&mut all, &op.paths, &op.not_paths, |v| Some(path(v)), or_p, not_p);
+    }
+    let port = |v: &str| v.parse::<u32>().ok().map(|p| Permission { rule: Some(permission::Rule::DestinationPort(p)) });
+    field(&mut all, &op.ports, &op.not_ports, port, or_p, not_p);
+    and_p(all)
+}
+
+fn source(s: &Source, snapshot: &Snapshot, http: bool) -> Principal {
+    let mut all = Vec::new();
+    let peer_principal = |v: &str| Some(principal_name(istio_string(v, "spiffe://")));
+    field(&mut all, &s.principals, &s.not_principals, peer_principal, or_i, not_i);
+    field(&mut all, &s.namespaces, &s.not_namespaces, |v| Some(namespace_matcher(v)), or_i, not_i);
+    let account = |v: &str| {
+        let (ns, sa) = v.split_once('/')?;
+        Some(principal_name(exact(&format!("spiffe://{}/ns/{ns}/sa/{sa}", snapshot.trust_domain))))
+    };
+    field(&mut all, &s.service_accounts, &s.not_service_accounts, account, or_i, not_i);
+    let direct = |v: &str| cidr(v).map(|c| Principal { identifier: Some(principal::Identifier::DirectRemoteIp(c)) });
+    field(&mut all, &s.ip_blocks, &s.not_ip_blocks, direct, or_i, not_i);
+    let remote = |v: &str| cidr(v).map(|c| Principal { identifier: Some(principal::Identifier::RemoteIp(c)) });
+    field(&mut all, &s.remote_ip_blocks, &s.not_remote_ip_blocks, remote, or_i, not_i);
+    if http {
+        let rp = |v: &str| Some(auth_metadata("request.auth.principal", istio_string(v, "")));
+        field(&mut all, &s.request_principals, &s.not_request_principals, rp, or_i, not_i);
+    }
+    and_i(all)
+}
+
+/// A `when` condition, as a permission or a principal; None when it is HTTP-only and
+/// the chain is TCP.
+enum When {
+    Permission(Permission),
+    Principal(Principal),
+}
+
+fn condition(c: &Condition, snapshot: &Snapshot, http: bool) -> Option<When> {
+    let key = c.key.as_deref().unwrap_or("");
+    let (values, not_values) = (&c.values, &c.not_values);
+    let mut ids = Vec::new();
+    let mut perms = Vec::new();
+    if let Some(name) = key.strip_prefix("request.headers[").and_then(|k| k.strip_suffix(']')) {
+        if !http {
+            return None;
+        }
+        let name = name.to_ascii_lowercase();
+        let h = |v: &str| {
+            Some(Principal { identifier: Some(principal::Identifier::Header(header(&name, istio_string(v, "")))) })
+        };
+        field(&mut ids, values, not_values, h, or_i, not_i);
+    } else if let Some(claim) = key.strip_prefix("request.auth.claims[").and_then(|k| k.strip_suffix(']')) {
+        if !http {
+            return None;
+        }
+        let key = format!("request.auth.claims.{claim}");
+        field(&mut ids, values, not_values, |v| Some(auth_metadata(&key, istio_string(v, ""))), or_i, not_i);
+    } else {
+        match key {
+            "source.ip" => field(
+                &mut ids,
+                values,
+                not_values,
+                |v| cidr(v).map(|c| Principal { identifier: Some(principal::Identifier::DirectRemoteIp(c)) }),
+                or_i,
+                not_i,
+            ),
+            "remote.ip" => field(
+                &mut ids,
+                values,
+                not_values,
+                |v| cidr(v).map(|c| Principal { identifier: Some(principal::Identifier::RemoteIp(c)) }),
+                or_i,
+                not_i,
+            ),
+            "source.namespace" => field(&mut ids, values, not_values, |v| Some(namespace_matcher(v)), or_i, not_i),
+            "source.principal" => {
+                field(&mut ids, values, not_values, |v| Some(principal_name(istio_string(v, "spiffe://"))), or_i, not_i)
+            }
+            "source.serviceAccount" => field(
+                &mut ids,
+                values,
+                not_values,
+                |v| {
+                    let (ns, sa) = v.split_once('/')?;
+                    Some(principal_name(exact(&format!("spiffe://{}/ns/{ns}/sa/{sa}", snapshot.trust_domain))))
+                },
+                or_i,
+                not_i,
+            ),
+            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
+                if !http {
+                    return None;
+                }
+                field(&mut ids, values, not_values, |v| Some(auth_metadata(key, istio_string(v, ""))), or_i, not_i);
+            }
+            "destination.ip" => field(
+                &mut perms,
+                values,
+                not_values,
+                |v| cidr(v).map(|c| Permission { rule: Some(permission::Rule::DestinationIp(c)) }),
+                or_p,
+                not_p,
+            ),
+            "destination.port" => field(
+                &mut perms,
+                values,
+                not_values,
+                |v| v.parse().ok().map(|p| Permission { rule: Some(permission::Rule::DestinationPort(p)) }),
+                or_p,
+                not_p,
+            ),
+            "connection.sni" => field(
+                &mut perms,
+                values,
+                not_values,
+                |v| Some(Permission { rule: Some(permission::Rule::RequestedServerName(istio_string(v, ""))) }),
+                or_p,
+                not_p,
+            ),
+            _ => return None,
+        }
+    }
+    if !perms.is_empty() { Some(When::Permission(and_p(perms))) } else { Some(When::Principal(and_i(ids))) }
+}
+
+fn uses_http_fields(rule: &Rule) -> bool {
+    let op = rule.to.iter().filter_map(|t| t.operation.as_ref()).any(|o| {
+        !o.hosts.is_empty()
+            || !o.not_hosts.is_empty()
+            || !o.methods.is_empty()
+            || !o.not_methods.is_empty()
+            || !o.paths.is_empty()
+            || !o.not_paths.is_empty()
+    });
+    let from = rule
+        .from
+        .iter()
+        .filter_map(|f| f.source.as_ref())
+        .any(|s| !s.request_principals.is_empty() || !s.not_request_principals.is_empty());
+    let when = rule.when.iter().any(|c| c.key.as_deref().is_some_and(|k| k.starts_with("request.")));
+    op || from || when
+}
+
+/// The Envoy policy of one rule.
+fn rule_policy(rule: &Rule, snapshot: &Snapshot, http: bool) -> Policy {
+    let mut permissions = Vec::new();
+    let operations: Vec<Permission> =
+        rule.to.iter().filter_map(|t| t.operation.as_ref()).map(|o| operation(o, http)).collect();
+    if !operations.is_empty() {
+        permissions.push(or_p(operations));
+    }
+    let mut principals = Vec::new();
+    let sources: Vec<Principal> =
+        rule.from.iter().filter_map(|f| f.source.as_ref()).map(|s| source(s, snapshot, http)).collect();
+    if !sources.is_empty() {
+        principals.push(or_i(sources));
+    }
+    for c in &rule.when {
+        match condition(c, snapshot, http) {
+            Some(When::Permission(p)) => permissions.push(p),
+            Some(When::Principal(p)) => principals.push(p),
+            None => {}
+        }
+    }
+    Policy { permissions: vec![and_p(permissions)], principals: vec![and_i(principals)], ..Default::default() }
+}
+
+/// RBAC rules for `proxy`'s workload, per Envoy action (DENY, ALLOW, LOG), for an HTTP
+/// or a TCP chain. An action absent from every policy yields no filter.
+fn rbac_rules(snapshot: &Snapshot, proxy: &ProxyIdentity, http: bool) -> Vec<Rbac> {
+    let mut by_action: Vec<(rbac::Action, HashMap<String, Policy>)> = Vec::new();
+    for (action, envoy) in [
+        (AuthorizationAction::Deny, rbac::Action::Deny),
+        (AuthorizationAction::Allow, rbac::Action::Allow),
+        (AuthorizationAction::Audit, rbac::Action::Log),
+    ] {
+        let policies: Vec<_> = policies_for(snapshot, proxy)
+            .into_iter()
+            .filter(|(_, p)| p.action.unwrap_or(AuthorizationAction::Allow) == action)
+            .collect();
+        if policies.is_empty() {
+            continue;
+        }
+        let mut out = HashMap::new();
+        for (r, p) in policies {
+            for (i, rule) in p.rules.iter().enumerate() {
+                if !http && uses_http_fields(rule) && action != AuthorizationAction::Deny {
+                    continue;
+                }
+                out.insert(
+                    format!("ns[{}]-policy[{}]-rule[{i}]", r.namespace(), r.name()),
+                    rule_policy(rule, snapshot, http),
+                );
+            }
+        }
+        by_action.push((envoy, out));
+    }
+    by_action
+        .into_iter()
+        .map(|(action, policies)| Rbac { action: action as i32, policies, ..Default::default() })
+        .collect()
+}
+
+/// Adds the workload's authorization to an inbound chain: RBAC HTTP filters first in
+/// its connection manager, or network RBAC filters before its TCP proxy.
+pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut FilterChain) {
+    let http = chain.filters.iter().any(|f| f.name == super::listener::HCM);
+    let rules = rbac_rules(snapshot, proxy, http);
+    if rules.is_empty() {
+        return;
+    }
+    if !http {
+        let filters = rules.into_iter().map(|rules| Filter {
+            name: "envoy.filters.network.rbac".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
+                rules: Some(rules),
+                stat_prefix: "tcp.".into(),
+                ..Default::default()
+            }))),
+        });
+        let tail = std::mem::take(&mut chain.filters);
+        chain.filters = filters.chain(tail).collect();
+        return;
+    }
+    for f in &mut chain.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+        if f.name != super::listener::HCM {
+            continue;
+        }
+        let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+        let filters = rules.iter().map(|rules| HttpFilter {
+            name: "envoy.filters.http.rbac".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
+                rules: Some(rules.clone()),
+                ..Default::default()
+            }))),
+            ..Default::default()
+        });
+        hcm.http_filters = filters.chain(std::mem::take(&mut hcm.http_filters)).collect();
+        *any = pack_any(hcm);
+    }
+}

@@ -177,7 +177,6 @@ fn host(value: &str) -> Permission {
         header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
             match_pattern: Some(string_matcher::MatchPattern::Prefix(format!("{value}:"))),
             ignore_case: true,
-            ..Default::default()
         })),
         ..Default::default()
     };

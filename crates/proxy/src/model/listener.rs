@@ -74,6 +74,9 @@ pub struct Chain {
     pub kind: ChainKind,
 }
 
+/// Which of a chain's conditions are set: port, server names, transport, ALPN.
+type Specificity = (bool, bool, bool, bool);
+
 /// How a connection starts, as Envoy's TLS inspector tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -97,7 +100,7 @@ pub struct Hello {
 impl Chain {
     /// Whether the chain's conditions hold, and how specific they are (Envoy prefers
     /// the most specific match: port, then server name, transport, ALPN).
-    fn matches(&self, destination_port: u16, hello: &Hello) -> Option<(bool, bool, bool, bool)> {
+    fn matches(&self, destination_port: u16, hello: &Hello) -> Option<Specificity> {
         if self.destination_port.is_some_and(|p| p != destination_port) {
             return None;
         }
@@ -245,7 +248,7 @@ impl ListenerSpec {
     /// The chain that serves a connection: the most specific whose conditions hold
     /// (the first of equals), else the default chain.
     pub fn chain_for(&self, destination_port: u16, hello: &Hello) -> Option<&Chain> {
-        let mut best: Option<((bool, bool, bool, bool), &Chain)> = None;
+        let mut best: Option<(Specificity, &Chain)> = None;
         for c in &self.chains {
             if let Some(rank) = c.matches(destination_port, hello)
                 && best.as_ref().is_none_or(|(b, _)| rank > *b)

@@ -28,9 +28,10 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher, metadata_matcher, path_matcher,
     string_matcher, value_matcher,
 };
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
-use prost::Message;
+use prost::{Message, Name};
 use weft_api::istio::{AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, Rule, Source};
 use weft_api::{Resource, Spec};
 
@@ -383,6 +384,50 @@ fn rule_policy(rule: &Rule, snapshot: &Snapshot, http: bool) -> Policy {
     Policy { permissions: vec![and_p(permissions)], principals: vec![and_i(principals)], ..Default::default() }
 }
 
+/// Envoy's RBAC rules encoded with their policies in name order. The generated type
+/// keeps policies in a `HashMap`, whose order changes from one encoding to the next; the
+/// same configuration must encode to the same bytes, or every push would look like a
+/// change to every proxy. These messages have the same wire form as Envoy's.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedRbac {
+    #[prost(int32, tag = "1")]
+    action: i32,
+    #[prost(message, repeated, tag = "2")]
+    policies: Vec<PolicyEntry>,
+}
+
+/// One entry of the `policies` map.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PolicyEntry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(message, optional, tag = "2")]
+    value: Option<Policy>,
+}
+
+/// `envoy.extensions.filters.http.rbac.v3.RBAC`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedHttpRbac {
+    #[prost(message, optional, tag = "1")]
+    rules: Option<SortedRbac>,
+}
+
+/// `envoy.extensions.filters.network.rbac.v3.RBAC`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedNetworkRbac {
+    #[prost(message, optional, tag = "1")]
+    rules: Option<SortedRbac>,
+    #[prost(string, tag = "3")]
+    stat_prefix: String,
+}
+
+fn sorted(rules: Rbac) -> SortedRbac {
+    let mut policies: Vec<PolicyEntry> =
+        rules.policies.into_iter().map(|(key, value)| PolicyEntry { key, value: Some(value) }).collect();
+    policies.sort_by(|a, b| a.key.cmp(&b.key));
+    SortedRbac { action: rules.action, policies }
+}
+
 /// RBAC rules for `proxy`'s workload, per Envoy action (DENY, ALLOW, LOG), for an HTTP
 /// or a TCP chain. An action absent from every policy yields no filter.
 fn rbac_rules(snapshot: &Snapshot, proxy: &ProxyIdentity, http: bool) -> Vec<Rbac> {
@@ -430,11 +475,10 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut Filt
     if !http {
         let filters = rules.into_iter().map(|rules| Filter {
             name: "envoy.filters.network.rbac".into(),
-            config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
-                rules: Some(rules),
-                stat_prefix: "tcp.".into(),
-                ..Default::default()
-            }))),
+            config_type: Some(filter::ConfigType::TypedConfig(Any {
+                type_url: NetworkRbac::type_url(),
+                value: SortedNetworkRbac { rules: Some(sorted(rules)), stat_prefix: "tcp.".into() }.encode_to_vec(),
+            })),
         });
         let tail = std::mem::take(&mut chain.filters);
         chain.filters = filters.chain(tail).collect();
@@ -448,13 +492,88 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut Filt
         let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
         let filters = rules.iter().map(|rules| HttpFilter {
             name: "envoy.filters.http.rbac".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
-                rules: Some(rules.clone()),
-                ..Default::default()
-            }))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+                type_url: HttpRbac::type_url(),
+                value: SortedHttpRbac { rules: Some(sorted(rules.clone())) }.encode_to_vec(),
+            })),
             ..Default::default()
         });
         hcm.http_filters = filters.chain(std::mem::take(&mut hcm.http_filters)).collect();
         *any = pack_any(hcm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Role;
+    use crate::testing::proxy;
+
+    const POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: many-rules}
+spec:
+  selector: {matchLabels: {app: server}}
+  rules:
+  - to: [{operation: {paths: [/a]}}]
+  - to: [{operation: {paths: [/b]}}]
+  - to: [{operation: {paths: [/c]}}]
+  - to: [{operation: {paths: [/d]}}]
+  - from: [{source: {namespaces: [x]}}]
+"#;
+
+    fn translated(snapshot: &Snapshot, http: bool) -> FilterChain {
+        let name = "inbound|9000||";
+        let mut chain = if http {
+            let route = super::super::listener::inbound_route(name, 9000, 9000);
+            super::super::listener::http_chain(
+                "inbound_9000",
+                super::super::listener::RouteSource::Inline(Box::new(route)),
+            )
+        } else {
+            super::super::listener::tcp_chain(name, &[(name.into(), 100)])
+        };
+        apply(snapshot, &proxy(Role::Sidecar, &[("app", "server")]), &mut chain);
+        chain
+    }
+
+    fn policy_names(any: &Any, http: bool) -> Vec<String> {
+        let rules = if http {
+            HttpRbac::decode(any.value.as_slice()).unwrap_or_default().rules
+        } else {
+            NetworkRbac::decode(any.value.as_slice()).unwrap_or_default().rules
+        };
+        let mut names: Vec<String> = rules.unwrap_or_default().policies.into_keys().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_same_policies_encode_to_the_same_bytes_every_time() {
+        let snapshot = Snapshot::new(1, weft_api::parse_text("p.yaml", POLICIES).resources);
+        let first = translated(&snapshot, true).encode_to_vec();
+        for _ in 0..20 {
+            assert_eq!(translated(&snapshot, true).encode_to_vec(), first);
+        }
+        // Envoy's own types read them back, every rule a policy.
+        let chain = FilterChain::decode(first.as_slice()).unwrap_or_default();
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else { panic!("no HCM") };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap_or_default();
+        let Some(http_filter::ConfigType::TypedConfig(rbac)) = &hcm.http_filters[0].config_type else {
+            panic!("no RBAC filter")
+        };
+        let all: Vec<String> = (0..5).map(|i| format!("ns[default]-policy[many-rules]-rule[{i}]")).collect();
+        assert_eq!(policy_names(rbac, true), all);
+    }
+
+    #[test]
+    fn on_tcp_an_allow_rule_with_http_fields_is_dropped() {
+        let snapshot = Snapshot::new(1, weft_api::parse_text("p.yaml", POLICIES).resources);
+        let chain = translated(&snapshot, false);
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+            panic!("no RBAC filter")
+        };
+        assert_eq!(policy_names(any, false), ["ns[default]-policy[many-rules]-rule[4]"]);
     }
 }

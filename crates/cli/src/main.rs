@@ -1,5 +1,6 @@
 //! The `weft` command.
 
+mod agent;
 mod demo_app;
 mod output;
 mod proxy;
@@ -37,6 +38,8 @@ enum Command {
     DemoApp(demo_app::DemoAppArgs),
     /// Run the weft proxy (sidecar or gateway), configured by the control plane's xDS.
     Proxy(Box<proxy::ProxyArgs>),
+    /// Serve a workload's certificate to an Envoy sidecar over SDS (Istio's node agent).
+    Agent(agent::AgentArgs),
     /// Show each connected proxy's sync state (SYNCED, STALE, NACKED) per xDS type.
     ProxyStatus {
         /// The control plane's debug address.
@@ -177,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ControlPlane(args) => control_plane(args),
         Command::Proxy(args) => proxy::run(*args),
+        Command::Agent(args) => agent::run(args),
         Command::Up(args) => up::run(args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::ProxyStatus { control_plane, output } => {

@@ -12,7 +12,7 @@ use common::mesh::Mesh;
 
 const B: u8 = 61;
 
-fn mesh_yaml(mode: &str) -> String {
+fn mesh_yaml(b: u8, mode: &str) -> String {
     format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -39,7 +39,7 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: server-v1}}
 spec:
-  address: 127.{B}.1.1
+  address: 127.{b}.1.1
   serviceAccount: server
   labels: {{app: server, security.istio.io/tlsMode: istio}}
 ---
@@ -47,7 +47,7 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: server2-v1}}
 spec:
-  address: 127.{B}.1.3
+  address: 127.{b}.1.3
   serviceAccount: server2
   labels: {{app: server2, security.istio.io/tlsMode: istio}}
 ---
@@ -55,14 +55,32 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: client-v1}}
 spec:
-  address: 127.{B}.2.1
+  address: 127.{b}.2.1
   serviceAccount: client
   labels: {{app: client, security.istio.io/tlsMode: istio}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
+metadata: {{name: client2-v1}}
+spec:
+  address: 127.{b}.2.2
+  serviceAccount: client2
+  labels: {{app: client2, security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client2}}
+spec:
+  workloadSelector: {{labels: {{app: client2}}}}
+  egress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    bind: 127.{b}.2.2
+    hosts: ["./*"]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
 metadata: {{name: impostor}}
-spec: {{address: 127.{B}.9.9, serviceAccount: impostor, labels: {{app: impostor}}}}
+spec: {{address: 127.{b}.9.9, serviceAccount: impostor, labels: {{app: impostor}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -71,7 +89,7 @@ spec:
   workloadSelector: {{labels: {{app: server}}}}
   ingress:
   - port: {{number: 9080, protocol: HTTP, name: http}}
-    defaultEndpoint: 127.0.0.1:18611
+    defaultEndpoint: 127.0.0.1:18{b}1
   egress: [{{hosts: ["./*"]}}]
 ---
 apiVersion: networking.istio.io/v1
@@ -81,7 +99,7 @@ spec:
   workloadSelector: {{labels: {{app: server2}}}}
   ingress:
   - port: {{number: 9080, protocol: HTTP, name: http}}
-    defaultEndpoint: 127.0.0.1:18613
+    defaultEndpoint: 127.0.0.1:18{b}3
   egress: [{{hosts: ["./*"]}}]
 ---
 apiVersion: networking.istio.io/v1
@@ -91,7 +109,7 @@ spec:
   workloadSelector: {{labels: {{app: client}}}}
   egress:
   - port: {{number: 9080, protocol: HTTP, name: http}}
-    bind: 127.{B}.2.1
+    bind: 127.{b}.2.1
     hosts: ["./*"]
 ---
 apiVersion: security.istio.io/v1
@@ -170,7 +188,7 @@ fn sidecars_talk_mutual_tls_as_peer_authentication_says() {
     let secure = format!("127.{B}.0.1:15012");
     let mut mesh = Mesh::start_with(
         B,
-        &[("mesh.yaml", &mesh_yaml("STRICT"))],
+        &[("mesh.yaml", &mesh_yaml(B, "STRICT"))],
         &["--secure-address", &secure, "--state-dir", &state_dir],
     );
     let root = format!("{state_dir}/ca/root-cert.pem");
@@ -264,7 +282,7 @@ fn sidecars_talk_mutual_tls_as_peer_authentication_says() {
     assert_eq!(through_client(&mesh, "server").status, 200);
 
     // PERMISSIVE: plaintext is accepted beside mutual TLS.
-    mesh.write_config("mesh.yaml", &mesh_yaml("PERMISSIVE"));
+    mesh.write_config("mesh.yaml", &mesh_yaml(B, "PERMISSIVE"));
     mesh.wait_until("PERMISSIVE to admit plaintext", || mesh.get(&format!("http://127.{B}.1.1:9080/")).status == 200);
     let plain = mesh.get(&format!("http://127.{B}.1.1:9080/")).json();
     assert!(plain["headers"].get("x-forwarded-client-cert").is_none(), "{plain}");
@@ -272,11 +290,82 @@ fn sidecars_talk_mutual_tls_as_peer_authentication_says() {
     assert!(reply["headers"]["x-forwarded-client-cert"].as_str().is_some_and(|x| x.contains("sa/client")), "{reply}");
 
     // DISABLE: the client's sidecar sends plaintext, and the server's accepts it.
-    mesh.write_config("mesh.yaml", &mesh_yaml("DISABLE"));
+    mesh.write_config("mesh.yaml", &mesh_yaml(B, "DISABLE"));
     mesh.wait_until("DISABLE to turn mutual TLS off", || {
         let r = through_client(&mesh, "server");
         r.status == 200 && r.json()["headers"].get("x-forwarded-client-cert").is_none()
     });
     let (status, _) = call_with_cert(dir, "tester", None);
     assert!(status.starts_with("ERROR"), "DISABLE still terminated TLS: {status}");
+}
+
+/// Envoy sidecars get their certificates from `weft agent` over SDS and talk mutual TLS
+/// with weft sidecars, both ways, under STRICT.
+#[test]
+fn envoy_and_weft_sidecars_talk_mutual_tls_to_each_other() {
+    const E: u8 = 62;
+    let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let secure = format!("127.{E}.0.1:15012");
+    let mut mesh = Mesh::start_with(
+        E,
+        &[("mesh.yaml", &mesh_yaml(E, "STRICT"))],
+        &["--secure-address", &secure, "--state-dir", &state_dir],
+    );
+    let root = format!("{state_dir}/ca/root-cert.pem");
+    let token = |workload: &str| format!("{state_dir}/tokens/default/{workload}.token");
+    mesh.wait_until("the CA", || Path::new(&token("impostor")).exists());
+    mesh.backend("server-app", "127.0.0.1", 18621, 0);
+    mesh.backend("server2-app", "127.0.0.1", 18623, 0);
+    let labels = |app: &'static str| [("app", app), ("security.istio.io/tlsMode", "istio")];
+    let node = |ip: &str, workload: &str| format!("sidecar~{ip}~{workload}.default~default.svc.cluster.local");
+
+    // weft sidecars for server-v1 and client2-v1.
+    for (name, workload, app, ip) in [
+        ("server-sidecar", "server-v1", "server", format!("127.{E}.1.1")),
+        ("client2-sidecar", "client2-v1", "client2", format!("127.{E}.2.2")),
+    ] {
+        let token = token(workload);
+        mesh.weft_proxy_with(
+            name,
+            &node(&ip, workload),
+            "default",
+            &labels(app),
+            &ip,
+            "delta",
+            &["--ca-address", &secure, "--ca-root-cert", &root, "--token-file", &token],
+        );
+    }
+    // Envoy sidecars for server2-v1 and client-v1, each with its agent.
+    for (name, workload, app, ip) in [
+        ("server2-envoy", "server2-v1", "server2", format!("127.{E}.1.3")),
+        ("client-envoy", "client-v1", "client", format!("127.{E}.2.1")),
+    ] {
+        let socket = state.path().join(format!("{workload}.sock"));
+        mesh.agent(&format!("{name}-agent"), &socket, &secure, &root, &token(workload), "24h");
+        mesh.envoy_sds(name, &node(&ip, workload), "default", &labels(app), &ip, "GRPC", Some(&socket));
+    }
+    let call = |mesh: &Mesh, via: &str, host: &str| {
+        let r = mesh.curl(&[&format!("http://{via}:9080/"), "-H", &format!("host: {host}")]);
+        let xfcc = r.json()["headers"]["x-forwarded-client-cert"].as_str().unwrap_or("").to_owned();
+        (r.status, xfcc)
+    };
+    let (envoy_client, weft_client) = (format!("127.{E}.2.1"), format!("127.{E}.2.2"));
+
+    // Envoy calls weft.
+    let (status, xfcc) = call(&mesh, &envoy_client, "server");
+    assert_eq!(status, 200);
+    assert!(xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/client"), "{xfcc}");
+    // weft calls Envoy.
+    let (status, xfcc) = call(&mesh, &weft_client, "server2");
+    assert_eq!(status, 200);
+    assert!(xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/client2"), "{xfcc}");
+    assert!(xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/server2"), "{xfcc}");
+    // Envoy calls Envoy, both on weft's certificates.
+    let (status, xfcc) = call(&mesh, &envoy_client, "server2");
+    assert_eq!(status, 200);
+    assert!(xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/client"), "{xfcc}");
+    // STRICT on the Envoy server as on weft's: plaintext is refused.
+    assert_eq!(mesh.get(&format!("http://127.{E}.1.3:9080/")).status, 0);
+    assert_eq!(mesh.get(&format!("http://127.{E}.1.1:9080/")).status, 0);
 }

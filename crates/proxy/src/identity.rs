@@ -4,13 +4,12 @@
 //! for new connections and leaves open ones alone.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weft_envoy::istio_ca::{CREATE_CERTIFICATE, IstioCertificateRequest, IstioCertificateResponse};
 use weft_tls::ca::{CertificateInfo, SpiffeId, certificate_info, key_and_csr};
 
-use crate::Shared;
+use crate::secrets::Secrets;
 
 /// The name the control plane's serving certificate carries, as istiod's.
 pub const CA_SERVER_NAME: &str = "istiod.istio-system.svc";
@@ -109,7 +108,7 @@ fn now_secs() -> i64 {
 /// Keeps the proxy's certificate current until the process ends: fetches one, then
 /// renews it at half its lifetime; failures are retried with back-off while the current
 /// certificate stays in use.
-pub async fn maintain(shared: Arc<Shared>, config: IdentityConfig) {
+pub async fn maintain(secrets: Secrets, config: IdentityConfig) {
     let mut retry = RETRY_START;
     loop {
         match fetch(&config).await {
@@ -120,7 +119,7 @@ pub async fn maintain(shared: Arc<Shared>, config: IdentityConfig) {
                 let (from, until) = (now_secs(), cert.info.not_after);
                 tracing::info!(identity = ?cert.info.spiffe_ids, serial = %cert.info.serial, expires = until, "workload certificate issued");
                 match crate::secrets::WorkloadTls::new(cert) {
-                    Ok(tls) => shared.identity.install(tls),
+                    Ok(tls) => secrets.install(tls),
                     Err(e) => {
                         tracing::warn!("{e}; retrying in {retry:?}");
                         tokio::time::sleep(retry).await;

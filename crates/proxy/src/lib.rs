@@ -16,6 +16,7 @@ pub mod identity;
 pub mod listeners;
 pub mod model;
 pub mod reply;
+pub mod sds;
 pub mod secrets;
 pub mod state;
 pub mod stats;
@@ -125,7 +126,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(admin::serve_readiness(shared.clone(), listener));
     }
     let client = tokio::spawn(xds::run(shared.clone()));
-    let identity = shared.config.identity.clone().map(|c| tokio::spawn(identity::maintain(shared.clone(), c)));
+    let identity = shared.config.identity.clone().map(|c| tokio::spawn(identity::maintain(shared.identity.clone(), c)));
     tokio::select! {
         () = shutdown => {}
         () = shared.quit.notified() => {}

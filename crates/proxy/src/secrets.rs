@@ -80,17 +80,36 @@ impl WorkloadTls {
 }
 
 /// The current workload secret, shared by every TLS context that names it.
-#[derive(Debug, Clone, Default)]
-pub struct Secrets(Arc<ArcSwapOption<WorkloadTls>>);
+#[derive(Debug, Clone)]
+pub struct Secrets(Arc<Slot>);
+
+#[derive(Debug)]
+struct Slot {
+    current: ArcSwapOption<WorkloadTls>,
+    /// Counts installs, for whoever serves the secret on (SDS).
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Secrets {
+    fn default() -> Self {
+        Secrets(Arc::new(Slot { current: ArcSwapOption::empty(), generation: tokio::sync::watch::Sender::new(0) }))
+    }
+}
 
 impl Secrets {
     /// The current secret, if the workload has one yet.
     pub fn current(&self) -> Option<Arc<WorkloadTls>> {
-        self.0.load_full()
+        self.0.current.load_full()
     }
 
     /// Replaces the secret (new connections use it; open ones keep theirs).
     pub fn install(&self, tls: WorkloadTls) {
-        self.0.store(Some(Arc::new(tls)));
+        self.0.current.store(Some(Arc::new(tls)));
+        self.0.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever a new secret is installed.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.generation.subscribe()
     }
 }

@@ -206,7 +206,44 @@ impl Mesh {
         admin_ip: &str,
         api_type: &str,
     ) -> String {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        self.envoy_sds(name, node_id, namespace, labels, admin_ip, api_type, None)
+    }
+
+    /// As [`Mesh::envoy_with`]; with `sds_socket`, Envoy has a workload identity: its
+    /// bootstrap has Istio's `sds-grpc` cluster on that socket (a `weft agent`) and node
+    /// metadata `SDS: "true"`, so the control plane configures mutual TLS for it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn envoy_sds(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+        api_type: &str,
+        sds_socket: Option<&Path>,
+    ) -> String {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("\"{k}\": \"{v}\"")).collect();
+        let (sds_meta, sds_cluster) = match sds_socket {
+            None => (String::new(), String::new()),
+            Some(path) => (
+                "\n    SDS: \"true\"".to_owned(),
+                format!(
+                    r#"
+  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: "{}"}}}}}}}}]}}]"#,
+                    path.display()
+                ),
+            ),
+        };
         let bootstrap = format!(
             r#"node:
   id: {node_id}
@@ -214,7 +251,7 @@ impl Mesh {
   metadata:
     NAMESPACE: {namespace}
     LABELS: {{{labels}}}
-    INTERCEPTION_MODE: NONE
+    INTERCEPTION_MODE: NONE{sds_meta}
 admin:
   address: {{socket_address: {{address: {admin_ip}, port_value: 15000}}}}
 dynamic_resources:
@@ -235,7 +272,7 @@ static_resources:
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
       cluster_name: xds-grpc
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: 15010}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: 15010}}}}}}}}]}}]{sds_cluster}
 "#,
             labels = labels.join(", "),
             xds_ip = self.ip(0, 1),
@@ -262,6 +299,20 @@ static_resources:
             self.get(&format!("http://{admin}/ready")).status == 200
         });
         admin
+    }
+
+    /// Starts `weft agent` for a workload: its certificate, served over SDS on `socket`.
+    pub fn agent(&mut self, name: &str, socket: &Path, secure: &str, root: &str, token: &str, lifetime: &str) {
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["agent", "--sds-socket", &socket.to_string_lossy(), "--ca-address", secure])
+            .args(["--ca-root-cert", root, "--token-file", token, "--cert-lifetime", lifetime])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start weft agent: {e}"));
+        self.children.push((name.into(), child));
+        self.wait_until(&format!("agent {name}"), || socket.exists());
     }
 
     /// Starts a weft proxy whose node is `node_id` with the given labels; like Envoy's,

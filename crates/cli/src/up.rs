@@ -280,8 +280,14 @@ async fn up(
     }
     for (i, (key, selector)) in gateways.iter().enumerate() {
         let namespace = key.split('/').next().unwrap_or("default").to_owned();
-        let name = selector.values().next().cloned().unwrap_or_else(|| "gateway".into());
+        let (name, account) =
+            weft_controlplane::ca::gateway_workload(selector).unwrap_or_else(|| ("gateway".into(), "default".into()));
         let admin = format!("127.0.9.{}:15000", i + 1);
+        // Gateways hold an identity too, so that they can call STRICT workloads.
+        let token = state.join("tokens").join(&namespace).join(format!("{name}.token"));
+        if !wait_file(&token).await {
+            anyhow::bail!("no bootstrap token for gateway {name} at {}", token.display());
+        }
         let mut args: Vec<String> = vec![
             "proxy".into(),
             "--xds-address".into(),
@@ -294,6 +300,14 @@ async fn up(
             admin.clone(),
             "--concurrency".into(),
             "1".into(),
+            "--service-account".into(),
+            account,
+            "--ca-address".into(),
+            secure.clone(),
+            "--ca-root-cert".into(),
+            s(&root),
+            "--token-file".into(),
+            s(&token),
         ];
         for (k, v) in selector {
             args.push("--label".into());

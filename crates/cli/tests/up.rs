@@ -169,4 +169,22 @@ fn walk_through(state_dir: &str) {
         assert_eq!(version(&curl(&reviews)), "v1");
     }
     eventually("ten mirrored copies", || inbound_requests("127.0.10.5:15000") == before + 10);
+
+    // 8. Mutual TLS: the application sees its caller's identity; plaintext straight to a
+    // sidecar works until STRICT, then only the mesh's own callers get through.
+    let caller = curl(&reviews)["caller"].as_str().unwrap_or("").to_owned();
+    assert!(caller.contains("URI=spiffe://cluster.local/ns/default/sa/bookinfo-productpage"), "{caller}");
+    let direct = ["http://127.0.10.3:9080/"];
+    assert_eq!(timed(&direct).1, 200);
+    apply(state_dir, "examples/bookinfo-steps/7-mtls-strict.yaml", "security.yaml");
+    eventually("STRICT to refuse plaintext", || timed(&direct).1 == 0);
+    assert_eq!(timed(&["http://127.0.0.1:8080/productpage"]).1, 200);
+    assert_eq!(version(&curl(&reviews)), "v1");
+
+    // 9. Authorization: details refuses /internal and below, and nothing else.
+    apply(state_dir, "examples/bookinfo-steps/8-details-deny-path.yaml", "details-authz.yaml");
+    let internal = ["-H", "Host: details", "http://127.0.11.1:9080/internal/config"];
+    eventually("the DENY policy", || timed(&internal).1 == 403);
+    assert_eq!(timed(&internal).0, "RBAC: access denied");
+    assert_eq!(timed(&["-H", "Host: details", "http://127.0.11.1:9080/"]).1, 200);
 }

@@ -58,13 +58,24 @@ impl Tokens {
         self.dir.join(namespace).join(format!("{workload}.token"))
     }
 
-    /// Makes sure every WorkloadEntry has a token (kept across restarts), and that only
-    /// current workloads' tokens are honoured.
+    /// Makes sure every WorkloadEntry, and every gateway a Gateway selects, has a token
+    /// (kept across restarts), and that only current workloads' tokens are honoured.
     pub fn sync(&self, snapshot: &Snapshot) -> Result<(), std::io::Error> {
         let mut map = HashMap::new();
         for r in &snapshot.resources {
-            let Spec::WorkloadEntry(we) = &r.spec else { continue };
-            let (ns, name) = (r.namespace(), r.name());
+            let (ns, name, service_account) = match &r.spec {
+                Spec::WorkloadEntry(we) => (
+                    r.namespace().to_owned(),
+                    r.name().to_owned(),
+                    we.service_account.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into()),
+                ),
+                Spec::Gateway(gw) => {
+                    let Some((name, account)) = gateway_workload(&gw.selector) else { continue };
+                    (r.namespace().to_owned(), name, account)
+                }
+                _ => continue,
+            };
+            let (ns, name) = (ns.as_str(), name.as_str());
             let path = self.path(ns, name);
             let token = match std::fs::read_to_string(&path) {
                 Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
@@ -74,8 +85,6 @@ impl Tokens {
                     token
                 }
             };
-            let service_account =
-                we.service_account.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
             map.insert(
                 token,
                 SpiffeId { trust_domain: self.trust_domain.clone(), namespace: ns.to_owned(), service_account },
@@ -91,6 +100,15 @@ impl Tokens {
     pub fn identity(&self, token: &str) -> Option<SpiffeId> {
         self.by_token.read().ok()?.get(token).cloned()
     }
+}
+
+/// The workload name and service account of the gateway a Gateway's selector picks, in
+/// local mode: `istio: ingressgateway` is the workload `ingressgateway`, running as
+/// `ingressgateway-service-account`.
+pub fn gateway_workload(selector: &std::collections::BTreeMap<String, String>) -> Option<(String, String)> {
+    let name = selector.values().next()?.clone();
+    let account = format!("{name}-service-account");
+    Some((name, account))
 }
 
 /// The certificate service.

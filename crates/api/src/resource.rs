@@ -86,7 +86,7 @@ kinds! {
         ProxyConfig(istio::ProxyConfigSpec) = NotYet;
         AuthorizationPolicy(istio::AuthorizationPolicySpec) = Supported;
         PeerAuthentication(istio::PeerAuthenticationSpec) = Supported;
-        RequestAuthentication(istio::RequestAuthenticationSpec) = NotYet;
+        RequestAuthentication(istio::RequestAuthenticationSpec) = Supported;
         Telemetry(istio::TelemetrySpec) = NotYet;
         WasmPlugin(istio::WasmPluginSpec) = Unsupported;
         TrafficExtension(istio::TrafficExtensionSpec) = Unsupported;

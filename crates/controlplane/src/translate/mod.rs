@@ -6,6 +6,7 @@
 //! `outbound|9080|v1|reviews.default.svc.cluster.local` and `inbound|9080||`, listeners
 //! `127.0.10.1_9080`, routes by port (`9080`) or `http.8080` on gateways.
 
+mod authn;
 mod authz;
 mod capture;
 mod cluster;

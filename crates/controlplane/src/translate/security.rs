@@ -223,6 +223,8 @@ pub(super) fn inbound_chains(
 ) -> Vec<FilterChain> {
     let mut chain = with_client_cert_details(chain);
     super::authz::apply(snapshot, proxy, &mut chain);
+    // The JWT filter runs before authorization, which reads what it validated.
+    super::authn::apply(snapshot, proxy, &mut chain);
     if !proxy.sds {
         return vec![chain];
     }

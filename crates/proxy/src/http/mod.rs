@@ -196,13 +196,21 @@ pub fn authority(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
 }
 
-async fn route(conn: &Connection, req: Request<Incoming>) -> Result<Response<Body>, LocalReply> {
+async fn route(conn: &Connection, mut req: Request<Incoming>) -> Result<Response<Body>, LocalReply> {
     // Request smuggling: a message with both framings is refused, not guessed at.
     if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
         return Err(LocalReply::BAD_REQUEST);
     }
+    let mut auth = None;
+    if let Some(jwt) = &conn.spec.jwt {
+        let query = req.uri().query().map(str::to_owned);
+        match jwt.verify(req.headers_mut(), query.as_deref()) {
+            Ok(claims) => auth = claims,
+            Err(refusal) => return Err(LocalReply::new(401, refusal, Flags::default())),
+        }
+    }
     if !conn.spec.rbac.is_empty() {
-        authorize(conn, &req)?;
+        authorize(conn, &req, auth.as_ref())?;
     }
     let data = conn.shared.data.load_full();
     let table: Arc<RouteTable> = match &conn.spec.routes {
@@ -243,7 +251,11 @@ async fn route(conn: &Connection, req: Request<Incoming>) -> Result<Response<Bod
 }
 
 /// The connection manager's RBAC filters, in order: the first that refuses answers 403.
-fn authorize(conn: &Connection, req: &Request<Incoming>) -> Result<(), LocalReply> {
+fn authorize(
+    conn: &Connection,
+    req: &Request<Incoming>,
+    auth: Option<&crate::model::jwt::AuthMetadata>,
+) -> Result<(), LocalReply> {
     let authority = authority(req).unwrap_or_default();
     let subject = crate::model::rbac::Subject {
         peer: Some(conn.peer),
@@ -256,7 +268,7 @@ fn authorize(conn: &Connection, req: &Request<Incoming>) -> Result<(), LocalRepl
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             headers: req.headers(),
         }),
-        metadata: None,
+        metadata: auth,
     };
     for filter in &conn.spec.rbac {
         let (allowed, policy) = filter.allows(&subject);

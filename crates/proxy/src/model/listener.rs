@@ -16,6 +16,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTl
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
+
+use super::jwt::{JwtFilter, compile_jwt};
 use super::rbac::{RbacFilter, compile_rbac};
 use super::route::{RouteTable, compile_route_table};
 use super::{ConfigError, duration, unpack};
@@ -26,6 +29,7 @@ const HCM: &str = "envoy.extensions.filters.network.http_connection_manager.v3.H
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const NETWORK_RBAC: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 const HTTP_RBAC: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
+const JWT_AUTHN: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
@@ -162,6 +166,8 @@ pub struct HttpSpec {
     pub forward_client_cert: ForwardClientCert,
     /// HTTP RBAC filters, in filter order.
     pub rbac: Vec<RbacFilter>,
+    /// The JWT filter, which runs before them.
+    pub jwt: Option<JwtFilter>,
     /// Set when a new version of the listener replaces this one: its HTTP/1 connections
     /// close after their current request, so that clients reconnect to the new version
     /// (Envoy drains a replaced filter chain's connections the same way).
@@ -393,6 +399,7 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
     };
     let (mut fault, mut cors, mut router) = (false, false, false);
     let mut rbac = Vec::new();
+    let mut jwt = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let type_url = match &f.config_type {
             Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)) => a.type_url.as_str(),
@@ -407,6 +414,11 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             }
             (_, "envoy.extensions.filters.http.fault.v3.HTTPFault") => fault = true,
             (_, "envoy.extensions.filters.http.cors.v3.Cors") => cors = true,
+            (name, JWT_AUTHN) => {
+                let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
+                let config: JwtAuthentication = unpack(any, JWT_AUTHN)?;
+                jwt = Some(compile_jwt(&config).map_err(|e| ctx(e.context(format!("HTTP filter {name}"))))?);
+            }
             (name, HTTP_RBAC) => {
                 let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
                 let config: HttpRbac = unpack(any, HTTP_RBAC)?;
@@ -449,6 +461,7 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect(),
         rbac,
+        jwt,
         retired: std::sync::atomic::AtomicBool::new(false),
         retire_notify: tokio::sync::Notify::new(),
         forward_client_cert: {

@@ -5,6 +5,7 @@
 //! honour is a [`ConfigError`], and the update carrying it is rejected (NACKed).
 
 pub mod cluster;
+pub mod jwt;
 pub mod listener;
 pub mod rbac;
 pub mod route;

@@ -6,7 +6,6 @@
 //! action ALLOW a request passes only if some policy matches; with DENY it passes only
 //! if none does; LOG (Istio's AUDIT) never blocks.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
@@ -16,6 +15,10 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 
 use super::ConfigError;
+use super::jwt::AuthMetadata;
+
+/// The metadata namespace of validated request credentials, as Istio names it.
+const AUTHN_METADATA: &str = "istio_authn";
 use super::route::{HeaderMatch, StringMatch, header_match};
 
 /// What an RBAC filter does with a matching policy.
@@ -58,8 +61,8 @@ pub struct Subject<'a> {
     pub sni: Option<&'a str>,
     /// HTTP: method, authority, path and headers (None for TCP).
     pub http: Option<HttpSubject<'a>>,
-    /// Dynamic metadata (the JWT filter's `request.auth.*`), by filter, then key.
-    pub metadata: Option<&'a BTreeMap<String, BTreeMap<String, String>>>,
+    /// What the JWT filter validated (`request.auth.*`), Istio's `istio_authn` metadata.
+    pub metadata: Option<&'a AuthMetadata>,
 }
 
 /// The HTTP part of a [`Subject`].
@@ -274,10 +277,10 @@ impl Rule {
             Rule::Principal(Some(m)) => s.principal.is_some_and(|p| m.matches(p)),
             Rule::PeerIp(c) => s.peer.is_some_and(|p| c.contains(p.ip())),
             Rule::Metadata { filter, key, value, invert } => {
-                let found = s.metadata.and_then(|m| m.get(filter)).and_then(|f| f.get(key));
+                let found = s.metadata.filter(|_| filter == AUTHN_METADATA).and_then(|m| m.get(key));
                 let hit = match (found, value) {
-                    (Some(v), Some(m)) => m.matches(v),
-                    (Some(_), None) => true,
+                    (Some(values), Some(m)) => values.iter().any(|v| m.matches(v)),
+                    (Some(values), None) => !values.is_empty(),
                     (None, _) => false,
                 };
                 hit != *invert

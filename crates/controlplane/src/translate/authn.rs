@@ -1,0 +1,154 @@
+//! RequestAuthentication, as Envoy's JWT filter (`envoy.filters.http.jwt_authn`) at the
+//! front of a workload's inbound HTTP filters, as Istio configures it: one provider per
+//! rule; a request with a token must satisfy one of them (else 401), a request without
+//! one passes (an AuthorizationPolicy on `requestPrincipals` can then refuse it). The
+//! validated claims feed authorization (`request.auth.*`).
+//!
+//! Keys come from the rule's inline `jwks`. `jwksUri` is not fetched yet (`weft analyze`
+//! says so); a rule that only has one is left out, so its tokens are refused.
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
+use envoy_types::pb::envoy::config::route::v3::{RouteMatch, route_match};
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+    JwtAuthentication, JwtClaimToHeader, JwtHeader, JwtProvider, JwtRequirement, JwtRequirementOrList, RequirementRule,
+    jwt_provider, jwt_requirement, requirement_rule,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_filter,
+};
+use envoy_types::pb::google::protobuf::{Any, Empty};
+use envoy_types::util::pack_any;
+use prost::{Message, Name};
+use weft_api::istio::RequestAuthenticationSpec;
+use weft_api::{Resource, Spec};
+
+use crate::node::ProxyIdentity;
+use crate::snapshot::{ROOT_NAMESPACE, Snapshot};
+
+/// The policies that apply to `proxy`'s workload, in a stable order.
+fn policies_for<'a>(
+    snapshot: &'a Snapshot,
+    proxy: &ProxyIdentity,
+) -> Vec<(&'a Resource, &'a RequestAuthenticationSpec)> {
+    let mut out: Vec<_> = snapshot
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::RequestAuthentication(p) => Some((r, p.as_ref())),
+            _ => None,
+        })
+        .filter(|(r, p)| {
+            let in_scope = r.namespace() == proxy.namespace || r.namespace() == ROOT_NAMESPACE;
+            let selected =
+                p.selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)));
+            in_scope && selected && p.target_ref.is_none() && p.target_refs.is_empty()
+        })
+        .collect();
+    out.sort_by(|(a, _), (b, _)| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+    out
+}
+
+/// The JWT filter's providers in name order (the generated type keeps them in a
+/// HashMap; the same configuration must encode to the same bytes).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedJwtAuthentication {
+    #[prost(message, repeated, tag = "1")]
+    providers: Vec<ProviderEntry>,
+    #[prost(message, repeated, tag = "2")]
+    rules: Vec<RequirementRule>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProviderEntry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(message, optional, tag = "2")]
+    value: Option<JwtProvider>,
+}
+
+/// The JWT filter for `proxy`'s workload, if any RequestAuthentication selects it.
+fn jwt_filter(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Option<HttpFilter> {
+    let policies = policies_for(snapshot, proxy);
+    if policies.is_empty() {
+        return None;
+    }
+    let mut providers = Vec::new();
+    for (r, p) in policies {
+        for (i, rule) in p.jwt_rules.iter().enumerate() {
+            let (Some(issuer), Some(jwks)) = (&rule.issuer, &rule.jwks) else { continue };
+            let provider = JwtProvider {
+                issuer: issuer.clone(),
+                audiences: rule.audiences.clone(),
+                forward: rule.forward_original_token.unwrap_or(false),
+                from_headers: rule
+                    .from_headers
+                    .iter()
+                    .map(|h| JwtHeader {
+                        name: h.name.clone().unwrap_or_default(),
+                        value_prefix: h.prefix.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+                from_params: rule.from_params.clone(),
+                forward_payload_header: rule.output_payload_to_header.clone().unwrap_or_default(),
+                claim_to_headers: rule
+                    .output_claim_to_headers
+                    .iter()
+                    .map(|c| JwtClaimToHeader {
+                        header_name: c.header.clone().unwrap_or_default(),
+                        claim_name: c.claim.clone().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                payload_in_metadata: issuer.clone(),
+                jwks_source_specifier: Some(jwt_provider::JwksSourceSpecifier::LocalJwks(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(jwks.clone())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            providers.push(ProviderEntry {
+                key: format!("origins-{}-{}-{i}", r.namespace(), r.name()),
+                value: Some(provider),
+            });
+        }
+    }
+    // Any provider may validate a token; no token at all is allowed through.
+    let mut any: Vec<JwtRequirement> = providers
+        .iter()
+        .map(|p| JwtRequirement { requires_type: Some(jwt_requirement::RequiresType::ProviderName(p.key.clone())) })
+        .collect();
+    any.push(JwtRequirement { requires_type: Some(jwt_requirement::RequiresType::AllowMissing(Empty::default())) });
+    let rule = RequirementRule {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        requirement_type: Some(requirement_rule::RequirementType::Requires(JwtRequirement {
+            requires_type: Some(jwt_requirement::RequiresType::RequiresAny(JwtRequirementOrList { requirements: any })),
+        })),
+    };
+    let config = SortedJwtAuthentication { providers, rules: vec![rule] };
+    Some(HttpFilter {
+        name: "envoy.filters.http.jwt_authn".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+            type_url: JwtAuthentication::type_url(),
+            value: config.encode_to_vec(),
+        })),
+        ..Default::default()
+    })
+}
+
+/// Puts the workload's JWT filter first in an inbound HTTP chain's connection manager.
+pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut FilterChain) {
+    let Some(jwt) = jwt_filter(snapshot, proxy) else { return };
+    for f in &mut chain.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+        if f.name != super::listener::HCM {
+            continue;
+        }
+        let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+        hcm.http_filters.insert(0, jwt.clone());
+        *any = pack_any(hcm);
+    }
+}

@@ -34,6 +34,9 @@ pub struct AgentArgs {
     /// Lifetime to ask for; the certificate is renewed at half of it (e.g. 24h).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
+    /// Run in FIPS mode: refuse to start unless the TLS crypto provider runs in FIPS mode.
+    #[arg(long)]
+    fips: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -42,6 +45,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the agent until Ctrl-C or SIGTERM.
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.fips {
+        weft_tls::require_fips()?;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -114,6 +114,9 @@ struct ControlPlaneArgs {
     /// The mesh's trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Run in FIPS mode: refuse to start unless the TLS crypto provider runs in FIPS mode.
+    #[arg(long)]
+    fips: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,6 +211,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
+    if args.fips {
+        weft_tls::require_fips()?;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -90,6 +90,10 @@ pub struct ProxyArgs {
     /// the control plane's secure port).
     #[arg(long, requires = "ca_address")]
     xds_mtls: bool,
+    /// Run in FIPS mode: refuse to start unless the TLS crypto provider runs in FIPS mode
+    /// (a `fips` build, or an `openssl` build on a host whose OpenSSL runs its FIPS provider).
+    #[arg(long)]
+    fips: bool,
     /// Lifetime to ask for; the certificate is renewed at half of it (e.g. 24h).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
@@ -131,6 +135,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let ns = &args.namespace;
     let id =
         args.node_id.clone().unwrap_or_else(|| format!("{role}~{}~{workload}.{ns}~{ns}.svc.cluster.local", args.ip));
+    if args.fips {
+        weft_tls::require_fips()?;
+    }
     let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let identity = match (args.ca_address, args.ca_root_cert, args.token_file) {
         (Some(ca_address), Some(root_cert), Some(token_file)) => Some(weft_proxy::identity::IdentityConfig {

@@ -90,8 +90,15 @@ fn version_names_commit_and_crypto_provider() {
     let commit = text.lines().find_map(|l| l.strip_prefix("git commit: ")).unwrap_or_default();
     let hash = commit.trim_end_matches("-dirty");
     assert!(hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "commit {commit:?}");
-    assert!(text.contains("TLS crypto provider: rustls/aws-lc-rs (FIPS mode: off)"), "{text}");
+    assert!(text.contains("TLS crypto provider: rustls/"), "{text}");
+}
 
+/// The default build: aws-lc-rs, not in FIPS mode, with post-quantum key exchange.
+#[cfg(not(any(feature = "fips", feature = "openssl")))]
+#[test]
+fn the_default_build_reports_aws_lc_rs_with_post_quantum_key_exchange() {
+    let text = stdout(&run(&["version"]));
+    assert!(text.contains("TLS crypto provider: rustls/aws-lc-rs (FIPS mode: off)"), "{text}");
     let json = run(&["version", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(v["tls"]["fips"], false);
@@ -114,4 +121,42 @@ fn a_directory_is_read_recursively_with_json_and_yml() {
         "./a/b/vs.yml:11: VirtualService shop/reviews: spec.http[0].route[0].weight: must not be negative\n\
          ./a/gw.json:1: Gateway default/gw: spec.servers[0].port.number: 0 must be 1..65535\n"
     );
+}
+
+/// FIPS mode is refused, with the reason, by a build whose provider is not in FIPS mode.
+#[cfg(not(any(feature = "fips", feature = "openssl")))]
+#[test]
+fn fips_mode_is_refused_without_a_fips_provider() {
+    for args in [
+        &["proxy", "--fips", "--admin-address", "127.0.0.1:0"][..],
+        &["control-plane", "--fips", "--config", "."][..],
+        &[
+            "agent",
+            "--fips",
+            "--sds-socket",
+            "/nonexistent/s",
+            "--ca-address",
+            "x:1",
+            "--ca-root-cert",
+            "r",
+            "--token-file",
+            "t",
+        ][..],
+    ] {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?} started");
+        let err = stderr(&out);
+        assert!(
+            err.contains("FIPS mode was asked for, but the crypto provider rustls/aws-lc-rs does not run in FIPS mode"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// The FIPS build runs the validated module and says so.
+#[cfg(feature = "fips")]
+#[test]
+fn the_fips_build_reports_fips_mode() {
+    let version = stdout(&run(&["version"]));
+    assert!(version.contains("rustls/aws-lc-rs-fips (FIPS mode: on)"), "{version}");
 }

@@ -131,6 +131,10 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             "uptime_current_epoch": format!("{}s", shared.started.elapsed().as_secs()),
             "node": { "id": shared.config.node.id, "cluster": shared.config.node.cluster },
             "command_line_options": { "concurrency": shared.config.concurrency },
+            "tls_provider": {
+                "name": weft_tls::PROVIDER_NAME,
+                "fips": weft_tls::provider().fips(),
+            },
         })),
         (_, "/") => text(
             StatusCode::OK,

@@ -154,3 +154,64 @@ fn tokens_are_validated_and_their_claims_authorize() {
     assert_eq!(call(&mesh, Some(&alice)).0, 200);
     assert_eq!(call(&mesh, None).0, 403);
 }
+
+/// The common ingress pattern: the gateway itself requires a valid token (its own
+/// RequestAuthentication and AuthorizationPolicy, selected by its labels).
+#[test]
+fn an_ingress_gateway_requires_a_token() {
+    const G: u8 = 65;
+    let signer = Signer::new("gw");
+    let jwks = signer.jwks();
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 8080, name: http, protocol: HTTP}}, hosts: ["*"], bind: 127.{G}.9.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: server}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/ingress]
+  http: [{{route: [{{destination: {{host: server.default.svc.cluster.local, port: {{number: 9080}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: server}}
+spec:
+  hosts: [server.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: 18651}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ingress-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules: [{{issuer: {ISSUER}, jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-requires-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  rules: [{{from: [{{source: {{requestPrincipals: ["*"]}}}}]}}]
+"#
+    );
+    let mut mesh = Mesh::start(G, &[("mesh.yaml", &yaml)]);
+    mesh.backend("server-app", "127.0.0.1", 18651, 0);
+    let node = format!("router~127.{G}.9.1~ingressgateway.istio-system~istio-system.svc.cluster.local");
+    mesh.weft_proxy("ingress", &node, "istio-system", &[("istio", "ingressgateway")], &format!("127.{G}.9.1"), "delta");
+    let url = format!("http://127.{G}.9.1:8080/");
+    let token = signer.token(claims("carol", ISSUER, "any", now() + 3600, &[]));
+    let with = |t: &str| mesh.curl(&[&url, "-H", &format!("Authorization: Bearer {t}")]).status;
+    assert_eq!(with(&token), 200);
+    assert_eq!(mesh.curl(&[&url]).status, 403);
+    assert_eq!(with("a.b.c"), 401);
+}

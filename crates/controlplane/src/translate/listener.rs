@@ -142,24 +142,21 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
     }
     for ((bind, number), _) in ports.iter().filter(|(_, p)| **p == Protocol::Tcp) {
         if let Some(destinations) = gateway_tcp_destinations(snapshot, proxy, *number) {
-            tcp.push(listener(
-                bind,
-                *number,
-                TrafficDirection::Outbound,
-                tcp_chain(&format!("gateway_{number}"), &destinations),
-            ));
+            let mut chain = tcp_chain(&format!("gateway_{number}"), &destinations);
+            super::authz::apply(snapshot, proxy, &mut chain);
+            tcp.push(listener(bind, *number, TrafficDirection::Outbound, chain));
         }
     }
     ports
         .into_iter()
         .filter(|(_, protocol)| protocol.is_http())
         .map(|((bind, number), _)| {
-            listener(
-                &bind,
-                number,
-                TrafficDirection::Outbound,
-                http_chain(&format!("gateway_{number}"), RouteSource::Rds(format!("http.{number}"))),
-            )
+            // As on sidecars: the gateway's own RequestAuthentication and
+            // AuthorizationPolicy (selected by its labels) guard what enters the mesh.
+            let mut chain = http_chain(&format!("gateway_{number}"), RouteSource::Rds(format!("http.{number}")));
+            super::authz::apply(snapshot, proxy, &mut chain);
+            super::authn::apply(snapshot, proxy, &mut chain);
+            listener(&bind, number, TrafficDirection::Outbound, chain)
         })
         .chain(tcp)
         .collect()

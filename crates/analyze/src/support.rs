@@ -174,6 +174,20 @@ pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
                 .flat_map(|r| &r.from)
                 .filter_map(|f| f.source.as_ref())
                 .any(|src| !src.trust_domains.is_empty() || !src.not_trust_domains.is_empty());
+            let templates = s
+                .rules
+                .iter()
+                .flat_map(|r| &r.to)
+                .filter_map(|t| t.operation.as_ref())
+                .flat_map(|o| o.paths.iter().chain(&o.not_paths))
+                .any(|p| p.contains('{'));
+            if templates {
+                out.push(resource.diagnostic(
+                    codes::NOT_SUPPORTED_YET,
+                    &FieldPath::root().field("spec").field("rules"),
+                    "path templates ({*}, {**}) are not supported yet: weft matches such a path literally",
+                ));
+            }
             if trust_domains {
                 out.push(resource.diagnostic(
                     codes::NOT_SUPPORTED_YET,

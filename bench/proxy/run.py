@@ -42,6 +42,7 @@ URL_PATH = "/1k"
 BODY_SIZE = 1024
 
 XDS_ADDRESS = "127.77.0.1:15010"
+SECURE_ADDRESS = "127.77.0.1:15012"
 DEBUG_ADDRESS = "127.77.0.1:15014"
 # Istio only accepts a Sidecar ingress defaultEndpoint on 127.0.0.1, 0.0.0.0, [::1] or
 # [::], so the backend also listens here for the weft setup's last hop.
@@ -57,14 +58,27 @@ RATE_CONNECTIONS = (4, 16)
 # ---------------------------------------------------------------------------
 # weft command lines: the proxy CLI is still being written, so its flags live here.
 
-def weft_control_plane_command(weft, config_dir):
-    return [
+def weft_control_plane_command(weft, config_dir, state_dir=None):
+    argv = [
         str(weft), "control-plane", "-f", str(config_dir),
         "--xds-address", XDS_ADDRESS, "--debug-address", DEBUG_ADDRESS,
     ]
+    if state_dir:
+        argv += ["--secure-address", SECURE_ADDRESS, "--state-dir", str(state_dir)]
+    return argv
 
 
-def weft_proxy_command(weft, name, ip):
+def identity_args(state_dir, name):
+    """Where a workload gets its certificate: the CA, the mesh root, its token."""
+    return [
+        "--ca-address", SECURE_ADDRESS,
+        "--ca-root-cert", str(state_dir / "ca" / "root-cert.pem"),
+        "--token-file", str(state_dir / "tokens" / "default" / f"{name}.token"),
+    ]
+
+
+def weft_proxy_command(weft, name, ip, state_dir=None):
+    extra = identity_args(state_dir, name) if state_dir else []
     return [
         str(weft), "proxy",
         "--xds-address", XDS_ADDRESS,
@@ -73,7 +87,7 @@ def weft_proxy_command(weft, name, ip):
         "--label", f"app={name}",
         "--admin-address", f"{ip}:{ADMIN_PORT}",
         "--concurrency", "1",
-    ]
+    ] + extra
 
 
 # ---------------------------------------------------------------------------
@@ -537,11 +551,13 @@ def start_nginx_pair(tools, processes, workdir):
     return Running(entry=entry, proxies=procs[::-1])
 
 
-def weft_mesh_yaml():
+def weft_mesh_yaml(mtls=False):
     """Istio YAML for local mode: the client's sidecar has an egress listener on
     127.77.2.1:9080; `server` is a ServiceEntry whose endpoint is the server's sidecar
     (ingress on 127.77.3.1:9080, forwarding to the application); 100 more services make
-    every proxy carry a realistic amount of configuration."""
+    every proxy carry a realistic amount of configuration. With `mtls`, both workloads are
+    labelled as having a sidecar, so the client's sidecar uses mutual TLS (auto mTLS)."""
+    tls_label = ", security.istio.io/tlsMode: istio" if mtls else ""
     docs = [f"""\
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -556,12 +572,12 @@ spec:
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: server, labels: {{app: server}}}}
-spec: {{address: {PROXY_B_IP}, labels: {{app: server}}, serviceAccount: server}}
+spec: {{address: {PROXY_B_IP}, labels: {{app: server{tls_label}}}, serviceAccount: server}}
 """, f"""\
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: client, labels: {{app: client}}}}
-spec: {{address: {PROXY_A_IP}, labels: {{app: client}}, serviceAccount: client}}
+spec: {{address: {PROXY_A_IP}, labels: {{app: client{tls_label}}}, serviceAccount: client}}
 """, f"""\
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -600,22 +616,93 @@ spec:
     return "---\n".join(docs)
 
 
-def start_weft_control_plane(tools, processes, workdir):
-    config_dir = make_dir(workdir / "weft-mesh")
-    (config_dir / "mesh.yaml").write_text(weft_mesh_yaml())
-    proc = processes.start("weft-control-plane", weft_control_plane_command(tools.weft, config_dir))
+def start_weft_control_plane(tools, processes, workdir, state_dir=None):
+    config_dir = make_dir(workdir / ("weft-mesh-mtls" if state_dir else "weft-mesh"))
+    (config_dir / "mesh.yaml").write_text(weft_mesh_yaml(mtls=state_dir is not None))
+    proc = processes.start("weft-control-plane", weft_control_plane_command(tools.weft, config_dir, state_dir))
     ip, port = XDS_ADDRESS.rsplit(":", 1)
     wait_for_port(ip, int(port), [proc], processes, timeout=30)
+    if state_dir:
+        deadline = time.monotonic() + 30
+        while not (state_dir / "tokens" / "default" / "client.token").exists():
+            processes.check_alive(proc)
+            if time.monotonic() > deadline:
+                raise ProcessFailed("the control plane issued no bootstrap tokens")
+            time.sleep(0.1)
     return proc
 
 
-def start_weft_pair(tools, processes, workdir):
-    control_plane = start_weft_control_plane(tools, processes, workdir)
-    procs = [processes.start(f"weft-{role}", weft_proxy_command(tools.weft, name, ip))
+def start_weft_pair(tools, processes, workdir, mtls=False):
+    state_dir = make_dir(workdir / "weft-state") if mtls else None
+    control_plane = start_weft_control_plane(tools, processes, workdir, state_dir)
+    procs = [processes.start(f"weft-{role}", weft_proxy_command(tools.weft, name, ip, state_dir))
              for role, name, ip in (("b", "server", PROXY_B_IP), ("a", "client", PROXY_A_IP))]
     entry = {"h1": (PROXY_A_IP, PROXY_PORT), "h2": (PROXY_A_IP, PROXY_PORT)}
     wait_until_serving(tools, entry, [control_plane, *procs], processes, timeout=60)
     return Running(entry=entry, proxies=procs[::-1], others=[control_plane])
+
+
+def start_weft_mtls_pair(tools, processes, workdir):
+    return start_weft_pair(tools, processes, workdir, mtls=True)
+
+
+def envoy_xds_bootstrap(name, ip, sds_socket):
+    """An Istio-style Envoy bootstrap: only where the control plane and the SDS agent are."""
+    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }}
+    xds_ip, xds_port = XDS_ADDRESS.rsplit(":", 1)
+    return {
+        "node": {
+            "id": f"sidecar~{ip}~{name}.default~default.svc.cluster.local",
+            "cluster": f"{name}.default",
+            "metadata": {"NAMESPACE": "default", "LABELS": {"app": name}, "INTERCEPTION_MODE": "NONE", "SDS": "true"},
+        },
+        "admin": {"address": {"socket_address": {"address": ip, "port_value": ADMIN_PORT}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [
+            {"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2,
+             "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                 "address": {"socket_address": {"address": xds_ip, "port_value": int(xds_port)}}}}]}]}},
+            {"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2,
+             "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                 "address": {"pipe": {"path": str(sds_socket)}}}}]}]}},
+        ]},
+    }
+
+
+def start_envoy_mtls_pair(tools, processes, workdir):
+    """Envoy as Istio runs it: configured by the same control plane over xDS, with its
+    workload certificates from `weft agent` over SDS; mutual TLS between the two."""
+    state_dir = make_dir(workdir / "envoy-state")
+    control_plane = start_weft_control_plane(tools, processes, workdir, state_dir)
+    directory = make_dir(workdir / "envoy-mtls")
+    procs, agents = [], []
+    for role, name, ip in (("b", "server", PROXY_B_IP), ("a", "client", PROXY_A_IP)):
+        socket_path = directory / f"{name}.sock"
+        agents.append(processes.start(f"agent-{role}", [
+            str(tools.weft), "agent", "--sds-socket", str(socket_path), *identity_args(state_dir, name),
+        ]))
+        deadline = time.monotonic() + 15
+        while not socket_path.exists():
+            processes.check_alive(agents[-1])
+            if time.monotonic() > deadline:
+                raise ProcessFailed(f"weft agent for {name} did not open {socket_path}")
+            time.sleep(0.05)
+        config = directory / f"{name}.json"
+        config.write_text(json.dumps(envoy_xds_bootstrap(name, ip, socket_path), indent=1))
+        procs.append(processes.start(f"envoy-{role}", [
+            tools.envoy, "-c", str(config), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
+        ]))
+    entry = {"h1": (PROXY_A_IP, PROXY_PORT), "h2": (PROXY_A_IP, PROXY_PORT)}
+    wait_until_serving(tools, entry, [control_plane, *agents, *procs], processes, timeout=60)
+    return Running(entry=entry, proxies=procs[::-1], others=[control_plane, *agents])
 
 
 @dataclass
@@ -631,6 +718,10 @@ SETUPS = [
     SetupKind("envoy", "Envoy pair (static bootstrap)", start_envoy_pair, lambda tools: tools.envoy_problem),
     SetupKind("nginx", "nginx pair (keepalive upstreams)", start_nginx_pair, lambda tools: None),
     SetupKind("weft", "weft proxy pair (xDS from weft control-plane)", start_weft_pair,
+              lambda tools: tools.weft_problem),
+    SetupKind("envoy-mtls", "Envoy pair, mutual TLS (xDS from weft control-plane, SDS from weft agent)",
+              start_envoy_mtls_pair, lambda tools: tools.envoy_problem or tools.weft_problem),
+    SetupKind("weft-mtls", "weft proxy pair, mutual TLS (certificates from the weft CA)", start_weft_mtls_pair,
               lambda tools: tools.weft_problem),
 ]
 
@@ -836,7 +927,10 @@ FIGURES = [
     ("rss", "RSS MB/proxy", lambda r: r.get("vmrss_mb_per_proxy")),
 ]
 
-RATIO_PAIRS = [("weft", "envoy"), ("weft", "nginx"), ("envoy", "nginx")]
+RATIO_PAIRS = [
+    ("weft", "envoy"), ("weft", "nginx"), ("envoy", "nginx"),
+    ("weft-mtls", "envoy-mtls"), ("weft-mtls", "weft"), ("envoy-mtls", "envoy"),
+]
 
 
 def add_baseline_deltas(results):

@@ -136,7 +136,6 @@ pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
         Spec::RequestAuthentication(s) => {
             for (i, rule) in s.jwt_rules.iter().enumerate() {
                 let unsupported = [
-                    ("jwksUri", rule.jwks_uri.is_some() || rule.jwks_uri_snake.is_some()),
                     ("fromCookies", !rule.from_cookies.is_empty()),
                     ("spaceDelimitedClaims", !rule.space_delimited_claims.is_empty()),
                     ("presence", rule.presence.is_some()),
@@ -146,7 +145,7 @@ pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
                         out.push(resource.diagnostic(
                             codes::NOT_SUPPORTED_YET,
                             &FieldPath::root().field("spec").field("jwtRules").index(i).field(field),
-                            "not supported yet: weft accepts this field but does not act on it (give the keys inline in jwks)",
+                            "not supported yet: weft accepts this field but does not act on it",
                         ));
                     }
                 }

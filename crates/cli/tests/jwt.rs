@@ -47,7 +47,7 @@ fn claims(sub: &str, iss: &str, aud: &str, exp: u64, groups: &[&str]) -> serde_j
     serde_json::json!({"iss": iss, "sub": sub, "aud": aud, "exp": exp, "groups": groups})
 }
 
-fn mesh_yaml(jwks: &str, policy: &str) -> String {
+fn mesh_yaml(b: u8, keys: &str, policy: &str) -> String {
     format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -63,7 +63,7 @@ spec:
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: server-v1}}
-spec: {{address: 127.{B}.1.1, labels: {{app: server}}}}
+spec: {{address: 127.{b}.1.1, labels: {{app: server}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -72,7 +72,7 @@ spec:
   workloadSelector: {{labels: {{app: server}}}}
   ingress:
   - port: {{number: 9080, protocol: HTTP, name: http}}
-    defaultEndpoint: 127.0.0.1:18641
+    defaultEndpoint: 127.0.0.1:18{b}1
   egress: [{{hosts: ["./*"]}}]
 ---
 apiVersion: security.istio.io/v1
@@ -83,7 +83,7 @@ spec:
   jwtRules:
   - issuer: {ISSUER}
     audiences: [weft]
-    jwks: '{jwks}'
+    {keys}
     outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
 {policy}
 "#
@@ -91,8 +91,12 @@ spec:
 }
 
 fn call(mesh: &Mesh, token: Option<&str>) -> (u16, String) {
+    call_in(mesh, B, token)
+}
+
+fn call_in(mesh: &Mesh, b: u8, token: Option<&str>) -> (u16, String) {
     let auth;
-    let mut args = vec![format!("http://127.{B}.1.1:9080/")];
+    let mut args = vec![format!("http://127.{b}.1.1:9080/")];
     if let Some(t) = token {
         auth = format!("Authorization: Bearer {t}");
         args.extend(["-H".to_owned(), auth]);
@@ -106,7 +110,7 @@ fn call(mesh: &Mesh, token: Option<&str>) -> (u16, String) {
 fn tokens_are_validated_and_their_claims_authorize() {
     let signer = Signer::new("k1");
     let jwks = signer.jwks();
-    let mut mesh = Mesh::start(B, &[("mesh.yaml", &mesh_yaml(&jwks, ""))]);
+    let mut mesh = Mesh::start(B, &[("mesh.yaml", &mesh_yaml(B, &format!("jwks: '{jwks}'"), ""))]);
     mesh.backend("server-app", "127.0.0.1", 18641, 0);
     let node = format!("sidecar~127.{B}.1.1~server-v1.default~default.svc.cluster.local");
     mesh.weft_proxy("server-sidecar", &node, "default", &[("app", "server")], &format!("127.{B}.1.1"), "delta");
@@ -142,14 +146,14 @@ fn tokens_are_validated_and_their_claims_authorize() {
     let only_alice = format!(
         "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: alice}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  rules: [{{from: [{{source: {{requestPrincipals: [\"{ISSUER}/alice\"]}}}}]}}]\n"
     );
-    mesh.write_config("mesh.yaml", &mesh_yaml(&jwks, &only_alice));
+    mesh.write_config("mesh.yaml", &mesh_yaml(B, &format!("jwks: '{jwks}'"), &only_alice));
     mesh.wait_until("the requestPrincipals policy", || call(&mesh, None).0 == 403);
     assert_eq!(call(&mesh, Some(&alice)).0, 200);
     assert_eq!(call(&mesh, Some(&bob)), (403, "RBAC: access denied".to_owned()));
 
     // A claim condition: members of admins only.
     let admins = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: admins}\nspec:\n  selector: {matchLabels: {app: server}}\n  rules: [{when: [{key: \"request.auth.claims[groups]\", values: [admins]}]}]\n";
-    mesh.write_config("mesh.yaml", &mesh_yaml(&jwks, admins));
+    mesh.write_config("mesh.yaml", &mesh_yaml(B, &format!("jwks: '{jwks}'"), admins));
     mesh.wait_until("the claims policy", || call(&mesh, Some(&bob)).0 == 403);
     assert_eq!(call(&mesh, Some(&alice)).0, 200);
     assert_eq!(call(&mesh, None).0, 403);
@@ -214,4 +218,30 @@ spec:
     assert_eq!(with(&token), 200);
     assert_eq!(mesh.curl(&[&url]).status, 403);
     assert_eq!(with("a.b.c"), 401);
+}
+
+/// Keys from `jwksUri`: the proxy fetches the JWKS over HTTP and validates with it.
+#[test]
+fn keys_can_come_from_a_jwks_uri() {
+    const U: u8 = 66;
+    let signer = Signer::new("remote");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("jwks.json"), signer.jwks()).unwrap_or_else(|e| panic!("{e}"));
+    let keys = format!("jwksUri: http://127.{U}.1.50:18662/jwks.json");
+    let mut mesh = Mesh::start(U, &[("mesh.yaml", &mesh_yaml(U, &keys, ""))]);
+    let server = std::process::Command::new("python3")
+        .args(["-m", "http.server", "18662", "--bind", &format!("127.{U}.1.50"), "--directory"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    mesh.adopt("jwks-server", server);
+    mesh.backend("server-app", "127.0.0.1", 18661, 0);
+    let node = format!("sidecar~127.{U}.1.1~server-v1.default~default.svc.cluster.local");
+    mesh.weft_proxy("server-sidecar", &node, "default", &[("app", "server")], &format!("127.{U}.1.1"), "delta");
+    let good = signer.token(claims("dave", ISSUER, "weft", now() + 3600, &[]));
+    let forged = Signer::new("remote").token(claims("dave", ISSUER, "weft", now() + 3600, &[]));
+    mesh.wait_until("the JWKS to be fetched", || call_in(&mesh, U, Some(&good)).0 == 200);
+    assert_eq!(call_in(&mesh, U, Some(&forged)), (401, "Jwt verification fails".to_owned()));
 }

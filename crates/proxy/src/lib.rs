@@ -11,6 +11,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod dump;
+pub mod fetch;
 pub mod http;
 pub mod identity;
 pub mod listeners;

@@ -6,6 +6,10 @@
 //! `request.auth.presenter` and `request.auth.claims.NAME`.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use envoy_types::pb::envoy::config::core::v3::data_source;
 use envoy_types::pb::envoy::config::route::v3::route_match;
@@ -33,10 +37,16 @@ pub struct JwtFilter {
     allow_failed: bool,
 }
 
+/// A JWKS's keys, by key id.
+type Keys = Vec<(Option<String>, DecodingKey)>;
+
 struct Provider {
     issuer: String,
     audiences: Vec<String>,
-    keys: Vec<(Option<String>, DecodingKey)>,
+    /// Current keys (a remote JWKS is refetched in the background).
+    keys: Arc<ArcSwap<Keys>>,
+    /// Where remote keys come from, if they do.
+    remote: Option<String>,
     from_headers: Vec<(HeaderName, String)>,
     from_params: Vec<String>,
     forward: bool,
@@ -46,7 +56,7 @@ struct Provider {
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider").field("issuer", &self.issuer).field("keys", &self.keys.len()).finish()
+        f.debug_struct("Provider").field("issuer", &self.issuer).field("keys", &self.keys.load().len()).finish()
     }
 }
 
@@ -60,25 +70,32 @@ fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
 
 fn provider(name: &str, p: &JwtProvider) -> Result<Provider, ConfigError> {
     let ctx = |e: ConfigError| e.context(format!("JWT provider {name}"));
-    let jwks = match &p.jwks_source_specifier {
-        Some(jwt_provider::JwksSourceSpecifier::LocalJwks(d)) => match &d.specifier {
-            Some(data_source::Specifier::InlineString(s)) => s.clone(),
-            Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => return Err(ctx(ConfigError::new("only inline JWKS are supported"))),
-        },
-        _ => return Err(ctx(ConfigError::new("remote JWKS are not supported yet; give the keys inline"))),
+    let (keys, remote) = match &p.jwks_source_specifier {
+        Some(jwt_provider::JwksSourceSpecifier::LocalJwks(d)) => {
+            let text = match &d.specifier {
+                Some(data_source::Specifier::InlineString(s)) => s.clone(),
+                Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => return Err(ctx(ConfigError::new("only inline local JWKS are supported"))),
+            };
+            (Arc::new(ArcSwap::from_pointee(parse_jwks(&text).map_err(|e| ctx(ConfigError::new(e)))?)), None)
+        }
+        Some(jwt_provider::JwksSourceSpecifier::RemoteJwks(r)) => {
+            let http = r.http_uri.as_ref().ok_or_else(|| ctx(ConfigError::new("a remote JWKS without http_uri")))?;
+            let timeout = http.timeout.as_ref().map_or(Duration::from_secs(5), super::duration);
+            let every = r.cache_duration.as_ref().map_or(Duration::from_secs(600), super::duration);
+            let keys = Arc::new(ArcSwap::from_pointee(Keys::new()));
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(refresh(Arc::downgrade(&keys), http.uri.clone(), timeout, every));
+            }
+            (keys, Some(http.uri.clone()))
+        }
+        None => return Err(ctx(ConfigError::new("a provider without JWKS"))),
     };
-    let set: JwkSet =
-        serde_json::from_str(&jwks).map_err(|e| ctx(ConfigError::new(format!("the JWKS does not parse: {e}"))))?;
-    let mut keys = Vec::new();
-    for jwk in &set.keys {
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| ctx(ConfigError::new(format!("a JWKS key: {e}"))))?;
-        keys.push((jwk.common.key_id.clone(), key));
-    }
     Ok(Provider {
         issuer: p.issuer.clone(),
         audiences: p.audiences.clone(),
         keys,
+        remote,
         from_headers: p
             .from_headers
             .iter()
@@ -99,6 +116,39 @@ fn provider(name: &str, p: &JwtProvider) -> Result<Provider, ConfigError> {
             .collect::<Result<_, ConfigError>>()
             .map_err(ctx)?,
     })
+}
+
+fn parse_jwks(text: &str) -> Result<Keys, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("the JWKS does not parse: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("a JWKS key: {e}"))?;
+        keys.push((jwk.common.key_id.clone(), key));
+    }
+    Ok(keys)
+}
+
+/// Keeps a remote JWKS current while its provider lives: fetched at once, then every
+/// `every`; a failed fetch is retried after 5 s and the last good keys stay in use.
+async fn refresh(keys: Weak<ArcSwap<Keys>>, uri: String, timeout: Duration, every: Duration) {
+    loop {
+        let wait = match crate::fetch::get(&uri, timeout).await.and_then(|b| parse_jwks(&String::from_utf8_lossy(&b))) {
+            Ok(fetched) => {
+                let Some(slot) = keys.upgrade() else { return };
+                tracing::debug!(%uri, keys = fetched.len(), "JWKS fetched");
+                slot.store(Arc::new(fetched));
+                every
+            }
+            Err(e) => {
+                tracing::warn!("cannot fetch the JWKS: {e}; retrying in 5 s");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::time::sleep(wait).await;
+        if keys.strong_count() == 0 {
+            return;
+        }
+    }
 }
 
 /// Compiles the filter. The requirement must be the form Istio writes: one rule for every
@@ -234,8 +284,12 @@ impl JwtFilter {
         } else {
             validation.set_audience(&p.audiences);
         }
+        let keys = p.keys.load();
+        if keys.is_empty() && p.remote.is_some() {
+            return Err("Jwks remote fetch is failed");
+        }
         let mut last = "Jwt verification fails";
-        for (kid, key) in &p.keys {
+        for (kid, key) in keys.iter() {
             if header.kid.is_some() && kid.is_some() && header.kid != *kid {
                 continue;
             }

@@ -111,9 +111,13 @@ struct ControlPlaneArgs {
     /// bootstrap tokens (`tokens/<namespace>/<workload>.token`) are kept.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// The mesh's trust domain.
+    /// The mesh's trust domain (MeshConfig's trustDomain, when given, wins).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Istio's MeshConfig (the `mesh` key of the `istio` ConfigMap): trustDomain,
+    /// trustDomainAliases, enableAutoMtls, meshMTLS.
+    #[arg(long, value_name = "FILE")]
+    mesh_config: Option<PathBuf>,
     /// Run in FIPS mode: refuse to start unless the TLS crypto provider runs in FIPS mode.
     #[arg(long)]
     fips: bool,
@@ -219,13 +223,25 @@ fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let mesh = match &args.mesh_config {
+        Some(path) => match weft_controlplane::mesh::load(path) {
+            Ok(mesh) => mesh,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => weft_controlplane::mesh::MeshConfig::default(),
+    };
+    let trust_domain = mesh.trust_domain.clone().unwrap_or(args.trust_domain);
     let config = weft_controlplane::server::Config {
+        mesh,
         paths: args.config,
         xds_address: args.xds_address,
         debug_address: args.debug_address,
         security: match (args.secure_address, args.state_dir) {
             (Some(secure_address), Some(state_dir)) => {
-                Some(weft_controlplane::server::Security { state_dir, secure_address, trust_domain: args.trust_domain })
+                Some(weft_controlplane::server::Security { state_dir, secure_address, trust_domain })
             }
             _ => None,
         },

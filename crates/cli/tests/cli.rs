@@ -160,3 +160,16 @@ fn the_fips_build_reports_fips_mode() {
     let version = stdout(&run(&["version"]));
     assert!(version.contains("rustls/aws-lc-rs-fips (FIPS mode: on)"), "{version}");
 }
+
+/// A bad MeshConfig is refused before anything is served, naming file, line and field.
+#[test]
+fn a_bad_mesh_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(&file, "trustDomain: example.org\nmeshMTLS:\n  minProtocolVersion: TLSV9\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = run(&["control-plane", "-f", ".", "--mesh-config", &file.to_string_lossy()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("mesh.yaml:3: meshMTLS.minProtocolVersion: unknown variant `TLSV9`"), "{err}");
+}

@@ -160,9 +160,20 @@ fn foreign_ca() -> (String, String) {
 /// One request over mutual TLS straight to a sidecar's inbound port, as a peer sidecar
 /// would make it: `(status or "ERROR ...", body)`.
 fn call_with_cert(dir: &Path, name: &str, cert: Option<(String, String)>) -> (String, String) {
+    call_server(dir, name, cert, &format!("127.{B}.1.1:9080"), &[])
+}
+
+/// As [`call_with_cert`], to any server, with extra client arguments.
+fn call_server(
+    dir: &Path,
+    name: &str,
+    cert: Option<(String, String)>,
+    server: &str,
+    extra: &[&str],
+) -> (String, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mtls_client.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(script).args(["--connect", &format!("127.{B}.1.1:9080")]);
+    cmd.arg(script).args(["--connect", server]).args(extra);
     if let Some((cert, key)) = cert {
         let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
         std::fs::write(&c, cert).unwrap_or_else(|e| panic!("{e}"));
@@ -368,4 +379,54 @@ fn envoy_and_weft_sidecars_talk_mutual_tls_to_each_other() {
     // STRICT on the Envoy server as on weft's: plaintext is refused.
     assert_eq!(mesh.get(&format!("http://127.{E}.1.3:9080/")).status, 0);
     assert_eq!(mesh.get(&format!("http://127.{E}.1.1:9080/")).status, 0);
+}
+
+/// meshConfig's meshMTLS: TLS 1.3 only and P-256 key exchange between sidecars; a peer
+/// that offers only TLS 1.2 is refused, even with a good certificate.
+#[test]
+fn mesh_mtls_settings_apply_to_mesh_traffic() {
+    const M: u8 = 67;
+    let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let mesh_config = state.path().join("mesh-config.yaml");
+    std::fs::write(&mesh_config, "meshMTLS:\n  minProtocolVersion: TLSV1_3\n  ecdhCurves: [P-256]\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secure = format!("127.{M}.0.1:15012");
+    let mut mesh = Mesh::start_with(
+        M,
+        &[("mesh.yaml", &mesh_yaml(M, "STRICT"))],
+        &["--secure-address", &secure, "--state-dir", &state_dir, "--mesh-config", &mesh_config.to_string_lossy()],
+    );
+    let root = format!("{state_dir}/ca/root-cert.pem");
+    let token = |workload: &str| format!("{state_dir}/tokens/default/{workload}.token");
+    mesh.wait_until("the CA", || Path::new(&token("impostor")).exists());
+    mesh.backend("server-app", "127.0.0.1", 18671, 0);
+    for (name, workload, app, ip) in [
+        ("server-sidecar", "server-v1", "server", format!("127.{M}.1.1")),
+        ("client-sidecar", "client-v1", "client", format!("127.{M}.2.1")),
+    ] {
+        let node = format!("sidecar~{ip}~{workload}.default~default.svc.cluster.local");
+        let token = token(workload);
+        mesh.weft_proxy_with(
+            name,
+            &node,
+            "default",
+            &[("app", app), ("security.istio.io/tlsMode", "istio")],
+            &ip,
+            "delta",
+            &["--ca-address", &secure, "--ca-root-cert", &root, "--token-file", &token],
+        );
+    }
+    let reply = mesh.curl(&[&format!("http://127.{M}.2.1:9080/"), "-H", "host: server"]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let ca_cert = std::fs::read_to_string(&root).unwrap_or_else(|e| panic!("{e}"));
+    let ca_key = std::fs::read_to_string(format!("{state_dir}/ca/root-key.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let now = time::OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let peer = || leaf(&ca_cert, &ca_key, "spiffe://cluster.local/ns/default/sa/tester", now - hour, now + hour);
+    let server = format!("127.{M}.1.1:9080");
+    let (status, body) = call_server(state.path(), "tls13", Some(peer()), &server, &[]);
+    assert_eq!(status, "200", "{body}");
+    let (status, _) = call_server(state.path(), "tls12", Some(peer()), &server, &["--max-tls", "1.2"]);
+    assert!(status.starts_with("ERROR"), "a TLS 1.2 peer was accepted under minProtocolVersion TLSV1_3: {status}");
 }

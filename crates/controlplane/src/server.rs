@@ -36,6 +36,8 @@ pub struct Config {
     pub debug_address: SocketAddr,
     /// The certificate authority and the TLS port, when enabled.
     pub security: Option<Security>,
+    /// Mesh-wide settings (Istio's MeshConfig).
+    pub mesh: crate::mesh::MeshConfig,
 }
 
 /// The CA and the secure port (15012: xDS and Istio's certificate service over TLS).
@@ -102,7 +104,11 @@ pub async fn run(
     let status = Arc::new(SyncStatus::default());
     let trust_domain =
         config.security.as_ref().map_or(crate::snapshot::DEFAULT_TRUST_DOMAIN, |s| s.trust_domain.as_str());
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::new(1, parsed.resources).with_trust_domain(trust_domain)));
+    let first = Snapshot::new(1, parsed.resources).with_trust_domain(trust_domain).with_mesh(config.mesh.clone());
+    for field in config.mesh.other.keys() {
+        tracing::warn!("meshConfig {field} is not acted on yet");
+    }
+    let (tx, rx) = watch::channel(Arc::new(first));
     metrics.config_version(1);
 
     let xds = tokio::net::TcpListener::bind(config.xds_address)

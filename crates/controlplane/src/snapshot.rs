@@ -33,6 +33,8 @@ pub struct Snapshot {
     /// The mesh's trust domain (`cluster.local`): workload identities are
     /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
     pub trust_domain: String,
+    /// The mesh-wide settings.
+    pub mesh: std::sync::Arc<crate::mesh::MeshConfig>,
     /// Set when this snapshot differs from the previous one only in where endpoints are.
     pub endpoint_change: Option<EndpointChange>,
 }
@@ -79,6 +81,7 @@ impl Snapshot {
             registry,
             index,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            mesh: std::sync::Arc::default(),
             endpoint_change: None,
         }
     }
@@ -88,6 +91,7 @@ impl Snapshot {
         let mut next = Snapshot::new(version, resources);
         next.endpoint_change = endpoint_only_change(previous, &next);
         next.trust_domain = previous.trust_domain.clone();
+        next.mesh = previous.mesh.clone();
         next
     }
 
@@ -143,6 +147,15 @@ impl Snapshot {
 
     /// The Sidecar resource that configures `proxy`: one in its namespace whose selector
     /// matches it, else its namespace's selector-less one, else the root namespace's.
+    /// The same snapshot under other mesh-wide settings (its trust domain, if set, wins).
+    pub fn with_mesh(mut self, mesh: crate::mesh::MeshConfig) -> Self {
+        if let Some(td) = &mesh.trust_domain {
+            self.trust_domain = td.clone();
+        }
+        self.mesh = std::sync::Arc::new(mesh);
+        self
+    }
+
     /// The same snapshot in another trust domain.
     pub fn with_trust_domain(mut self, trust_domain: &str) -> Self {
         self.trust_domain = trust_domain.to_owned();

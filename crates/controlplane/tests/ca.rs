@@ -92,6 +92,7 @@ async fn workloads_get_certificates_for_their_own_identity_only() {
             secure_address: secure,
             trust_domain: "cluster.local".into(),
         }),
+        mesh: Default::default(),
     };
     tokio::spawn(run(config, std::future::pending()));
     for _ in 0..200 {

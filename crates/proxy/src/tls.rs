@@ -23,8 +23,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, CipherSuite, ClientConfig, DigitallySignedStruct, DistinguishedName, NamedGroup, RootCertStore,
+    ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -64,12 +64,12 @@ impl PartialEq for UpstreamTls {
 impl UpstreamTls {
     /// Builds the client configuration, reading the files the context names.
     pub fn from_envoy(ctx: &UpstreamTlsContext, secrets: &Secrets) -> Result<UpstreamTls, TlsError> {
-        let provider = weft_tls::provider();
         let common = ctx.common_tls_context.clone().unwrap_or_default();
+        let (provider, versions) = tuned(&common)?;
         let (trust, sans) = validation(&common, secrets)?;
         let verifier = Arc::new(PeerVerifier::new(trust, sans, provider.clone())?);
         let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
+            .with_protocol_versions(&versions)?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut config = match own_certificate(&common, secrets, &provider)? {
@@ -100,8 +100,8 @@ pub struct DownstreamTls {
 impl DownstreamTls {
     /// Builds the server configuration.
     pub fn from_envoy(ctx: &DownstreamTlsContext, secrets: &Secrets) -> Result<DownstreamTls, TlsError> {
-        let provider = weft_tls::provider();
         let common = ctx.common_tls_context.clone().unwrap_or_default();
+        let (provider, versions) = tuned(&common)?;
         let required = ctx.require_client_certificate.as_ref().is_some_and(|b| b.value);
         let (trust, sans) = validation(&common, secrets)?;
         if !sans.is_empty() {
@@ -111,7 +111,7 @@ impl DownstreamTls {
             .ok_or_else(|| TlsError::Unsupported("a downstream TLS context without a certificate".into()))?;
         let verifier = Arc::new(ClientVerifier::new(trust, required, provider.clone())?);
         let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+            .with_protocol_versions(&versions)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(key));
         let without_alpn = Arc::new(config.clone());
@@ -127,6 +127,84 @@ impl DownstreamTls {
             self.without_alpn.clone()
         }
     }
+}
+
+/// Key exchange groups by Envoy's (OpenSSL's) names.
+const CURVES: &[(&str, NamedGroup)] = &[
+    ("X25519", NamedGroup::X25519),
+    ("P-256", NamedGroup::secp256r1),
+    ("P-384", NamedGroup::secp384r1),
+    ("P-521", NamedGroup::secp521r1),
+    ("X25519MLKEM768", NamedGroup::X25519MLKEM768),
+];
+
+/// TLS 1.2 cipher suites by OpenSSL's names (TLS 1.3 suites are not configurable, as in
+/// Envoy).
+const CIPHERS: &[(&str, CipherSuite)] = &[
+    ("ECDHE-ECDSA-AES128-GCM-SHA256", CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+    ("ECDHE-RSA-AES128-GCM-SHA256", CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+    ("ECDHE-ECDSA-AES256-GCM-SHA384", CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+    ("ECDHE-RSA-AES256-GCM-SHA384", CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384),
+    ("ECDHE-ECDSA-CHACHA20-POLY1305", CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+    ("ECDHE-RSA-CHACHA20-POLY1305", CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256),
+];
+
+/// The provider and protocol versions a context's `tls_params` leave: the TLS versions
+/// between the minimum and maximum (1.2 and 1.3 exist in rustls; older minimums mean
+/// 1.2), the ECDH curves listed (in that order), the TLS 1.2 cipher suites listed.
+fn tuned(common: &CommonTlsContext) -> Result<(Arc<CryptoProvider>, Vec<&'static SupportedProtocolVersion>), TlsError> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
+    let base = weft_tls::provider();
+    let Some(params) = &common.tls_params else {
+        return Ok((base, rustls::DEFAULT_VERSIONS.to_vec()));
+    };
+    let version = |v: i32, auto: u8| match TlsProtocol::try_from(v) {
+        Ok(TlsProtocol::TlSv13) => 13,
+        Ok(TlsProtocol::TlsAuto) | Err(_) => auto,
+        _ => 12,
+    };
+    let (min, max) =
+        (version(params.tls_minimum_protocol_version, 12), version(params.tls_maximum_protocol_version, 13));
+    let mut versions = Vec::new();
+    if min <= 13 && max >= 13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if min <= 12 && max >= 12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if versions.is_empty() {
+        return Err(TlsError::Unsupported(format!("TLS versions {min} to {max}")));
+    }
+    let mut provider = (*base).clone();
+    if !params.ecdh_curves.is_empty() {
+        let mut groups = Vec::new();
+        for name in &params.ecdh_curves {
+            let wanted = CURVES.iter().find(|(n, _)| n == name).map(|(_, g)| *g);
+            let group = wanted.and_then(|g| base.kx_groups.iter().find(|k| k.name() == g));
+            groups.push(*group.ok_or_else(|| {
+                TlsError::Unsupported(format!("ECDH curve {name:?} (this build offers {})", offered_curves(&base)))
+            })?);
+        }
+        provider.kx_groups = groups;
+    }
+    if !params.cipher_suites.is_empty() {
+        let mut wanted = Vec::new();
+        for name in params.cipher_suites.iter().flat_map(|n| n.trim_matches(['[', ']']).split('|')) {
+            match CIPHERS.iter().find(|(n, _)| *n == name) {
+                Some((_, suite)) => wanted.push(*suite),
+                None if name.starts_with("TLS_") => {}
+                None => return Err(TlsError::Unsupported(format!("cipher suite {name:?}"))),
+            }
+        }
+        provider.cipher_suites.retain(|s| s.tls13().is_some() || wanted.contains(&s.suite()));
+    }
+    Ok((Arc::new(provider), versions))
+}
+
+fn offered_curves(provider: &CryptoProvider) -> String {
+    let names: Vec<&str> =
+        CURVES.iter().filter(|(_, g)| provider.kx_groups.iter().any(|k| k.name() == *g)).map(|(n, _)| *n).collect();
+    names.join(", ")
 }
 
 /// Where a context's certificate comes from.

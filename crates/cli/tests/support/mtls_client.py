@@ -14,6 +14,7 @@ parser.add_argument("--cert", help="client certificate chain (PEM)")
 parser.add_argument("--key", help="client private key (PEM)")
 parser.add_argument("--host", default="server")
 parser.add_argument("--path", default="/")
+parser.add_argument("--max-tls", choices=["1.2", "1.3"], help="the highest TLS version to offer")
 args = parser.parse_args()
 
 ip, port = args.connect.rsplit(":", 1)
@@ -23,6 +24,8 @@ ctx.verify_mode = ssl.CERT_NONE
 ctx.set_alpn_protocols(["istio-peer-exchange", "istio"])
 if args.cert:
     ctx.load_cert_chain(args.cert, args.key)
+if args.max_tls == "1.2":
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
 try:
     with socket.create_connection((ip, int(port)), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="outbound_.9080_._.server.default.svc.cluster.local") as tls:

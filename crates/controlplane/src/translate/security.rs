@@ -78,8 +78,14 @@ fn sds(name: &str) -> SdsSecretConfig {
     }
 }
 
-/// The workload certificate and the mesh root, with `sans` required of the peer.
-fn mesh_common(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
+/// The workload certificate and the mesh root, with `sans` required of the peer, and
+/// meshConfig's `meshMTLS` TLS parameters.
+fn mesh_common(snapshot: &Snapshot, sans: &[String], alpn: &[&str]) -> CommonTlsContext {
+    let tls = snapshot.mesh.mesh_mtls.clone().unwrap_or_default();
+    let minimum = match tls.min_protocol_version {
+        Some(crate::mesh::TlsVersion::Tls13) => tls_parameters::TlsProtocol::TlSv13,
+        _ => tls_parameters::TlsProtocol::TlSv12,
+    };
     let matchers = sans
         .iter()
         .map(|san| SubjectAltNameMatcher {
@@ -93,7 +99,9 @@ fn mesh_common(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
         .collect();
     CommonTlsContext {
         tls_params: Some(TlsParameters {
-            tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv12 as i32,
+            tls_minimum_protocol_version: minimum as i32,
+            ecdh_curves: tls.ecdh_curves,
+            cipher_suites: tls.cipher_suites,
             ..Default::default()
         }),
         tls_certificate_sds_secret_configs: vec![sds("default")],
@@ -139,13 +147,17 @@ fn mesh_sni(cluster_name: &str) -> String {
 }
 
 /// The SPIFFE ids a destination's servers may present: the service accounts of its
-/// endpoints (`default` for a sidecar endpoint that names none, as the CA issues it).
+/// endpoints (`default` for a sidecar endpoint that names none, as the CA issues it), in
+/// the trust domain and in each of its aliases.
 fn service_identities(snapshot: &Snapshot, service: &Service) -> Vec<String> {
+    let domains: Vec<&str> = std::iter::once(snapshot.trust_domain.as_str())
+        .chain(snapshot.mesh.trust_domain_aliases.iter().map(String::as_str))
+        .collect();
     let mut ids: Vec<String> = service
         .endpoints
         .iter()
         .filter(|e| !e.service_account.is_empty() || e.labels.contains_key(TLS_MODE_LABEL))
-        .map(|e| spiffe_id(&snapshot.trust_domain, &service.namespace, &e.service_account))
+        .flat_map(|e| domains.iter().map(|td| spiffe_id(td, &service.namespace, &e.service_account)))
         .collect();
     ids.sort();
     ids.dedup();
@@ -165,7 +177,7 @@ pub(super) fn apply_outbound(
         return;
     }
     let context = || UpstreamTlsContext {
-        common_tls_context: Some(mesh_common(&service_identities(snapshot, service), CLIENT_ALPN)),
+        common_tls_context: Some(mesh_common(snapshot, &service_identities(snapshot, service), CLIENT_ALPN)),
         sni: mesh_sni(&c.name),
         ..Default::default()
     };
@@ -175,7 +187,8 @@ pub(super) fn apply_outbound(
         None => {
             // Auto mTLS: only inside the mesh, and not when the destination's namespace
             // (or the mesh) turned mutual TLS off.
-            if service.location == Location::MeshExternal
+            if !snapshot.mesh.auto_mtls()
+                || service.location == Location::MeshExternal
                 || snapshot.mtls_mode(&service.namespace, None, None) == MtlsMode::Disable
             {
                 return;
@@ -237,7 +250,7 @@ pub(super) fn inbound_chains(
     let http = chain_is_http(&chain);
     let alpn: &[&str] = if http { &["h2", "http/1.1"] } else { &[] };
     let context = DownstreamTlsContext {
-        common_tls_context: Some(mesh_common(&[], alpn)),
+        common_tls_context: Some(mesh_common(snapshot, &[], alpn)),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
@@ -291,4 +304,72 @@ pub(super) fn tls_inspector(chains: &[FilterChain]) -> Option<ListenerFilter> {
         config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector::default()))),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Role;
+    use crate::testing::proxy;
+
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1, serviceAccount: reviews, labels: {security.istio.io/tlsMode: istio}}]
+"#;
+
+    fn outbound(mesh: crate::mesh::MeshConfig) -> Cluster {
+        let snapshot = Snapshot::new(1, weft_api::parse_text("m.yaml", MESH).resources).with_mesh(mesh);
+        let service = &snapshot.registry.services["reviews.default.svc.cluster.local"];
+        let mut client = proxy(Role::Sidecar, &[]);
+        client.sds = true;
+        let mut c = Cluster { name: "outbound|9080||reviews.default.svc.cluster.local".into(), ..Default::default() };
+        apply_outbound(&mut c, &snapshot, &client, service, None);
+        c
+    }
+
+    fn sans(c: &Cluster) -> Vec<String> {
+        let Some(ts) = c.transport_socket_matches.first().and_then(|m| m.transport_socket.as_ref()) else {
+            return Vec::new();
+        };
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else { return Vec::new() };
+        let ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap_or_default();
+        let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+            ctx.common_tls_context.and_then(|c| c.validation_context_type)
+        else {
+            return Vec::new();
+        };
+        v.default_validation_context
+            .map(|d| d.match_typed_subject_alt_names)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| match m.matcher.and_then(|m| m.match_pattern) {
+                Some(string_matcher::MatchPattern::Exact(e)) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trust_domain_aliases_are_accepted_identities_and_auto_mtls_can_be_turned_off() {
+        let plain = outbound(crate::mesh::MeshConfig::default());
+        assert_eq!(sans(&plain), ["spiffe://cluster.local/ns/default/sa/reviews"]);
+        let aliased = outbound(crate::mesh::MeshConfig {
+            trust_domain: Some("new.example".into()),
+            trust_domain_aliases: vec!["cluster.local".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            sans(&aliased),
+            ["spiffe://cluster.local/ns/default/sa/reviews", "spiffe://new.example/ns/default/sa/reviews"]
+        );
+        let off = outbound(crate::mesh::MeshConfig { enable_auto_mtls: Some(false), ..Default::default() });
+        assert!(off.transport_socket_matches.is_empty() && off.transport_socket.is_none());
+    }
 }

@@ -1,0 +1,82 @@
+//! Istio's MeshConfig, the mesh-wide settings (the `mesh` key of the `istio` ConfigMap,
+//! istiod's `--meshConfig` file), as far as weft acts on it: the trust domain and its
+//! aliases, auto mTLS, and the TLS parameters of mesh traffic (`meshMTLS`). Every other
+//! field is accepted and reported as not acted on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The settings weft reads.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// `spiffe://<trust domain>/...` identities (`cluster.local`).
+    pub trust_domain: Option<String>,
+    /// Other trust domains whose identities count as this one's (a migration's old name).
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
+    /// Whether clients use mutual TLS to workloads with a sidecar without a
+    /// DestinationRule saying so (default true).
+    pub enable_auto_mtls: Option<bool>,
+    /// TLS parameters of mesh mutual TLS.
+    #[serde(rename = "meshMTLS")]
+    pub mesh_mtls: Option<TlsConfig>,
+    /// Everything else, not acted on.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `meshMTLS` / `tlsDefaults`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `TLSV1_2` or `TLSV1_3`.
+    pub min_protocol_version: Option<TlsVersion>,
+    /// Key exchange groups, most preferred first (`X25519MLKEM768`, `X25519`, `P-256`, ...).
+    #[serde(default)]
+    pub ecdh_curves: Vec<String>,
+    /// TLS 1.2 cipher suites, OpenSSL's names (`ECDHE-ECDSA-AES128-GCM-SHA256`, ...).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+}
+
+/// A minimum TLS version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// Envoy's default.
+    #[serde(rename = "TLS_AUTO")]
+    Auto,
+    /// TLS 1.2.
+    #[serde(rename = "TLSV1_2")]
+    Tls12,
+    /// TLS 1.3.
+    #[serde(rename = "TLSV1_3")]
+    Tls13,
+}
+
+impl MeshConfig {
+    /// Whether auto mTLS is on.
+    pub fn auto_mtls(&self) -> bool {
+        self.enable_auto_mtls.unwrap_or(true)
+    }
+}
+
+/// Reads a MeshConfig file (YAML or JSON). Errors name the file, line and field.
+pub fn load(path: &Path) -> Result<MeshConfig, String> {
+    let name = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    let mut docs = weft_api::yaml::parse_stream(&text).into_iter();
+    let doc = match docs.next() {
+        None => return Ok(MeshConfig::default()),
+        Some(Err(e)) => return Err(format!("{name}:{}: {}", e.line, e.message)),
+        Some(Ok(doc)) => doc,
+    };
+    let mesh: MeshConfig = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+        let field = e.path().to_string();
+        let line = doc.lines.line_of(&weft_api::FieldPath::parse(&field)).unwrap_or(doc.line);
+        format!("{name}:{line}: {field}: {}", e.inner())
+    })?;
+    Ok(mesh)
+}

@@ -136,7 +136,6 @@ pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
         Spec::RequestAuthentication(s) => {
             for (i, rule) in s.jwt_rules.iter().enumerate() {
                 let unsupported = [
-                    ("fromCookies", !rule.from_cookies.is_empty()),
                     ("spaceDelimitedClaims", !rule.space_delimited_claims.is_empty()),
                     ("presence", rule.presence.is_some()),
                 ];
@@ -165,33 +164,6 @@ pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
                     codes::NOT_SUPPORTED_YET,
                     &FieldPath::root().field("spec").field("targetRefs"),
                     "targetRefs are not supported yet; this policy is not enforced (use a selector)",
-                ));
-            }
-            let trust_domains = s
-                .rules
-                .iter()
-                .flat_map(|r| &r.from)
-                .filter_map(|f| f.source.as_ref())
-                .any(|src| !src.trust_domains.is_empty() || !src.not_trust_domains.is_empty());
-            let templates = s
-                .rules
-                .iter()
-                .flat_map(|r| &r.to)
-                .filter_map(|t| t.operation.as_ref())
-                .flat_map(|o| o.paths.iter().chain(&o.not_paths))
-                .any(|p| p.contains('{'));
-            if templates {
-                out.push(resource.diagnostic(
-                    codes::NOT_SUPPORTED_YET,
-                    &FieldPath::root().field("spec").field("rules"),
-                    "path templates ({*}, {**}) are not supported yet: weft matches such a path literally",
-                ));
-            }
-            if trust_domains {
-                out.push(resource.diagnostic(
-                    codes::NOT_SUPPORTED_YET,
-                    &FieldPath::root().field("spec").field("rules"),
-                    "source trustDomains are not supported yet: weft ignores them when matching",
                 ));
             }
             return;

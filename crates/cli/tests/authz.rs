@@ -216,6 +216,21 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
             vec![call("client", "GET", "/", 200), call("other", "GET", "/", 403)],
         ),
         (
+            "ALLOW a path template ({*} is one segment)",
+            policy("template", "  rules: [{to: [{operation: {paths: [\"/api/{*}/items\"]}}]}]"),
+            vec![call("client", "GET", "/api/7/items", 200), call("client", "GET", "/api/7/8/items", 403)],
+        ),
+        (
+            "ALLOW the mesh's trust domain",
+            policy("ours", "  rules: [{from: [{source: {trustDomains: [cluster.local]}}]}]"),
+            vec![call("client", "GET", "/", 200), call("other", "GET", "/", 200)],
+        ),
+        (
+            "ALLOW only another trust domain",
+            policy("theirs", "  rules: [{from: [{source: {trustDomains: [other.example]}}]}]"),
+            vec![call("client", "GET", "/", 403), call("other", "GET", "/", 403)],
+        ),
+        (
             "AUDIT never blocks",
             policy("audit", "  action: AUDIT\n  rules: [{to: [{operation: {paths: [\"/*\"]}}]}]"),
             vec![call("client", "GET", "/a", 200), call("other", "GET", "/b", 200)],

@@ -220,14 +220,15 @@ spec:
     assert_eq!(with("a.b.c"), 401);
 }
 
-/// Keys from `jwksUri`: the proxy fetches the JWKS over HTTP and validates with it.
+/// Keys from `jwksUri`: the proxy fetches the JWKS over HTTP and validates with it; the
+/// token comes from a cookie (and then not from `Authorization`, as in Envoy).
 #[test]
 fn keys_can_come_from_a_jwks_uri() {
     const U: u8 = 66;
     let signer = Signer::new("remote");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("jwks.json"), signer.jwks()).unwrap_or_else(|e| panic!("{e}"));
-    let keys = format!("jwksUri: http://127.{U}.1.50:18662/jwks.json");
+    let keys = format!("jwksUri: http://127.{U}.1.50:18662/jwks.json\n    fromCookies: [session]");
     let mut mesh = Mesh::start(U, &[("mesh.yaml", &mesh_yaml(U, &keys, ""))]);
     let server = std::process::Command::new("python3")
         .args(["-m", "http.server", "18662", "--bind", &format!("127.{U}.1.50"), "--directory"])
@@ -242,6 +243,13 @@ fn keys_can_come_from_a_jwks_uri() {
     mesh.weft_proxy("server-sidecar", &node, "default", &[("app", "server")], &format!("127.{U}.1.1"), "delta");
     let good = signer.token(claims("dave", ISSUER, "weft", now() + 3600, &[]));
     let forged = Signer::new("remote").token(claims("dave", ISSUER, "weft", now() + 3600, &[]));
-    mesh.wait_until("the JWKS to be fetched", || call_in(&mesh, U, Some(&good)).0 == 200);
-    assert_eq!(call_in(&mesh, U, Some(&forged)), (401, "Jwt verification fails".to_owned()));
+    let url = format!("http://127.{U}.1.1:9080/");
+    let with_cookie = |t: &str| {
+        let r = mesh.curl(&[&url, "-H", &format!("Cookie: theme=dark; session={t}")]);
+        (r.status, r.body)
+    };
+    mesh.wait_until("the JWKS to be fetched", || with_cookie(&good).0 == 200);
+    assert_eq!(with_cookie(&forged), (401, "Jwt verification fails".to_owned()));
+    // Only the cookie is read: a token in Authorization is not looked at.
+    assert_eq!(call_in(&mesh, U, Some(&forged)).0, 200);
 }

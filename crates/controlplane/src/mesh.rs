@@ -1,6 +1,6 @@
 //! Istio's MeshConfig, the mesh-wide settings (the `mesh` key of the `istio` ConfigMap,
 //! istiod's `--meshConfig` file), as far as weft acts on it: the trust domain and its
-//! aliases, auto mTLS, and the TLS parameters of mesh traffic (`meshMTLS`). Every other
+//! aliases, auto mTLS, and TLS parameters (`meshMTLS`, `tlsDefaults`). Every other
 //! field is accepted and reported as not acted on.
 
 use std::collections::BTreeMap;
@@ -23,6 +23,9 @@ pub struct MeshConfig {
     /// TLS parameters of mesh mutual TLS.
     #[serde(rename = "meshMTLS")]
     pub mesh_mtls: Option<TlsConfig>,
+    /// TLS parameters of other TLS the proxies originate (DestinationRule SIMPLE and
+    /// MUTUAL): ECDH curves and cipher suites.
+    pub tls_defaults: Option<TlsConfig>,
     /// Everything else, not acted on.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,

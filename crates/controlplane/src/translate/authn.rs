@@ -120,6 +120,7 @@ fn jwt_filter(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Option<HttpFilter> 
                     })
                     .collect(),
                 from_params: rule.from_params.clone(),
+                from_cookies: rule.from_cookies.clone(),
                 forward_payload_header: rule.output_payload_to_header.clone().unwrap_or_default(),
                 claim_to_headers: rule
                     .output_claim_to_headers

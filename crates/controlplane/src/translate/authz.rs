@@ -163,10 +163,31 @@ fn auth_metadata(key: &str, m: StringMatcher) -> Principal {
 }
 
 fn path(value: &str) -> Permission {
-    Permission {
-        rule: Some(permission::Rule::UrlPath(PathMatcher {
-            rule: Some(path_matcher::Rule::Path(istio_string(value, ""))),
-        })),
+    let matcher =
+        if value.contains("{*}") || value.contains("{**}") { path_template(value) } else { istio_string(value, "") };
+    Permission { rule: Some(permission::Rule::UrlPath(PathMatcher { rule: Some(path_matcher::Rule::Path(matcher)) })) }
+}
+
+/// Istio's path templates: `{*}` is one path segment, `{**}` any number of them.
+fn path_template(value: &str) -> StringMatcher {
+    let mut regex = String::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("{**}") {
+            regex.push_str(".*");
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("{*}") {
+            regex.push_str("[^/]+");
+            rest = r;
+        } else {
+            let c = rest.chars().next().unwrap_or_default();
+            regex.push_str(&regex_escape(&c.to_string()));
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher { regex, ..Default::default() })),
+        ..Default::default()
     }
 }
 
@@ -235,6 +256,14 @@ fn source(s: &Source, snapshot: &Snapshot, http: bool) -> Principal {
         Some(principal_name(exact(&format!("spiffe://{}/ns/{ns}/sa/{sa}", snapshot.trust_domain))))
     };
     field(&mut all, &s.service_accounts, &s.not_service_accounts, account, or_i, not_i);
+    let domain = |v: &str| {
+        let m = StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Prefix(format!("spiffe://{v}/"))),
+            ..Default::default()
+        };
+        Some(principal_name(m))
+    };
+    field(&mut all, &s.trust_domains, &s.not_trust_domains, domain, or_i, not_i);
     let direct = |v: &str| cidr(v).map(|c| Principal { identifier: Some(principal::Identifier::DirectRemoteIp(c)) });
     field(&mut all, &s.ip_blocks, &s.not_ip_blocks, direct, or_i, not_i);
     let remote = |v: &str| cidr(v).map(|c| Principal { identifier: Some(principal::Identifier::RemoteIp(c)) });

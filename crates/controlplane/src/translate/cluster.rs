@@ -41,6 +41,7 @@ pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
             let policy = effective_policy(dr.and_then(|d| d.traffic_policy.as_ref()), port.number);
             let mut c = outbound_cluster(service, port, "", &policy);
             super::security::apply_outbound(&mut c, snapshot, proxy, service, policy.tls.as_ref());
+            super::security::apply_tls_defaults(&mut c, snapshot, policy.tls.as_ref());
             out.push(c);
             for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
                 let Some(name) = subset.name.as_deref() else { continue };
@@ -50,6 +51,7 @@ pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
                 }
                 let mut c = outbound_cluster(service, port, name, &merged);
                 super::security::apply_outbound(&mut c, snapshot, proxy, service, merged.tls.as_ref());
+                super::security::apply_tls_defaults(&mut c, snapshot, merged.tls.as_ref());
                 out.push(c);
             }
         }

@@ -214,6 +214,26 @@ pub(super) fn apply_outbound(
     }
 }
 
+/// meshConfig's `tlsDefaults` (ECDH curves, cipher suites) on TLS a DestinationRule
+/// originates (SIMPLE, MUTUAL); mesh mutual TLS takes `meshMTLS` instead.
+pub(super) fn apply_tls_defaults(c: &mut Cluster, snapshot: &Snapshot, tls: Option<&ClientTlsSettings>) {
+    let Some(defaults) = &snapshot.mesh.tls_defaults else { return };
+    if !matches!(tls.and_then(|t| t.mode), Some(ClientTlsMode::Simple | ClientTlsMode::Mutual)) {
+        return;
+    }
+    let Some(TransportSocket { config_type: Some(transport_socket::ConfigType::TypedConfig(any)), .. }) =
+        &mut c.transport_socket
+    else {
+        return;
+    };
+    let Ok(mut ctx) = UpstreamTlsContext::decode(any.value.as_slice()) else { return };
+    let common = ctx.common_tls_context.get_or_insert_with(Default::default);
+    let params = common.tls_params.get_or_insert_with(Default::default);
+    params.ecdh_curves = defaults.ecdh_curves.clone();
+    params.cipher_suites = defaults.cipher_suites.clone();
+    *any = pack_any(ctx);
+}
+
 /// The metadata that tells auto mTLS an endpoint has a sidecar.
 pub(super) fn endpoint_metadata(endpoint: &Endpoint) -> Option<Metadata> {
     let mode = endpoint.labels.get(TLS_MODE_LABEL)?;
@@ -371,5 +391,35 @@ spec:
         );
         let off = outbound(crate::mesh::MeshConfig { enable_auto_mtls: Some(false), ..Default::default() });
         assert!(off.transport_socket_matches.is_empty() && off.transport_socket.is_none());
+    }
+
+    #[test]
+    fn tls_defaults_shape_tls_a_destination_rule_originates() {
+        let yaml = format!(
+            "{MESH}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: reviews, trafficPolicy: {{tls: {{mode: SIMPLE}}}}}}\n"
+        );
+        let mesh = crate::mesh::MeshConfig {
+            tls_defaults: Some(crate::mesh::TlsConfig {
+                ecdh_curves: vec!["P-256".into()],
+                cipher_suites: vec!["ECDHE-ECDSA-AES128-GCM-SHA256".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let snapshot = Snapshot::new(1, weft_api::parse_text("m.yaml", &yaml).resources).with_mesh(mesh);
+        let clusters = super::super::clusters_for(&snapshot, &proxy(Role::Sidecar, &[]));
+        let c = clusters.iter().find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local");
+        let Some(transport_socket::ConfigType::TypedConfig(any)) =
+            c.and_then(|c| c.transport_socket.as_ref()).and_then(|t| t.config_type.clone())
+        else {
+            panic!("no TLS on the cluster");
+        };
+        let params = UpstreamTlsContext::decode(any.value.as_slice())
+            .unwrap_or_default()
+            .common_tls_context
+            .and_then(|c| c.tls_params)
+            .unwrap_or_default();
+        assert_eq!(params.ecdh_curves, ["P-256"]);
+        assert_eq!(params.cipher_suites, ["ECDHE-ECDSA-AES128-GCM-SHA256"]);
     }
 }

@@ -49,6 +49,7 @@ struct Provider {
     remote: Option<String>,
     from_headers: Vec<(HeaderName, String)>,
     from_params: Vec<String>,
+    from_cookies: Vec<String>,
     forward: bool,
     payload_header: Option<HeaderName>,
     claim_headers: Vec<(HeaderName, String)>,
@@ -103,6 +104,7 @@ fn provider(name: &str, p: &JwtProvider) -> Result<Provider, ConfigError> {
             .collect::<Result<_, ConfigError>>()
             .map_err(ctx)?,
         from_params: p.from_params.clone(),
+        from_cookies: p.from_cookies.clone(),
         forward: p.forward,
         payload_header: Some(&p.forward_payload_header)
             .filter(|h| !h.is_empty())
@@ -201,7 +203,7 @@ pub fn compile_jwt(config: &JwtAuthentication) -> Result<JwtFilter, ConfigError>
 
 /// The token of a request, and which provider's locations it was found in.
 fn find_token(p: &Provider, headers: &HeaderMap, query: Option<&str>) -> Option<(String, Option<HeaderName>)> {
-    let defaults = p.from_headers.is_empty() && p.from_params.is_empty();
+    let defaults = p.from_headers.is_empty() && p.from_params.is_empty() && p.from_cookies.is_empty();
     let header_sources: Vec<(HeaderName, &str)> = if defaults {
         vec![(AUTHORIZATION, "Bearer ")]
     } else {
@@ -216,10 +218,21 @@ fn find_token(p: &Provider, headers: &HeaderMap, query: Option<&str>) -> Option<
     }
     let params: Vec<&str> =
         if defaults { vec!["access_token"] } else { p.from_params.iter().map(String::as_str).collect() };
-    let query = query?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| params.contains(&k.as_ref()))
-        .map(|(_, v)| (v.into_owned(), None))
+    let in_query = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| params.contains(&k.as_ref())).map(|(_, v)| v.into_owned())
+    });
+    if let Some(token) = in_query {
+        return Some((token, None));
+    }
+    // Cookies: `Cookie: a=1; session=<token>`.
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| p.from_cookies.iter().any(|name| name == k))
+        .map(|(_, v)| (v.to_owned(), None))
 }
 
 fn strings(v: &Value) -> Vec<String> {

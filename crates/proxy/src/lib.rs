@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::sync::Notify;
 
 pub use config::{NodeInfo, ProxyConfig, XdsProtocol};
@@ -71,7 +70,9 @@ pub struct Shared {
     pub identity: secrets::Secrets,
     /// Listeners that could not be bound, with the reason (shown by `/ready`).
     pub bind_errors: Mutex<Vec<String>>,
-    drain: Mutex<Option<GracefulShutdown>>,
+    /// Set to true when the proxy drains; every open HTTP connection holds a receiver,
+    /// and the drain waits until none is left.
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -90,7 +91,7 @@ impl Shared {
             started: Instant::now(),
             identity,
             bind_errors: Mutex::new(Vec::new()),
-            drain: Mutex::new(Some(GracefulShutdown::new())),
+            drain: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -99,11 +100,6 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         let identity_ok = self.config.identity.is_none() || self.identity.current().is_some();
         self.ready.load(Ordering::Relaxed) && identity_ok && !self.draining.load(Ordering::Relaxed)
-    }
-
-    /// A watcher for a new connection, or None once draining has begun.
-    pub fn drain_watcher(&self) -> Option<Watcher> {
-        self.drain.lock().ok()?.as_ref().map(GracefulShutdown::watcher)
     }
 }
 
@@ -141,10 +137,8 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     if let Ok(mut listeners) = shared.listeners.lock() {
         listeners.stop_all();
     }
-    let drain = shared.drain.lock().ok().and_then(|mut d| d.take());
-    if let Some(drain) = drain
-        && tokio::time::timeout(grace, drain.shutdown()).await.is_err()
-    {
+    shared.drain.send_replace(true);
+    if tokio::time::timeout(grace, shared.drain.closed()).await.is_err() {
         tracing::warn!("drain grace period over; closing the remaining connections");
     }
     Ok(())

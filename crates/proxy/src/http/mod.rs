@@ -108,30 +108,43 @@ where
         Codec::Http2 => builder.http2_only(),
         Codec::Auto => builder,
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // Held while the connection lives: the proxy's drain waits for every one to go.
+    let mut drain = shared.drain.subscribe();
     // A connection accepted while the proxy drains is closed at once.
-    if let Some(watcher) = shared.drain_watcher() {
-        let watched = watcher.watch(connection.into_owned());
-        tokio::pin!(watched);
+    if !*drain.borrow_and_update() {
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // Once set, the connection finishes its requests and closes (HTTP/1: after the
+        // current response; HTTP/2: GOAWAY, in-flight streams complete).
+        let mut closing = false;
         loop {
             // Envoy's idle timeout: no request for this long closes the connection.
             let deadline = state.idle_deadline();
             let retired = spec.retire_notify.notified();
             tokio::pin!(retired);
             retired.as_mut().enable();
-            // A replaced connection manager's idle connections close, so that the client's
-            // next request meets the new configuration.
-            if spec.retired.load(Ordering::Relaxed) && state.active.load(Ordering::Relaxed) == 0 {
-                break;
+            // A replaced connection manager's connections close, so that the client's
+            // next request meets the new configuration: idle ones at once, busy ones
+            // when their requests are done.
+            if !closing && spec.retired.load(Ordering::Relaxed) {
+                if state.active.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                connection.as_mut().graceful_shutdown();
+                closing = true;
             }
             tokio::select! {
-                () = &mut retired => continue,
-                result = &mut watched => {
+                result = connection.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!("downstream connection ended: {e}");
                     }
                     break;
                 }
+                _ = drain.changed(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = &mut retired, if !closing => continue,
                 () = sleep_until_or_forever(deadline) => {
                     let idle = state.active.load(Ordering::Relaxed) == 0
                         && state.idle_deadline().is_some_and(|d| d <= tokio::time::Instant::now());
@@ -142,6 +155,7 @@ where
             }
         }
     }
+    drop(drain);
     stats.cx_active.fetch_sub(1, Ordering::Relaxed);
 }
 

@@ -156,7 +156,7 @@ pub fn check(resource: &Resource, out: &mut Vec<Diagnostic>) {
                 out.push(resource.diagnostic(
                     codes::NOT_SUPPORTED_YET,
                     &FieldPath::root().field("spec").field("action"),
-                    "action CUSTOM is not supported yet (it needs external authorization); this policy is not enforced",
+                    "action CUSTOM is not supported yet (it needs external authorization): weft denies the requests this policy matches",
                 ));
             }
             if s.target_ref.is_some() || !s.target_refs.is_empty() {

@@ -146,14 +146,32 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
             vec![call("client", "GET", "/a", 200), call("other", "POST", "/b", 200)],
         ),
         (
+            "deny-all: a DENY rule that matches everything",
+            policy("deny-all", "  action: DENY\n  rules: [{}]"),
+            vec![call("client", "GET", "/a", 403)],
+        ),
+        (
+            "AUDIT never blocks (and lifts the previous denial)",
+            policy("audit", "  action: AUDIT\n  rules: [{to: [{operation: {paths: [\"/*\"]}}]}]"),
+            vec![call("client", "GET", "/a", 200), call("other", "GET", "/b", 200)],
+        ),
+        (
             "allow-nothing: an ALLOW policy without rules denies every request",
             policy("allow-nothing", "  action: ALLOW"),
             vec![call("client", "GET", "/a", 403), call("other", "GET", "/", 403)],
         ),
         (
-            "deny-all: a DENY rule that matches everything",
-            policy("deny-all", "  action: DENY\n  rules: [{}]"),
-            vec![call("client", "GET", "/a", 403)],
+            "CUSTOM without an external authorizer fails closed on what it matches",
+            policy(
+                "ext",
+                "  action: CUSTOM\n  provider: {name: ext-authz}\n  rules: [{to: [{operation: {paths: [\"/ext/*\"]}}]}]",
+            ),
+            vec![call("client", "GET", "/ext/a", 403), call("client", "GET", "/b", 200)],
+        ),
+        (
+            "ALLOW namespaces by prefix wildcard",
+            policy("oth-star", "  rules: [{from: [{source: {namespaces: [\"oth*\"]}}]}]"),
+            vec![call("other", "GET", "/", 200), call("client", "GET", "/", 403)],
         ),
         (
             "DENY a path prefix with a wildcard",

@@ -131,6 +131,12 @@ fn tokens_are_validated_and_their_claims_authorize() {
     assert!(echo["headers"].get("authorization").is_none(), "{echo}");
     // Without a token: allowed (no policy requires one).
     assert_eq!(call(&mesh, None).0, 200);
+    // A client cannot forge what the filter writes: x-jwt-sub comes from a token or not at all.
+    let forged_header = mesh.curl(&[&format!("http://127.{B}.1.1:9080/"), "-H", "x-jwt-sub: admin"]);
+    assert_eq!(forged_header.status, 200, "{}", forged_header.body);
+    let echo: serde_json::Value = serde_json::from_str(&forged_header.body).unwrap_or_default();
+    assert_eq!(echo["name"], "server-app", "{echo}");
+    assert!(echo["headers"].get("x-jwt-sub").is_none(), "{echo}");
     // Every bad token is refused with 401 and Envoy's reason.
     for (what, token, reason) in [
         ("expired", &expired, "Jwt is expired"),
@@ -151,10 +157,12 @@ fn tokens_are_validated_and_their_claims_authorize() {
     assert_eq!(call(&mesh, Some(&alice)).0, 200);
     assert_eq!(call(&mesh, Some(&bob)), (403, "RBAC: access denied".to_owned()));
 
-    // A claim condition: members of admins only.
+    // A claim condition: members of admins only (carol is one, and not alice).
     let admins = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: admins}\nspec:\n  selector: {matchLabels: {app: server}}\n  rules: [{when: [{key: \"request.auth.claims[groups]\", values: [admins]}]}]\n";
     mesh.write_config("mesh.yaml", &mesh_yaml(B, &format!("jwks: '{jwks}'"), admins));
-    mesh.wait_until("the claims policy", || call(&mesh, Some(&bob)).0 == 403);
+    let carol = signer.token(claims("carol", ISSUER, "weft", now() + 3600, &["admins"]));
+    mesh.wait_until("the claims policy", || call(&mesh, Some(&carol)).0 == 200);
+    assert_eq!(call(&mesh, Some(&bob)).0, 403);
     assert_eq!(call(&mesh, Some(&alice)).0, 200);
     assert_eq!(call(&mesh, None).0, 403);
 }

@@ -134,8 +134,18 @@ fn principal_name(m: StringMatcher) -> Principal {
     Principal { identifier: Some(principal::Identifier::Authenticated(Authenticated { principal_name: Some(m) })) }
 }
 
+/// A namespace value with Istio's `*` rules (`*`, `prod-*`, `*-prod`).
 fn namespace_matcher(ns: &str) -> Principal {
-    let regex = format!(".*/ns/{}/.*", regex_escape(ns));
+    let pattern = if ns == "*" {
+        "[^/]+".to_owned()
+    } else if let Some(prefix) = ns.strip_suffix('*') {
+        format!("{}[^/]*", regex_escape(prefix))
+    } else if let Some(suffix) = ns.strip_prefix('*') {
+        format!("[^/]*{}", regex_escape(suffix))
+    } else {
+        regex_escape(ns)
+    };
+    let regex = format!(".*/ns/{pattern}/.*");
     principal_name(StringMatcher {
         match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher { regex, ..Default::default() })),
         ..Default::default()
@@ -143,9 +153,7 @@ fn namespace_matcher(ns: &str) -> Principal {
 }
 
 fn regex_escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { vec![c] } else { vec!['\\', c] })
-        .collect()
+    regex::escape(text)
 }
 
 #[allow(deprecated)] // Istio's form, which Envoy still accepts.
@@ -389,8 +397,9 @@ fn uses_http_fields(rule: &Rule) -> bool {
     op || from || when
 }
 
-/// The Envoy policy of one rule.
-fn rule_policy(rule: &Rule, snapshot: &Snapshot, http: bool) -> Policy {
+/// The Envoy policy of one rule. A condition weft cannot express drops an ALLOW rule
+/// (it allows nothing) and is left out of a DENY rule (it denies more).
+fn rule_policy(rule: &Rule, snapshot: &Snapshot, http: bool, action: AuthorizationAction) -> Option<Policy> {
     let mut permissions = Vec::new();
     let operations: Vec<Permission> =
         rule.to.iter().filter_map(|t| t.operation.as_ref()).map(|o| operation(o, http)).collect();
@@ -407,10 +416,11 @@ fn rule_policy(rule: &Rule, snapshot: &Snapshot, http: bool) -> Policy {
         match condition(c, snapshot, http) {
             Some(When::Permission(p)) => permissions.push(p),
             Some(When::Principal(p)) => principals.push(p),
-            None => {}
+            None if action == AuthorizationAction::Deny => {}
+            None => return None,
         }
     }
-    Policy { permissions: vec![and_p(permissions)], principals: vec![and_i(principals)], ..Default::default() }
+    Some(Policy { permissions: vec![and_p(permissions)], principals: vec![and_i(principals)], ..Default::default() })
 }
 
 /// Envoy's RBAC rules encoded with their policies in name order. The generated type
@@ -466,9 +476,14 @@ fn rbac_rules(snapshot: &Snapshot, proxy: &ProxyIdentity, http: bool) -> Vec<Rba
         (AuthorizationAction::Allow, rbac::Action::Allow),
         (AuthorizationAction::Audit, rbac::Action::Log),
     ] {
+        // CUSTOM needs an external authorizer weft does not have yet: its requests are
+        // denied (fail closed), as Istio does when the provider is missing.
         let policies: Vec<_> = policies_for(snapshot, proxy)
             .into_iter()
-            .filter(|(_, p)| p.action.unwrap_or(AuthorizationAction::Allow) == action)
+            .filter(|(_, p)| {
+                let a = p.action.unwrap_or(AuthorizationAction::Allow);
+                a == action || (a == AuthorizationAction::Custom && action == AuthorizationAction::Deny)
+            })
             .collect();
         if policies.is_empty() {
             continue;
@@ -479,10 +494,8 @@ fn rbac_rules(snapshot: &Snapshot, proxy: &ProxyIdentity, http: bool) -> Vec<Rba
                 if !http && uses_http_fields(rule) && action != AuthorizationAction::Deny {
                     continue;
                 }
-                out.insert(
-                    format!("ns[{}]-policy[{}]-rule[{i}]", r.namespace(), r.name()),
-                    rule_policy(rule, snapshot, http),
-                );
+                let Some(policy) = rule_policy(rule, snapshot, http, action) else { continue };
+                out.insert(format!("ns[{}]-policy[{}]-rule[{i}]", r.namespace(), r.name()), policy);
             }
         }
         by_action.push((envoy, out));

@@ -117,7 +117,11 @@ pub fn capture_listeners(
         address: Some(socket("0.0.0.0", INBOUND_PORT)),
         listener_filters,
         filter_chains: chains,
-        default_filter_chain: Some(tcp_chain(INBOUND_PASSTHROUGH, &[(INBOUND_PASSTHROUGH.to_owned(), 100)])),
+        default_filter_chain: Some(super::security::inbound_passthrough(
+            snapshot,
+            proxy,
+            tcp_chain(INBOUND_PASSTHROUGH, &[(INBOUND_PASSTHROUGH.to_owned(), 100)]),
+        )),
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
     });

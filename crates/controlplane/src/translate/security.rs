@@ -288,6 +288,25 @@ pub(super) fn inbound_chains(
     }
 }
 
+/// The chain for captured connections no port chain takes (undeclared ports, and
+/// plaintext to a STRICT port): authorization applies, and under the workload's STRICT
+/// mode only mutual TLS is accepted, so nothing plaintext slips past STRICT through it.
+pub(super) fn inbound_passthrough(snapshot: &Snapshot, proxy: &ProxyIdentity, mut chain: FilterChain) -> FilterChain {
+    super::authz::apply(snapshot, proxy, &mut chain);
+    if proxy.sds && snapshot.mtls_mode(&proxy.namespace, Some(&proxy.labels), None) == MtlsMode::Strict {
+        let context = DownstreamTlsContext {
+            common_tls_context: Some(mesh_common(snapshot, &[], &[])),
+            require_client_certificate: Some(BoolValue { value: true }),
+            ..Default::default()
+        };
+        chain.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+        });
+    }
+    chain
+}
+
 fn chain_is_http(chain: &FilterChain) -> bool {
     chain.filters.iter().any(|f| f.name == super::listener::HCM)
 }
@@ -391,6 +410,26 @@ spec:
         );
         let off = outbound(crate::mesh::MeshConfig { enable_auto_mtls: Some(false), ..Default::default() });
         assert!(off.transport_socket_matches.is_empty() && off.transport_socket.is_none());
+    }
+
+    #[test]
+    fn under_strict_captured_traffic_no_port_chain_takes_must_be_mutual_tls_too() {
+        let yaml = format!(
+            "{MESH}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
+        );
+        let snapshot = Snapshot::new(1, weft_api::parse_text("m.yaml", &yaml).resources);
+        let mut captured = proxy(Role::Sidecar, &[]);
+        captured.interception_mode = "REDIRECT".into();
+        let default_chain = |p: &ProxyIdentity| {
+            super::super::listeners_for(&snapshot, p, &[])
+                .into_iter()
+                .find(|l| l.name == "virtualInbound")
+                .and_then(|l| l.default_filter_chain)
+        };
+        // Without an identity there is nothing to terminate mutual TLS with.
+        assert!(default_chain(&captured).is_some_and(|c| c.transport_socket.is_none()));
+        captured.sds = true;
+        assert!(default_chain(&captured).is_some_and(|c| c.transport_socket.is_some()));
     }
 
     #[test]

@@ -249,6 +249,15 @@ impl JwtFilter {
     /// failed one is allowed), or the reason for a 401. Headers are changed as the
     /// provider says (token removed unless forwarded, payload and claims added).
     pub fn verify(&self, headers: &mut HeaderMap, query: Option<&str>) -> Result<Option<AuthMetadata>, Refusal> {
+        // The headers this filter writes never come from the client.
+        for p in &self.providers {
+            if let Some(h) = &p.payload_header {
+                headers.remove(h);
+            }
+            for (h, _) in &p.claim_headers {
+                headers.remove(h);
+            }
+        }
         let found = self.providers.iter().find_map(|p| find_token(p, headers, query));
         let Some((token, source)) = found else {
             return if self.allow_missing { Ok(None) } else { Err("Jwt is missing") };
@@ -291,6 +300,7 @@ impl JwtFilter {
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&p.issuer]);
         validation.required_spec_claims.clear();
+        validation.validate_nbf = true;
         validation.leeway = 60;
         if p.audiences.is_empty() {
             validation.validate_aud = false;

@@ -310,6 +310,9 @@ pub(super) fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
             http_filter("envoy.filters.http.cors", pack_any(Cors::default())),
             router(),
         ],
+        // As Istio's default path normalization (BASE): RFC 3986 normalization before
+        // routing and authorization.
+        normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         // As Istio: WebSocket upgrades pass through every HTTP listener.
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),

@@ -4,6 +4,7 @@
 
 mod filters;
 mod forward;
+pub mod normalize;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -214,6 +215,20 @@ async fn route(conn: &Connection, mut req: Request<Incoming>) -> Result<Response
     // Request smuggling: a message with both framings is refused, not guessed at.
     if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
         return Err(LocalReply::BAD_REQUEST);
+    }
+    if conn.spec.normalize_path || conn.spec.merge_slashes {
+        let original = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let normalized = if conn.spec.normalize_path {
+            normalize::normalize(original, conn.spec.merge_slashes)
+        } else {
+            Some(original.to_owned())
+        }
+        .ok_or(LocalReply::BAD_REQUEST)?;
+        if normalized != original {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = normalized.parse().ok();
+            *req.uri_mut() = hyper::Uri::from_parts(parts).map_err(|_| LocalReply::BAD_REQUEST)?;
+        }
     }
     let mut auth = None;
     if let Some(jwt) = &conn.spec.jwt {

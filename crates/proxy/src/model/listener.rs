@@ -166,6 +166,10 @@ pub struct HttpSpec {
     pub forward_client_cert: ForwardClientCert,
     /// HTTP RBAC filters, in filter order.
     pub rbac: Vec<RbacFilter>,
+    /// Normalize the path (RFC 3986) before routing and filters.
+    pub normalize_path: bool,
+    /// Merge runs of slashes in the path.
+    pub merge_slashes: bool,
     /// The JWT filter, which runs before them.
     pub jwt: Option<JwtFilter>,
     /// Set when a new version of the listener replaces this one: its HTTP/1 connections
@@ -462,6 +466,8 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
             .collect(),
         rbac,
         jwt,
+        normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
+        merge_slashes: h.merge_slashes,
         retired: std::sync::atomic::AtomicBool::new(false),
         retire_notify: tokio::sync::Notify::new(),
         forward_client_cert: {

@@ -1,0 +1,105 @@
+//! Envoy's path normalization (`normalize_path`, `merge_slashes`), applied before routing
+//! and authorization so that `/a/../admin`, `/%61dmin` and `/admin` are one path: RFC 3986
+//! percent-encoding normalization (unreserved characters decoded, other escapes in upper
+//! case) and dot-segment removal; with `merge_slashes`, runs of `/` become one.
+
+/// The normalized path and query, or None when the path is not usable (Envoy answers 400).
+pub fn normalize(path_and_query: &str, merge_slashes: bool) -> Option<String> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    if !path.starts_with('/') {
+        return None;
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut out = remove_dot_segments(&decoded);
+    if merge_slashes {
+        let mut merged = String::with_capacity(out.len());
+        for c in out.chars() {
+            if !(c == '/' && merged.ends_with('/')) {
+                merged.push(c);
+            }
+        }
+        out = merged;
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
+}
+
+fn decode_unreserved(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = path.get(i + 1..i + 3)?;
+            let value = u8::from_str_radix(hex, 16).ok()?;
+            let c = value as char;
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
+                out.push(c);
+            } else {
+                out.push('%');
+                out.push_str(&hex.to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// RFC 3986 section 5.2.4.
+fn remove_dot_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        match *part {
+            "." => {
+                if last {
+                    segments.push("");
+                }
+            }
+            ".." => {
+                segments.pop();
+                if last {
+                    segments.push("");
+                }
+            }
+            other => segments.push(other),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_and_encoded_unreserved_characters_are_normalized() {
+        for (input, want) in [
+            ("/admin/x", "/admin/x"),
+            ("/a/../admin/x", "/admin/x"),
+            ("/./admin/./x", "/admin/x"),
+            ("/%61dmin/x", "/admin/x"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/../../admin", "/admin"),
+            ("/admin/..", "/"),
+            ("/admin/.", "/admin/"),
+            ("/p?q=/../x", "/p?q=/../x"),
+        ] {
+            assert_eq!(normalize(input, false).as_deref(), Some(want), "{input}");
+        }
+        assert_eq!(normalize("//admin//x", false).as_deref(), Some("//admin//x"));
+        assert_eq!(normalize("//admin//x", true).as_deref(), Some("/admin/x"));
+        assert_eq!(normalize("/bad%zz", false), None);
+        assert_eq!(normalize("/bad%4", false), None);
+    }
+}

@@ -32,15 +32,11 @@ pub struct AgentArgs {
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     /// Lifetime to ask for; the certificate is renewed at half of it (e.g. 24h).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = crate::proxy::parse_duration)]
     cert_lifetime: Duration,
     /// Run in FIPS mode: refuse to start unless the TLS crypto provider runs in FIPS mode.
     #[arg(long)]
     fips: bool,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    weft_api::duration::parse(text)
 }
 
 /// Runs the agent until Ctrl-C or SIGTERM.
@@ -48,11 +44,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.fips {
         weft_tls::require_fips()?;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::init_logging();
     let identity = weft_proxy::identity::IdentityConfig {
         ca_address: args.ca_address,
         root_cert: args.ca_root_cert,

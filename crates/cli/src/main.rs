@@ -214,15 +214,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
-    if args.fips {
-        weft_tls::require_fips()?;
-    }
+/// Logs to stderr, at `RUST_LOG`'s level (info by default).
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
+    if args.fips {
+        weft_tls::require_fips()?;
+    }
+    init_logging();
     let mesh = match &args.mesh_config {
         Some(path) => match weft_controlplane::mesh::load(path) {
             Ok(mesh) => mesh,

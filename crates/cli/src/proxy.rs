@@ -99,7 +99,7 @@ pub struct ProxyArgs {
     cert_lifetime: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     weft_api::duration::parse(text)
 }
 

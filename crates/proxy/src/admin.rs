@@ -82,7 +82,7 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
 async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (_, "/ready") => {
-            if shared.draining.load(Ordering::Relaxed) {
+            if shared.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n".into())
             } else if shared.is_ready() {
                 text(StatusCode::OK, "LIVE\n".into())

@@ -60,8 +60,6 @@ pub struct Shared {
     pub config: ProxyConfig,
     /// Set once the first complete configuration is applied.
     pub ready: AtomicBool,
-    /// Set when shutdown begins.
-    pub draining: AtomicBool,
     /// `POST /quitquitquit`.
     pub quit: Notify,
     /// Process start.
@@ -86,7 +84,6 @@ impl Shared {
             stats: stats::Stats::default(),
             config,
             ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
             quit: Notify::new(),
             started: Instant::now(),
             identity,
@@ -95,11 +92,16 @@ impl Shared {
         }
     }
 
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
     /// Whether the proxy has a complete configuration (and its certificate, when it has
     /// an identity) and is not draining.
     pub fn is_ready(&self) -> bool {
         let identity_ok = self.config.identity.is_none() || self.identity.current().is_some();
-        self.ready.load(Ordering::Relaxed) && identity_ok && !self.draining.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && identity_ok && !self.is_draining()
     }
 }
 
@@ -129,7 +131,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
         () = shared.quit.notified() => {}
     }
     tracing::info!(?grace, "draining: listeners closed, waiting for in-flight requests");
-    shared.draining.store(true, Ordering::Relaxed);
+    shared.drain.send_replace(true);
     client.abort();
     if let Some(task) = identity {
         task.abort();
@@ -137,7 +139,6 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     if let Ok(mut listeners) = shared.listeners.lock() {
         listeners.stop_all();
     }
-    shared.drain.send_replace(true);
     if tokio::time::timeout(grace, shared.drain.closed()).await.is_err() {
         tracing::warn!("drain grace period over; closing the remaining connections");
     }

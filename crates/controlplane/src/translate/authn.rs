@@ -25,29 +25,19 @@ use weft_api::istio::RequestAuthenticationSpec;
 use weft_api::{Resource, Spec};
 
 use crate::node::ProxyIdentity;
-use crate::snapshot::{ROOT_NAMESPACE, Snapshot};
+use crate::snapshot::Snapshot;
 
-/// The policies that apply to `proxy`'s workload, in a stable order.
+/// The RequestAuthentications that apply to `proxy`'s workload.
 fn policies_for<'a>(
     snapshot: &'a Snapshot,
     proxy: &ProxyIdentity,
 ) -> Vec<(&'a Resource, &'a RequestAuthenticationSpec)> {
-    let mut out: Vec<_> = snapshot
-        .resources
-        .iter()
-        .filter_map(|r| match &r.spec {
-            Spec::RequestAuthentication(p) => Some((r, p.as_ref())),
-            _ => None,
-        })
-        .filter(|(r, p)| {
-            let in_scope = r.namespace() == proxy.namespace || r.namespace() == ROOT_NAMESPACE;
-            let selected =
-                p.selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)));
-            in_scope && selected && p.target_ref.is_none() && p.target_refs.is_empty()
-        })
-        .collect();
-    out.sort_by(|(a, _), (b, _)| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
-    out
+    super::policies_for(snapshot, proxy, |spec| match spec {
+        Spec::RequestAuthentication(p) => {
+            Some((p.as_ref(), p.selector.as_ref(), p.target_ref.is_some() || !p.target_refs.is_empty()))
+        }
+        _ => None,
+    })
 }
 
 /// The JWT filter's providers in name order (the generated type keeps them in a

@@ -36,33 +36,19 @@ use weft_api::istio::{AuthorizationAction, AuthorizationPolicySpec, Condition, O
 use weft_api::{Resource, Spec};
 
 use crate::node::ProxyIdentity;
-use crate::snapshot::{ROOT_NAMESPACE, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// The metadata the JWT filter leaves for authorization (Istio's `istio_authn`).
 const AUTHN_METADATA: &str = "istio_authn";
 
-/// The policies that apply to `proxy`'s workload, by action, in a stable order.
+/// The AuthorizationPolicies that apply to `proxy`'s workload.
 fn policies_for<'a>(snapshot: &'a Snapshot, proxy: &ProxyIdentity) -> Vec<(&'a Resource, &'a AuthorizationPolicySpec)> {
-    let mut out: Vec<(&Resource, &AuthorizationPolicySpec)> = snapshot
-        .resources
-        .iter()
-        .filter_map(|r| match &r.spec {
-            Spec::AuthorizationPolicy(p) => Some((r, p.as_ref())),
-            _ => None,
-        })
-        .filter(|(r, p)| {
-            // Policies aimed at a target (Gateway API) are not for sidecars.
-            if p.target_ref.is_some() || !p.target_refs.is_empty() {
-                return false;
-            }
-            let in_scope = r.namespace() == proxy.namespace || r.namespace() == ROOT_NAMESPACE;
-            let selected =
-                p.selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)));
-            in_scope && selected
-        })
-        .collect();
-    out.sort_by(|(a, _), (b, _)| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
-    out
+    super::policies_for(snapshot, proxy, |spec| match spec {
+        Spec::AuthorizationPolicy(p) => {
+            Some((p.as_ref(), p.selector.as_ref(), p.target_ref.is_some() || !p.target_refs.is_empty()))
+        }
+        _ => None,
+    })
 }
 
 /// Istio's string rules, for `value` matched by `m`.

@@ -143,7 +143,7 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
     for ((bind, number), _) in ports.iter().filter(|(_, p)| **p == Protocol::Tcp) {
         if let Some(destinations) = gateway_tcp_destinations(snapshot, proxy, *number) {
             let mut chain = tcp_chain(&format!("gateway_{number}"), &destinations);
-            super::authz::apply(snapshot, proxy, &mut chain);
+            super::security::guard(snapshot, proxy, &mut chain);
             tcp.push(listener(bind, *number, TrafficDirection::Outbound, chain));
         }
     }
@@ -154,8 +154,7 @@ fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
             // As on sidecars: the gateway's own RequestAuthentication and
             // AuthorizationPolicy (selected by its labels) guard what enters the mesh.
             let mut chain = http_chain(&format!("gateway_{number}"), RouteSource::Rds(format!("http.{number}")));
-            super::authz::apply(snapshot, proxy, &mut chain);
-            super::authn::apply(snapshot, proxy, &mut chain);
+            super::security::guard(snapshot, proxy, &mut chain);
             listener(&bind, number, TrafficDirection::Outbound, chain)
         })
         .chain(tcp)

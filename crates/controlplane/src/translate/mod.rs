@@ -71,6 +71,30 @@ pub fn resources_for(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names:
     Resources { clusters, endpoints, listeners, routes }
 }
 
+/// The security policies of one kind that apply to `proxy`'s workload, in name order:
+/// those in its namespace or the root namespace whose selector (if any) matches its
+/// labels. `of` picks the kind: the spec, its selector, and whether it targets a Gateway
+/// API resource instead (not applied to workloads).
+pub(crate) fn policies_for<'a, T>(
+    snapshot: &'a Snapshot,
+    proxy: &ProxyIdentity,
+    of: impl Fn(&'a weft_api::Spec) -> Option<(&'a T, Option<&'a weft_api::istio::WorkloadSelector>, bool)>,
+) -> Vec<(&'a weft_api::Resource, &'a T)> {
+    let mut out: Vec<_> = snapshot
+        .resources
+        .iter()
+        .filter_map(|r| of(&r.spec).map(|(spec, selector, targeted)| (r, spec, selector, targeted)))
+        .filter(|(r, _, selector, targeted)| {
+            let in_scope = r.namespace() == proxy.namespace || r.namespace() == crate::snapshot::ROOT_NAMESPACE;
+            let selected = selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)));
+            in_scope && selected && !targeted
+        })
+        .map(|(r, spec, _, _)| (r, spec))
+        .collect();
+    out.sort_by(|(a, _), (b, _)| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+    out
+}
+
 /// Whether translation for this proxy builds listeners from requested names.
 pub fn listeners_by_name(proxy: &ProxyIdentity) -> bool {
     proxy.role == Role::Proxyless

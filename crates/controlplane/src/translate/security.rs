@@ -255,9 +255,7 @@ pub(super) fn inbound_chains(
     chain: FilterChain,
 ) -> Vec<FilterChain> {
     let mut chain = with_client_cert_details(chain);
-    super::authz::apply(snapshot, proxy, &mut chain);
-    // The JWT filter runs before authorization, which reads what it validated.
-    super::authn::apply(snapshot, proxy, &mut chain);
+    guard(snapshot, proxy, &mut chain);
     if !proxy.sds {
         return vec![chain];
     }
@@ -288,11 +286,19 @@ pub(super) fn inbound_chains(
     }
 }
 
+/// The workload's own policies on a chain it serves: RequestAuthentication's JWT filter
+/// first, then AuthorizationPolicy's RBAC filters (HTTP), or RBAC alone (TCP).
+pub(super) fn guard(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut FilterChain) {
+    super::authz::apply(snapshot, proxy, chain);
+    // Inserted in front of the RBAC filters, which read what it validated.
+    super::authn::apply(snapshot, proxy, chain);
+}
+
 /// The chain for captured connections no port chain takes (undeclared ports, and
 /// plaintext to a STRICT port): authorization applies, and under the workload's STRICT
 /// mode only mutual TLS is accepted, so nothing plaintext slips past STRICT through it.
 pub(super) fn inbound_passthrough(snapshot: &Snapshot, proxy: &ProxyIdentity, mut chain: FilterChain) -> FilterChain {
-    super::authz::apply(snapshot, proxy, &mut chain);
+    guard(snapshot, proxy, &mut chain);
     if proxy.sds && snapshot.mtls_mode(&proxy.namespace, Some(&proxy.labels), None) == MtlsMode::Strict {
         let context = DownstreamTlsContext {
             common_tls_context: Some(mesh_common(snapshot, &[], &[])),

@@ -180,8 +180,7 @@ async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Respons
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
     let grpc = is_grpc(&req);
-    let http1 = req.version() < hyper::Version::HTTP_2;
-    let mut response = match route(&conn, req).await {
+    let response = match route(&conn, req).await {
         Ok(r) => r,
         Err(reply) => {
             if reply.flags == Flags::NO_ROUTE {
@@ -190,9 +189,6 @@ async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Respons
             reply.response(grpc)
         }
     };
-    if http1 && conn.spec.retired.load(Ordering::Relaxed) {
-        response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-    }
     let class = usize::from(response.status().as_u16() / 100).min(5);
     conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);

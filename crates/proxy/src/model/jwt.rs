@@ -23,6 +23,7 @@ use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
 use serde_json::Value;
 
 use super::ConfigError;
+use super::route::header_name;
 
 /// What a validated token tells authorization: key → values.
 pub type AuthMetadata = BTreeMap<String, Vec<String>>;
@@ -63,11 +64,6 @@ impl std::fmt::Debug for Provider {
 
 /// Why a request is refused (401), in Envoy's words.
 pub type Refusal = &'static str;
-
-fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
-    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-        .map_err(|_| ConfigError::new(format!("{name:?} is not a valid header name")))
-}
 
 fn provider(name: &str, p: &JwtProvider) -> Result<Provider, ConfigError> {
     let ctx = |e: ConfigError| e.context(format!("JWT provider {name}"));

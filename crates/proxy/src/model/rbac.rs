@@ -174,9 +174,9 @@ fn header(h: &envoy_types::pb::envoy::config::route::v3::HeaderMatcher) -> Resul
     };
     Ok(Rule::Header(match pseudo {
         Some(name) => {
-            // Matched against the value below, under a placeholder header name.
+            // Only the value is matched; the name just needs to compile.
             let mut plain = h.clone();
-            plain.name = "x-weft-pseudo".into();
+            plain.name = "x-pseudo".into();
             PseudoOrHeader::Pseudo(name, header_match(&plain)?)
         }
         None => PseudoOrHeader::Header(header_match(h)?),
@@ -261,11 +261,7 @@ impl Rule {
                             ":authority" => http.authority,
                             _ => http.path,
                         };
-                        let mut one = hyper::HeaderMap::new();
-                        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
-                            one.insert("x-weft-pseudo", v);
-                        }
-                        h.matches(&one)
+                        h.matches_value(Some(value))
                     }
                 }
             }

@@ -480,19 +480,27 @@ pub fn form_pairs(query: &str) -> Vec<(String, String)> {
 impl HeaderMatch {
     pub(crate) fn matches(&self, headers: &hyper::HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter().filter_map(|v| v.to_str().ok()).peekable();
-        let joined;
-        let value = match values.next() {
+        match values.next() {
+            None => self.matches_value(None),
+            Some(first) if values.peek().is_none() => self.matches_value(Some(first)),
+            Some(first) => {
+                let joined = std::iter::once(first).chain(values).collect::<Vec<_>>().join(",");
+                self.matches_value(Some(&joined))
+            }
+        }
+    }
+
+    /// Whether one value (None: the header is absent) matches, whatever the header's name
+    /// (for pseudo-headers such as `:method`).
+    pub(crate) fn matches_value(&self, value: Option<&str>) -> bool {
+        let value = match value {
+            Some(v) => v,
             None if self.missing_as_empty => "",
             None => {
                 return match self.kind {
                     HeaderMatchKind::Present(present) => present == self.invert,
                     _ => false,
                 };
-            }
-            Some(first) if values.peek().is_none() => first,
-            Some(first) => {
-                joined = std::iter::once(first).chain(values).collect::<Vec<_>>().join(",");
-                &joined
             }
         };
         let result = match &self.kind {
@@ -634,7 +642,7 @@ fn compile_route(r: &EnvoyRoute) -> Result<Route, ConfigError> {
     })
 }
 
-fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
+pub(crate) fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
     HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
         .map_err(|_| ConfigError::new(format!("{name:?} is not a valid header name")))
 }

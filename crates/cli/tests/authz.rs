@@ -117,7 +117,6 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
         &[("mesh.yaml", &mesh_yaml(""))],
         &["--secure-address", &secure, "--state-dir", &state_dir],
     );
-    let root = format!("{state_dir}/ca/root-cert.pem");
     let token = |ns: &str, workload: &str| format!("{state_dir}/tokens/{ns}/{workload}.token");
     mesh.wait_until("the CA", || Path::new(&token("other", "other-v1")).exists());
     mesh.backend("server-app", "127.0.0.1", 18631, 0);
@@ -126,17 +125,7 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
         ("client-sidecar", "default", "client-v1", "client", format!("127.{B}.2.1")),
         ("other-sidecar", "other", "other-v1", "other", format!("127.{B}.3.1")),
     ] {
-        let node = format!("sidecar~{ip}~{workload}.{ns}~{ns}.svc.cluster.local");
-        let token = token(ns, workload);
-        mesh.weft_proxy_with(
-            name,
-            &node,
-            ns,
-            &[("app", app), ("security.istio.io/tlsMode", "istio")],
-            &ip,
-            "delta",
-            &["--ca-address", &secure, "--ca-root-cert", &root, "--token-file", &token],
-        );
+        mesh.weft_sidecar(name, ns, workload, app, &ip, &state_dir, workload, &[]);
     }
 
     let cases: Vec<(&str, String, Vec<Call>)> = vec![

@@ -210,17 +210,7 @@ fn sidecars_talk_mutual_tls_as_peer_authentication_says() {
 
     // Every sidecar holds a short-lived certificate (6 s), so that it rotates during the test.
     let mut sidecar = |name: &str, workload: &str, app: &str, ip: &str, token_of: &str| {
-        let node = format!("sidecar~{ip}~{workload}.default~default.svc.cluster.local");
-        let token = token(token_of);
-        mesh.weft_proxy_with(
-            name,
-            &node,
-            "default",
-            &[("app", app), ("security.istio.io/tlsMode", "istio")],
-            ip,
-            "delta",
-            &["--ca-address", &secure, "--ca-root-cert", &root, "--token-file", &token, "--cert-lifetime", "6s"],
-        )
+        mesh.weft_sidecar(name, "default", workload, app, ip, &state_dir, token_of, &["--cert-lifetime", "6s"])
     };
     let server_admin = sidecar("server-sidecar", "server-v1", "server", &format!("127.{B}.1.1"), "server-v1");
     let client_admin = sidecar("client-sidecar", "client-v1", "client", &format!("127.{B}.2.1"), "client-v1");
@@ -336,16 +326,7 @@ fn envoy_and_weft_sidecars_talk_mutual_tls_to_each_other() {
         ("server-sidecar", "server-v1", "server", format!("127.{E}.1.1")),
         ("client2-sidecar", "client2-v1", "client2", format!("127.{E}.2.2")),
     ] {
-        let token = token(workload);
-        mesh.weft_proxy_with(
-            name,
-            &node(&ip, workload),
-            "default",
-            &labels(app),
-            &ip,
-            "delta",
-            &["--ca-address", &secure, "--ca-root-cert", &root, "--token-file", &token],
-        );
+        mesh.weft_sidecar(name, "default", workload, app, &ip, &state_dir, workload, &[]);
     }
     // Envoy sidecars for server2-v1 and client-v1, each with its agent.
     for (name, workload, app, ip) in [
@@ -405,17 +386,7 @@ fn mesh_mtls_settings_apply_to_mesh_traffic() {
         ("server-sidecar", "server-v1", "server", format!("127.{M}.1.1")),
         ("client-sidecar", "client-v1", "client", format!("127.{M}.2.1")),
     ] {
-        let node = format!("sidecar~{ip}~{workload}.default~default.svc.cluster.local");
-        let token = token(workload);
-        mesh.weft_proxy_with(
-            name,
-            &node,
-            "default",
-            &[("app", app), ("security.istio.io/tlsMode", "istio")],
-            &ip,
-            "delta",
-            &["--ca-address", &secure, "--ca-root-cert", &root, "--token-file", &token],
-        );
+        mesh.weft_sidecar(name, "default", workload, app, &ip, &state_dir, workload, &[]);
     }
     let reply = mesh.curl(&[&format!("http://127.{M}.2.1:9080/"), "-H", "host: server"]);
     assert_eq!(reply.status, 200, "{}", reply.body);

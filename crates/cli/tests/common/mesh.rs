@@ -378,6 +378,33 @@ static_resources:
         admin
     }
 
+    /// Starts a weft sidecar holding a workload certificate from this mesh's CA (the
+    /// control plane started with `--secure-address 127.B.0.1:15012 --state-dir
+    /// STATE`): node `sidecar~IP~WORKLOAD.NS`, labels `app` and `tlsMode: istio`, the
+    /// bootstrap token of `token_of` (normally the workload itself). Returns the admin
+    /// address.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weft_sidecar(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        workload: &str,
+        app: &str,
+        ip: &str,
+        state_dir: &str,
+        token_of: &str,
+        extra: &[&str],
+    ) -> String {
+        let node = format!("sidecar~{ip}~{workload}.{namespace}~{namespace}.svc.cluster.local");
+        let secure = format!("{}:15012", self.ip(0, 1));
+        let root = format!("{state_dir}/ca/root-cert.pem");
+        let token = format!("{state_dir}/tokens/{namespace}/{token_of}.token");
+        let mut args = vec!["--ca-address", &secure, "--ca-root-cert", &root, "--token-file", &token];
+        args.extend(extra);
+        let labels = [("app", app), ("security.istio.io/tlsMode", "istio")];
+        self.weft_proxy_with(name, &node, namespace, &labels, ip, "delta", &args)
+    }
+
     /// Starts a proxy of the given kind (see [`Dataplane`]).
     pub fn proxy(
         &mut self,

@@ -228,22 +228,11 @@ impl Mesh {
             None => (String::new(), String::new()),
             Some(path) => (
                 "\n    SDS: \"true\"".to_owned(),
-                format!(
-                    r#"
-  - name: sds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: sds-grpc
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: "{}"}}}}}}}}]}}]"#,
-                    path.display()
-                ),
+                grpc_cluster("sds-grpc", &format!("{{pipe: {{path: \"{}\"}}}}", path.display())),
             ),
         };
+        let xds_cluster =
+            grpc_cluster("xds-grpc", &format!("{{socket_address: {{address: {}, port_value: 15010}}}}", self.ip(0, 1)));
         let bootstrap = format!(
             r#"node:
   id: {node_id}
@@ -262,20 +251,9 @@ dynamic_resources:
   cds_config: {{ads: {{}}, resource_api_version: V3}}
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: 15010}}}}}}}}]}}]{sds_cluster}
+  clusters:{xds_cluster}{sds_cluster}
 "#,
             labels = labels.join(", "),
-            xds_ip = self.ip(0, 1),
         );
         let path = self.logs.join(format!("{name}-bootstrap.yaml"));
         std::fs::write(&path, bootstrap).unwrap_or_else(|e| panic!("{e}"));
@@ -634,4 +612,21 @@ impl Drop for Mesh {
             eprintln!("mesh logs kept in {}", dir.keep().display());
         }
     }
+}
+
+/// A static HTTP/2 cluster of an Envoy bootstrap (YAML, one list item), to `address`.
+fn grpc_cluster(name: &str, address: &str) -> String {
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {address}}}}}]}}]"#
+    )
 }

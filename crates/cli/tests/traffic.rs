@@ -642,7 +642,7 @@ fn a_destination_rule_originates_tls_and_verifies_the_server(kind: Dataplane, b:
     let (ca, cert, key) = certificates(certs.path(), "secure.example.com");
     let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (other_ca, _, _) = certificates(other.path(), "secure.example.com");
-    let external = |ca: &str, sans: &str| {
+    let external = |tls: &str| {
         format!(
             r#"
 apiVersion: networking.istio.io/v1
@@ -661,7 +661,7 @@ metadata: {{name: secure}}
 spec:
   host: secure.example.com
   trafficPolicy:
-    tls: {{mode: SIMPLE, caCertificates: "{ca}", subjectAltNames: [{sans}]}}
+    tls: {{mode: SIMPLE, {tls}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -675,7 +675,10 @@ spec:
 "#
         )
     };
-    let mut mesh = Mesh::start(b, &[("external.yaml", &external(&ca, "secure.example.com"))]);
+    let mut mesh = Mesh::start(
+        b,
+        &[("external.yaml", &external(&format!("caCertificates: {ca:?}, subjectAltNames: [secure.example.com]")))],
+    );
     mesh.backend_with("secure", &format!("127.{b}.1.5"), 8443, 0, &["--tls-cert", &cert, "--tls-key", &key]);
     let node = format!("sidecar~127.{b}.2.1~egress-client.default~default.svc.cluster.local");
     mesh.proxy(kind, "egress-client", &node, &[("app", "egress-client")], &format!("127.{b}.2.1"), false);
@@ -686,12 +689,22 @@ spec:
     assert_eq!((r.backend(), r.json()["tls"].as_bool()), ("secure", Some(true)), "{r:?}");
 
     // A server whose certificate the configured CA did not sign is refused.
-    mesh.write_config("external.yaml", &external(&other_ca, "secure.example.com"));
-    mesh.wait_until("the wrong CA to be refused", || mesh.curl(&["-H", host, &url]).status == 503);
+    let refused = |tls: String, what: &str| {
+        mesh.write_config("external.yaml", &external(&tls));
+        mesh.wait_until(what, || mesh.curl(&["-H", host, &url]).status == 503);
+    };
+    refused(
+        format!("caCertificates: {other_ca:?}, subjectAltNames: [secure.example.com]"),
+        "the wrong CA to be refused",
+    );
     // So is one whose name is not an expected subject alt name.
-    mesh.write_config("external.yaml", &external(&ca, "other.example.com"));
-    mesh.wait_until("the wrong name to be refused", || mesh.curl(&["-H", host, &url]).status == 503);
-    mesh.write_config("external.yaml", &external(&ca, "secure.example.com"));
+    refused(format!("caCertificates: {ca:?}, subjectAltNames: [other.example.com]"), "the wrong name to be refused");
+    // Without caCertificates the operating system's roots decide, and they do not know
+    // the test's CA.
+    refused("subjectAltNames: [secure.example.com]".into(), "a CA the system does not trust to be refused");
+    // Without subjectAltNames the certificate must name the SNI.
+    refused(format!("caCertificates: {ca:?}, sni: other.example.com"), "a certificate not for the SNI to be refused");
+    mesh.write_config("external.yaml", &external(&format!("caCertificates: {ca:?}")));
     mesh.wait_until("the right CA and name to work again", || mesh.curl(&["-H", host, &url]).status == 200);
     mesh.wait_synced(1);
 }

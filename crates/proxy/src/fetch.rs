@@ -35,9 +35,7 @@ async fn get_inner(uri: &str) -> Result<Vec<u8>, String> {
     let authority = parsed.authority().map_or(host.clone(), |a| a.as_str().to_owned());
     if https {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
+        roots.add_parsable_certificates(crate::secrets::system_roots().iter().cloned());
         let config = rustls::ClientConfig::builder_with_provider(weft_tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?

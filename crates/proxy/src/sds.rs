@@ -1,6 +1,8 @@
 //! The node agent: the workload's identity served to Envoy over SDS, on a Unix socket,
 //! as Istio's agent serves it. Envoy asks for the secrets `default` (certificate and key)
-//! and `ROOTCA` (the mesh's root); each renewal is pushed as a new version. The private
+//! and `ROOTCA` (the mesh's root); each renewal is pushed as a new version. It also
+//! serves this machine's trusted roots for TLS to servers outside the mesh:
+//! `file-root:system` (the operating system's) and `file-root:PATH`. The private
 //! key never leaves the machine: it is made here and handed only to the local Envoy.
 
 use std::path::{Path, PathBuf};
@@ -23,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::identity::IdentityConfig;
-use crate::secrets::{ROOT_CA, Secrets, WORKLOAD_CERT, WorkloadTls};
+use crate::secrets::{FILE_ROOT, ROOT_CA, SYSTEM_ROOTS, Secrets, WORKLOAD_CERT, WorkloadTls, system_roots};
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,21 @@ fn secret(name: &str, tls: &WorkloadTls) -> Option<Secret> {
             trusted_ca: inline(chain.last()?.clone()),
             ..Default::default()
         }),
-        _ => return None,
+        SYSTEM_ROOTS => {
+            let roots: Vec<_> = system_roots().iter().map(|c| pem::Pem::new("CERTIFICATE", c.to_vec())).collect();
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: inline(pem::encode_many(&roots)),
+                ..Default::default()
+            })
+        }
+        // Envoy runs on this machine: it reads the file itself.
+        other => secret::Type::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(DataSource {
+                specifier: Some(data_source::Specifier::Filename(other.strip_prefix(FILE_ROOT)?.to_owned())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
     };
     Some(Secret { name: name.to_owned(), r#type: Some(kind) })
 }

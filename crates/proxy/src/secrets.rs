@@ -21,6 +21,23 @@ use crate::identity::Certificate;
 pub const WORKLOAD_CERT: &str = "default";
 /// The SDS name of the mesh's root certificate.
 pub const ROOT_CA: &str = "ROOTCA";
+/// The SDS name of the operating system's trusted roots (for TLS to servers outside
+/// the mesh), as Istio's agent names them; `file-root:PATH` names a file of roots.
+pub const SYSTEM_ROOTS: &str = "file-root:system";
+/// The prefix of SDS names that stand for trusted roots read from this machine.
+pub const FILE_ROOT: &str = "file-root:";
+
+/// The operating system's trusted roots, loaded on first use.
+pub fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!("reading the system's trusted roots: {e}");
+        }
+        found.certs
+    })
+}
 
 /// The workload's certificate, ready for TLS.
 #[derive(Debug)]

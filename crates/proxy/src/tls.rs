@@ -29,7 +29,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::secrets::{ROOT_CA, Secrets, WORKLOAD_CERT};
+use crate::secrets::{FILE_ROOT, ROOT_CA, SYSTEM_ROOTS, Secrets, WORKLOAD_CERT, system_roots};
 
 /// Why a TLS context cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -300,20 +300,36 @@ fn validation(common: &CommonTlsContext, secrets: &Secrets) -> Result<(Trust, Ve
     };
     let sans = static_ctx.map(san_matchers).transpose()?.unwrap_or_default();
     let trust = match (sds, static_ctx.and_then(|v| v.trusted_ca.as_ref())) {
-        (Some(sds), _) => {
-            sds_name(sds, ROOT_CA, "validation context")?;
-            Trust::Mesh(secrets.clone())
-        }
-        (None, Some(ca)) => {
+        (Some(sds), _) if sds.name == ROOT_CA => Trust::Mesh(secrets.clone()),
+        (Some(sds), _) if sds.name == SYSTEM_ROOTS => {
             let mut roots = RootCertStore::empty();
-            for cert in certificates(ca, "trusted CA")? {
-                roots.add(cert)?;
-            }
+            roots.add_parsable_certificates(system_roots().iter().cloned());
             Trust::Roots(Arc::new(roots))
         }
+        (Some(sds), _) => match sds.name.strip_prefix(FILE_ROOT) {
+            Some(path) => Trust::Roots(Arc::new(roots_from(&DataSource {
+                specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+                ..Default::default()
+            })?)),
+            None => {
+                return Err(TlsError::Unsupported(format!(
+                    "SDS secret {:?} as the validation context (weft's proxy serves {ROOT_CA:?} from its workload identity, {SYSTEM_ROOTS:?} and file-root:PATH from this machine)",
+                    sds.name
+                )));
+            }
+        },
+        (None, Some(ca)) => Trust::Roots(Arc::new(roots_from(ca)?)),
         (None, None) => Trust::Nothing,
     };
     Ok((trust, sans))
+}
+
+fn roots_from(ca: &DataSource) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca, "trusted CA")? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
 }
 
 fn san_matchers(v: &CertificateValidationContext) -> Result<Vec<SanMatch>, TlsError> {

@@ -29,6 +29,10 @@ pub fn cluster_name(direction: &str, port: u32, subset: &str, host: &str) -> Str
     format!("{direction}|{port}|{subset}|{host}")
 }
 
+/// Where a proxy without an identity agent finds the operating system's roots (Debian's
+/// and Ubuntu's bundle, which Envoy's own images use too).
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Default connect timeout, as Istio's meshConfig default.
 pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -40,6 +44,7 @@ pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
         for port in &service.ports {
             let policy = effective_policy(dr.and_then(|d| d.traffic_policy.as_ref()), port.number);
             let mut c = outbound_cluster(service, port, "", &policy);
+            apply_tls(&mut c, policy.tls.as_ref(), &service.hostname, proxy.sds);
             super::security::apply_outbound(&mut c, snapshot, proxy, service, policy.tls.as_ref());
             super::security::apply_tls_defaults(&mut c, snapshot, policy.tls.as_ref());
             out.push(c);
@@ -50,6 +55,7 @@ pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
                     overlay(&mut merged, &effective_policy(Some(sp), port.number));
                 }
                 let mut c = outbound_cluster(service, port, name, &merged);
+                apply_tls(&mut c, merged.tls.as_ref(), &service.hostname, proxy.sds);
                 super::security::apply_outbound(&mut c, snapshot, proxy, service, merged.tls.as_ref());
                 super::security::apply_tls_defaults(&mut c, snapshot, merged.tls.as_ref());
                 out.push(c);
@@ -221,7 +227,6 @@ fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy:
         c.typed_extension_protocol_options
             .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
     }
-    apply_tls(&mut c, policy.tls.as_ref(), &service.hostname);
     apply_load_balancer(&mut c, policy.load_balancer.as_ref());
     apply_connection_pool(&mut c, policy.connection_pool.as_ref());
     apply_outlier_detection(&mut c, policy.outlier_detection.as_ref());
@@ -229,10 +234,13 @@ fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy:
 }
 
 /// TLS origination to the upstream (DestinationRule `tls` SIMPLE and MUTUAL), with the
-/// server's certificate checked against `caCertificates` and `subjectAltNames` unless
-/// `insecureSkipVerify`. ISTIO_MUTUAL and auto mTLS are the mesh's own
+/// server's certificate checked unless `insecureSkipVerify`, as Istio checks it: against
+/// `caCertificates`, or without them the operating system's roots (SDS
+/// `file-root:system` for a proxy with an identity agent, the system bundle file for one
+/// without); and against `subjectAltNames`, or without them the name the connection is
+/// for (the SNI). ISTIO_MUTUAL and auto mTLS are the mesh's own
 /// ([`super::security::apply_outbound`]); DISABLE sends plaintext.
-fn apply_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>, hostname: &str) {
+fn apply_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>, hostname: &str, sds: bool) {
     use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source, transport_socket};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
@@ -247,17 +255,22 @@ fn apply_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>, hostname: &str) {
         specifier: Some(data_source::Specifier::Filename(path.to_owned())),
         ..Default::default()
     };
+    let sni = tls.sni.clone().unwrap_or_else(|| hostname.to_owned());
     let mut common = CommonTlsContext::default();
     if tls.insecure_skip_verify != Some(true) {
-        let validation = CertificateValidationContext {
-            trusted_ca: tls.ca_certificates.as_deref().map(file),
-            match_typed_subject_alt_names: tls
-                .subject_alt_names
-                .iter()
+        // A wildcard host has no one name to expect.
+        let sans = match tls.subject_alt_names.as_slice() {
+            [] if sni.contains('*') => Vec::new(),
+            [] => vec![sni.clone()],
+            given => given.to_vec(),
+        };
+        let mut validation = CertificateValidationContext {
+            match_typed_subject_alt_names: sans
+                .into_iter()
                 .map(|san| SubjectAltNameMatcher {
                     san_type: subject_alt_name_matcher::SanType::Dns as i32,
                     matcher: Some(StringMatcher {
-                        match_pattern: Some(string_matcher::MatchPattern::Exact(san.clone())),
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(san)),
                         ignore_case: false,
                     }),
                     ..Default::default()
@@ -265,7 +278,23 @@ fn apply_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>, hostname: &str) {
                 .collect(),
             ..Default::default()
         };
-        common.validation_context_type = Some(common_tls_context::ValidationContextType::ValidationContext(validation));
+        common.validation_context_type = Some(match tls.ca_certificates.as_deref() {
+            Some(ca) => {
+                validation.trusted_ca = Some(file(ca));
+                common_tls_context::ValidationContextType::ValidationContext(validation)
+            }
+            None if sds => common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(validation),
+                    validation_context_sds_secret_config: Some(super::security::sds(super::security::SYSTEM_ROOTS)),
+                    ..Default::default()
+                },
+            ),
+            None => {
+                validation.trusted_ca = Some(file(SYSTEM_BUNDLE));
+                common_tls_context::ValidationContextType::ValidationContext(validation)
+            }
+        });
     }
     if tls.mode == Some(ClientTlsMode::Mutual)
         && let (Some(cert), Some(key)) = (tls.client_certificate.as_deref(), tls.private_key.as_deref())
@@ -276,11 +305,7 @@ fn apply_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>, hostname: &str) {
             ..Default::default()
         });
     }
-    let context = UpstreamTlsContext {
-        common_tls_context: Some(common),
-        sni: tls.sni.clone().unwrap_or_else(|| hostname.to_owned()),
-        ..Default::default()
-    };
+    let context = UpstreamTlsContext { common_tls_context: Some(common), sni, ..Default::default() };
     c.transport_socket = Some(TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),

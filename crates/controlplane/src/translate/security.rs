@@ -40,6 +40,9 @@ use crate::snapshot::Snapshot;
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 /// The cluster that serves SDS to Envoy (Istio's agent, in the bootstrap).
 pub const SDS_CLUSTER: &str = "sds-grpc";
+
+/// The SDS secret holding the operating system's trusted roots, as Istio's agent names it.
+pub const SYSTEM_ROOTS: &str = "file-root:system";
 /// ALPN a client offers for mesh mutual TLS.
 const CLIENT_ALPN: &[&str] = &["istio-peer-exchange", "istio"];
 /// ALPN values that mark a connection as mesh mutual TLS.
@@ -53,7 +56,7 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}")
 }
 
-fn sds(name: &str) -> SdsSecretConfig {
+pub(super) fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_owned(),
         sds_config: Some(ConfigSource {
@@ -466,5 +469,56 @@ spec:
             .unwrap_or_default();
         assert_eq!(params.ecdh_curves, ["P-256"]);
         assert_eq!(params.cipher_suites, ["ECDHE-ECDSA-AES128-GCM-SHA256"]);
+    }
+
+    #[test]
+    fn tls_origination_without_ca_certificates_trusts_the_system_roots_and_checks_the_sni() {
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+        let yaml = format!(
+            "{MESH}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: reviews, trafficPolicy: {{tls: {{mode: SIMPLE}}}}}}\n"
+        );
+        let snapshot = Snapshot::new(1, weft_api::parse_text("m.yaml", &yaml).resources);
+        let validation = |p: &ProxyIdentity| {
+            let clusters = super::super::clusters_for(&snapshot, p);
+            let c = clusters.iter().find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local");
+            let Some(transport_socket::ConfigType::TypedConfig(any)) =
+                c.and_then(|c| c.transport_socket.as_ref()).and_then(|t| t.config_type.clone())
+            else {
+                panic!("no TLS on the cluster");
+            };
+            UpstreamTlsContext::decode(any.value.as_slice())
+                .unwrap_or_default()
+                .common_tls_context
+                .and_then(|c| c.validation_context_type)
+        };
+        let sans = |v: &CertificateValidationContext| -> Vec<String> {
+            v.match_typed_subject_alt_names
+                .iter()
+                .filter_map(|m| m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()))
+                .map(|p| format!("{p:?}"))
+                .collect()
+        };
+        let expected_sans =
+            [format!("{:?}", string_matcher::MatchPattern::Exact("reviews.default.svc.cluster.local".into()))];
+        let mut client = proxy(Role::Sidecar, &[]);
+        let Some(ValidationContextType::ValidationContext(v)) = validation(&client) else {
+            panic!("a proxy without an agent reads the roots from a file")
+        };
+        assert_eq!(
+            v.trusted_ca.clone().and_then(|d| d.specifier).map(|s| format!("{s:?}")),
+            Some(format!(
+                "{:?}",
+                envoy_types::pb::envoy::config::core::v3::data_source::Specifier::Filename(
+                    "/etc/ssl/certs/ca-certificates.crt".into()
+                )
+            ))
+        );
+        assert_eq!(sans(&v), expected_sans);
+        client.sds = true;
+        let Some(ValidationContextType::CombinedValidationContext(c)) = validation(&client) else {
+            panic!("a proxy with an agent asks it for the system's roots")
+        };
+        assert_eq!(c.validation_context_sds_secret_config.map(|s| s.name).as_deref(), Some(SYSTEM_ROOTS));
+        assert_eq!(c.default_validation_context.as_ref().map(sans), Some(expected_sans.to_vec()));
     }
 }

@@ -106,6 +106,9 @@ class Tools:
     weft: str | None
     weft_problem: str | None
     versions: dict = field(default_factory=dict)
+    # Other builds of weft by crypto provider (--weft-openssl, --weft-fips).
+    providers: dict = field(default_factory=dict)
+    new_connections: bool = False
 
 
 def find_executable(name):
@@ -452,9 +455,10 @@ def start_baseline(tools, processes, workdir):
     return Running(entry={"h1": (SERVER_IP, SERVER_H1_PORT), "h2": (SERVER_IP, SERVER_H2_PORT)}, proxies=[])
 
 
-def envoy_bootstrap(listen_ip, upstream_ip, upstream_port):
+def envoy_bootstrap(listen_ip, upstream_ip, upstream_port, new_connections=False):
     """A static Envoy bootstrap: listener -> HTTP connection manager (HTTP/1.1 and h2c) ->
-    router -> one cluster, upstream over HTTP/1.1 with Envoy's default connection pool."""
+    router -> one cluster, upstream over HTTP/1.1 with Envoy's default connection pool
+    (with `new_connections`, one request per upstream connection)."""
     router = {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -488,6 +492,12 @@ def envoy_bootstrap(listen_ip, upstream_ip, upstream_port):
                 "name": "next",
                 "type": "STATIC",
                 "connect_timeout": "1s",
+                **({"typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "common_http_protocol_options": {"max_requests_per_connection": 1},
+                        "explicit_http_config": {"http_protocol_options": {}},
+                    }}} if new_connections else {}),
                 "load_assignment": {
                     "cluster_name": "next",
                     "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
@@ -507,7 +517,9 @@ def start_envoy_pair(tools, processes, workdir):
         ("envoy-a", PROXY_A_IP, PROXY_B_IP, PROXY_PORT),
     ):
         config = directory / f"{name}.json"
-        config.write_text(json.dumps(envoy_bootstrap(listen_ip, upstream_ip, upstream_port), indent=1))
+        # Only A -> B opens a connection per request, as in the xDS setups.
+        per_request = tools.new_connections and name == "envoy-a"
+        config.write_text(json.dumps(envoy_bootstrap(listen_ip, upstream_ip, upstream_port, per_request), indent=1))
         procs.append(processes.start(name, [
             tools.envoy, "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
             "--log-level", "warn",
@@ -551,12 +563,14 @@ def start_nginx_pair(tools, processes, workdir):
     return Running(entry=entry, proxies=procs[::-1])
 
 
-def weft_mesh_yaml(mtls=False):
+def weft_mesh_yaml(mtls=False, new_connections=False):
     """Istio YAML for local mode: the client's sidecar has an egress listener on
     127.77.2.1:9080; `server` is a ServiceEntry whose endpoint is the server's sidecar
     (ingress on 127.77.3.1:9080, forwarding to the application); 100 more services make
     every proxy carry a realistic amount of configuration. With `mtls`, both workloads are
-    labelled as having a sidecar, so the client's sidecar uses mutual TLS (auto mTLS)."""
+    labelled as having a sidecar, so the client's sidecar uses mutual TLS (auto mTLS). With
+    `new_connections`, a DestinationRule sets `maxRequestsPerConnection: 1`: every request
+    opens a new connection from A to B (with mTLS, a new handshake)."""
     tls_label = ", security.istio.io/tlsMode: istio" if mtls else ""
     docs = [f"""\
 apiVersion: networking.istio.io/v1
@@ -601,6 +615,15 @@ spec:
     captureMode: NONE
     defaultEndpoint: {WEFT_APP_IP}:{WEFT_APP_PORT}
 """]
+    if new_connections:
+        docs.append("""\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: server}
+spec:
+  host: server.default.svc.cluster.local
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
+""")
     for i in range(EXTRA_SERVICES):
         docs.append(f"""\
 apiVersion: networking.istio.io/v1
@@ -618,7 +641,8 @@ spec:
 
 def start_weft_control_plane(tools, processes, workdir, state_dir=None):
     config_dir = make_dir(workdir / ("weft-mesh-mtls" if state_dir else "weft-mesh"))
-    (config_dir / "mesh.yaml").write_text(weft_mesh_yaml(mtls=state_dir is not None))
+    (config_dir / "mesh.yaml").write_text(weft_mesh_yaml(mtls=state_dir is not None,
+                                                         new_connections=tools.new_connections))
     proc = processes.start("weft-control-plane", weft_control_plane_command(tools.weft, config_dir, state_dir))
     ip, port = XDS_ADDRESS.rsplit(":", 1)
     wait_for_port(ip, int(port), [proc], processes, timeout=30)
@@ -632,10 +656,10 @@ def start_weft_control_plane(tools, processes, workdir, state_dir=None):
     return proc
 
 
-def start_weft_pair(tools, processes, workdir, mtls=False):
+def start_weft_pair(tools, processes, workdir, mtls=False, weft=None):
     state_dir = make_dir(workdir / "weft-state") if mtls else None
     control_plane = start_weft_control_plane(tools, processes, workdir, state_dir)
-    procs = [processes.start(f"weft-{role}", weft_proxy_command(tools.weft, name, ip, state_dir))
+    procs = [processes.start(f"weft-{role}", weft_proxy_command(weft or tools.weft, name, ip, state_dir))
              for role, name, ip in (("b", "server", PROXY_B_IP), ("a", "client", PROXY_A_IP))]
     entry = {"h1": (PROXY_A_IP, PROXY_PORT), "h2": (PROXY_A_IP, PROXY_PORT)}
     wait_until_serving(tools, entry, [control_plane, *procs], processes, timeout=60)
@@ -644,6 +668,23 @@ def start_weft_pair(tools, processes, workdir, mtls=False):
 
 def start_weft_mtls_pair(tools, processes, workdir):
     return start_weft_pair(tools, processes, workdir, mtls=True)
+
+
+def provider_setup(provider):
+    """weft-mtls with the proxies of another build (the control plane stays the default
+    build, so only the proxies' crypto differs)."""
+    def start(tools, processes, workdir):
+        return start_weft_pair(tools, processes, workdir, mtls=True, weft=tools.providers[provider])
+
+    def unavailable(tools):
+        if tools.weft_problem:
+            return tools.weft_problem
+        if provider not in tools.providers:
+            return f"no --weft-{provider} binary given"
+        return None
+
+    return SetupKind(f"weft-mtls-{provider}", f"weft-mtls with proxies built with --features {provider}",
+                     start, unavailable)
 
 
 def envoy_xds_bootstrap(name, ip, sds_socket):
@@ -723,6 +764,8 @@ SETUPS = [
               start_envoy_mtls_pair, lambda tools: tools.envoy_problem or tools.weft_problem),
     SetupKind("weft-mtls", "weft proxy pair, mutual TLS (certificates from the weft CA)", start_weft_mtls_pair,
               lambda tools: tools.weft_problem),
+    provider_setup("openssl"),
+    provider_setup("fips"),
 ]
 
 
@@ -930,6 +973,7 @@ FIGURES = [
 RATIO_PAIRS = [
     ("weft", "envoy"), ("weft", "nginx"), ("envoy", "nginx"),
     ("weft-mtls", "envoy-mtls"), ("weft-mtls", "weft"), ("envoy-mtls", "envoy"),
+    ("weft-mtls-openssl", "weft-mtls"), ("weft-mtls-fips", "weft-mtls"), ("weft-mtls-openssl", "envoy-mtls"),
 ]
 
 
@@ -995,7 +1039,8 @@ def report_header(meta):
     load = lambda values: " ".join(f"{v:.2f}" for v in values)
     return (f"weft data-plane bench {meta['date']} at {meta['commit']}, {meta['cpus']} CPUs, "
             f"load average {load(meta['loadavg'])} before, {load(meta['loadavg_after'])} after\n"
-            f"{versions}; {meta['pacing']} pacing, {meta['warmup_s']:g} s warm-up per scenario")
+            f"{versions}; {meta['pacing']} pacing, {meta['warmup_s']:g} s warm-up per scenario"
+            + ("; one request per connection from A to B" if meta["new_connections"] else ""))
 
 
 def report(results, ratios, plan, args):
@@ -1040,6 +1085,11 @@ def parse_args():
     parser.add_argument("--setups", default="baseline,envoy,nginx,weft",
                         help="comma-separated: baseline, envoy, nginx, weft (baseline always runs)")
     parser.add_argument("--weft", help="weft binary (default target/release/weft)")
+    parser.add_argument("--weft-openssl", type=Path, help="weft built with --features openssl (setup weft-mtls-openssl)")
+    parser.add_argument("--weft-fips", type=Path, help="weft built with --features fips (setup weft-mtls-fips)")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="one request per connection from proxy A to proxy B: with mTLS, every request "
+                             "is a handshake, so rps is handshakes per second (nginx keeps its pool)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (configs and logs)")
     args = parser.parse_args()
@@ -1079,6 +1129,7 @@ def metadata(tools, args):
         "warmup_s": args.warmup,
         "rate": args.rate,
         "pacing": args.pacing,
+        "new_connections": args.new_connections,
         "versions": tools.versions,
     }
 
@@ -1136,6 +1187,17 @@ def main():
     except MissingTool as e:
         print(e, file=sys.stderr)
         return 2
+    tools.new_connections = args.new_connections
+    for provider in ("openssl", "fips"):
+        path = getattr(args, f"weft_{provider}")
+        if path:
+            weft, problem = check_weft(path)
+            if problem:
+                print(problem, file=sys.stderr)
+                return 2
+            tools.providers[provider] = weft
+            _, out = command_output([weft, "version"])
+            tools.versions[f"weft-{provider}"] = " ".join((out or "?").split())
     raise_on_termination()
     workdir = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     workdir.chmod(0o755)

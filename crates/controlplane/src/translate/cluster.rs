@@ -351,16 +351,20 @@ fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>)
     if thresholds != (Thresholds { priority: RoutingPriority::Default as i32, ..Default::default() }) {
         c.circuit_breakers = Some(CircuitBreakers { thresholds: vec![thresholds], ..Default::default() });
     }
-    if let Some(idle) = http.and_then(|h| duration_text(h.idle_timeout.as_deref())) {
+    // Istio: maxRequestsPerConnection 1 turns keep-alive off; 0 is no limit.
+    let per_connection = http.and_then(|h| h.max_requests_per_connection).filter(|n| *n > 0);
+    let common = envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+        idle_timeout: http.and_then(|h| duration_text(h.idle_timeout.as_deref())),
+        max_requests_per_connection: u32v(per_connection),
+        ..Default::default()
+    };
+    if common != Default::default() {
         let mut options: HttpProtocolOptions = c
             .typed_extension_protocol_options
             .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
             .and_then(|any| prost::Message::decode(any.value.as_slice()).ok())
             .unwrap_or_default();
-        options.common_http_protocol_options = Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
-            idle_timeout: Some(idle),
-            ..Default::default()
-        });
+        options.common_http_protocol_options = Some(common);
         if options.upstream_protocol_options.is_none() {
             // Envoy requires a protocol choice beside common options: HTTP/1.1, as Istio's
             // default for HTTP ports.

@@ -126,6 +126,13 @@ spec:
   trafficPolicy: {{connectionPool: {{http: {{h2UpgradePolicy: UPGRADE}}}}}}
 ---
 apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: echo
+  trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}}}
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: echo}}
 spec:
@@ -266,6 +273,20 @@ fn load_and_idle_connections(kind: Dataplane, b: u8) {
         let (succeeded, ok, text) = h2load(&args);
         assert_eq!((succeeded, ok), (600, 600), "{extra:?}: {text}");
     }
+    // maxRequestsPerConnection 1 (echo's DestinationRule) opens a connection per
+    // request; without it (slow) one connection carries them all.
+    let ports = |host: &str| -> Vec<u64> {
+        (0..3)
+            .map(|_| {
+                let r = mesh.curl(&["-H", &format!("Host: {host}"), &format!("http://{target}/port")]);
+                r.json()["client_port"].as_u64().unwrap_or_else(|| panic!("{r:?}"))
+            })
+            .collect()
+    };
+    let fresh = ports("echo");
+    assert!(fresh[0] != fresh[1] && fresh[1] != fresh[2], "a new connection per request: {fresh:?}");
+    let pooled = ports("slow");
+    assert!(pooled.iter().all(|p| *p == pooled[0]), "one reused connection: {pooled:?}");
     // Many idle connections cost little memory each.
     let proxy = "client";
     let before = mesh.rss_kib(proxy);

@@ -574,16 +574,61 @@ spec:
     mesh.wait_synced(2);
 }
 
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A client certificate with common name `cn`, signed by the CA [`certificates`] made in
+/// `dir`: (certificate, key).
+fn client_certificate(dir: &std::path::Path, cn: &str) -> (String, String) {
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            &subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+        ],
+    );
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    (path("client.pem"), path("client.key"))
+}
+
 /// A CA and a server certificate for `host`, made with the openssl command.
 fn certificates(dir: &std::path::Path, host: &str) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("openssl: {e}"));
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-x509",
@@ -642,7 +687,8 @@ fn a_destination_rule_originates_tls_and_verifies_the_server(kind: Dataplane, b:
     let (ca, cert, key) = certificates(certs.path(), "secure.example.com");
     let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (other_ca, _, _) = certificates(other.path(), "secure.example.com");
-    let external = |tls: &str| {
+    let (client_cert, client_key) = client_certificate(certs.path(), "egress-client");
+    let to = |server: u8, tls: &str| {
         format!(
             r#"
 apiVersion: networking.istio.io/v1
@@ -653,7 +699,7 @@ spec:
   location: MESH_EXTERNAL
   resolution: STATIC
   ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: 8443}}]
-  endpoints: [{{address: 127.{b}.1.5}}]
+  endpoints: [{{address: 127.{b}.1.{server}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -675,6 +721,7 @@ spec:
 "#
         )
     };
+    let external = |tls: &str| to(5, tls);
     let mut mesh = Mesh::start(
         b,
         &[("external.yaml", &external(&format!("caCertificates: {ca:?}, subjectAltNames: [secure.example.com]")))],
@@ -706,6 +753,27 @@ spec:
     refused(format!("caCertificates: {ca:?}, sni: other.example.com"), "a certificate not for the SNI to be refused");
     mesh.write_config("external.yaml", &external(&format!("caCertificates: {ca:?}")));
     mesh.wait_until("the right CA and name to work again", || mesh.curl(&["-H", host, &url]).status == 200);
+
+    // MUTUAL presents the given client certificate to a server that demands one; SIMPLE
+    // has none to present.
+    let ca_file = certs.path().join("ca.pem").to_string_lossy().into_owned();
+    mesh.backend_with(
+        "mutual",
+        &format!("127.{b}.1.6"),
+        8443,
+        0,
+        &["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca_file],
+    );
+    mesh.write_config("external.yaml", &to(6, &format!("caCertificates: {ca:?}")));
+    mesh.wait_until("SIMPLE to be refused by a server that wants a client certificate", || {
+        mesh.curl(&["-H", host, &url]).status == 503
+    });
+    let mutual =
+        format!("mode: MUTUAL, caCertificates: {ca:?}, clientCertificate: {client_cert:?}, privateKey: {client_key:?}");
+    mesh.write_config("external.yaml", &to(6, &mutual).replace("mode: SIMPLE, ", ""));
+    mesh.wait_until("MUTUAL to work", || mesh.curl(&["-H", host, &url]).status == 200);
+    let r = mesh.curl(&["-H", host, &url]);
+    assert_eq!((r.backend(), r.json()["client_cn"].as_str()), ("mutual", Some("egress-client")), "{r:?}");
     mesh.wait_synced(1);
 }
 

@@ -19,6 +19,7 @@ parser.add_argument("--name", required=True)
 parser.add_argument("--fail-every", type=int, default=0)
 parser.add_argument("--tls-cert", help="serve HTTPS with this certificate chain")
 parser.add_argument("--tls-key", help="and this private key")
+parser.add_argument("--tls-client-ca", help="require a client certificate from this CA")
 args = parser.parse_args()
 
 lock = threading.Lock()
@@ -65,6 +66,9 @@ class Handler(BaseHTTPRequestHandler):
             "count": n,
             "body_length": len(received),
             "tls": bool(args.tls_cert),
+            "client_cn": client_cn(self.connection),
+            # Tells one upstream connection from another.
+            "client_port": self.client_address[1],
         }).encode()
         with lock:
             last = body
@@ -92,11 +96,24 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = handle_any
 
 
+def client_cn(connection):
+    """The common name of the client's certificate, when it sent one."""
+    peer = connection.getpeercert() if hasattr(connection, "getpeercert") else None
+    for rdn in (peer or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
 server = ThreadingHTTPServer((args.address, args.port), Handler)
 if args.tls_cert:
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(args.tls_client_ca)
     server.socket = context.wrap_socket(server.socket, server_side=True)
 server.serve_forever()

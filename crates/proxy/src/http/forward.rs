@@ -14,6 +14,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::capture_connection;
 
 use super::{Connection, authority};
 use crate::body::{Body, BoxError, full, stream};
@@ -24,6 +25,7 @@ use crate::model::route::{
 use crate::model::route::{chance, form_pairs};
 use crate::reply::{Flags, LocalReply};
 use crate::state::DataPlane;
+use crate::upstream::connect::Uses;
 use crate::upstream::lb::hash_of;
 use crate::upstream::{Host, Outcome, Upstream};
 
@@ -516,8 +518,22 @@ async fn attempts(
             req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(retries + 1));
         }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
+        let per_connection = upstream.spec.limits.max_requests_per_connection;
+        let connection = (per_connection > 0).then(|| capture_connection(&mut req));
         let sent = async {
-            host.client.request(req).await.map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })
+            let response = host
+                .client
+                .request(req)
+                .await
+                .map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })?;
+            // A connection that has carried its share is not reused.
+            if let (Some(connection), Some(uses)) = (&connection, response.extensions().get::<Uses>())
+                && uses.0.fetch_add(1, Ordering::Relaxed) + 1 >= per_connection
+                && let Some(connected) = connection.connection_metadata().as_ref()
+            {
+                connected.poison();
+            }
+            Ok(response)
         };
         let result = match retry.and_then(|r| r.per_try_timeout) {
             Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::PerTryTimeout)),

@@ -60,13 +60,18 @@ pub enum Stream {
 
 /// Counts a connection as open until dropped.
 #[derive(Debug)]
-pub struct Guard(Arc<AtomicU64>);
+pub struct Guard(Arc<AtomicU64>, Uses);
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// How many requests a connection has carried, handed to each of its responses (for
+/// the cluster's `max_requests_per_connection`).
+#[derive(Debug, Clone, Default)]
+pub struct Uses(pub Arc<std::sync::atomic::AtomicU32>);
 
 impl HostConnector {
     /// Opens a connection.
@@ -77,7 +82,7 @@ impl HostConnector {
         let _ = tcp.set_nodelay(true);
         self.open.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
-        let guard = Guard(self.open.clone());
+        let guard = Guard(self.open.clone(), Uses::default());
         match &self.tls {
             None => Ok(Stream::Plain(tcp, guard)),
             Some(tls) => {
@@ -112,7 +117,8 @@ impl tower_service::Service<Uri> for HostConnector {
 
 impl Connection for Stream {
     fn connected(&self) -> Connected {
-        let connected = Connected::new();
+        let (Stream::Plain(_, guard) | Stream::Tls(_, guard)) = self;
+        let connected = Connected::new().extra(guard.1.clone());
         match self {
             Stream::Tls(s, _) if s.get_ref().1.alpn_protocol() == Some(b"h2") => connected.negotiated_h2(),
             _ => connected,

@@ -20,7 +20,7 @@ spec:
   hosts: [server.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}, {{number: 9000, name: tcp, protocol: TCP}}]
   workloadSelector: {{labels: {{app: server}}}}
 ---
 apiVersion: networking.istio.io/v1
@@ -46,6 +46,8 @@ spec:
   ingress:
   - port: {{number: 9080, protocol: HTTP, name: http}}
     defaultEndpoint: 127.0.0.1:18631
+  - port: {{number: 9000, protocol: TCP, name: tcp}}
+    defaultEndpoint: 127.0.0.1:18632
   egress: [{{hosts: ["./*"]}}]
 ---
 apiVersion: networking.istio.io/v1
@@ -57,6 +59,9 @@ spec:
   - port: {{number: 9080, protocol: HTTP, name: http}}
     bind: 127.{B}.2.1
     hosts: ["*/*"]
+  - port: {{number: 9000, protocol: TCP, name: tcp}}
+    bind: 127.{B}.2.1
+    hosts: ["*/*"]
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -65,6 +70,9 @@ spec:
   workloadSelector: {{labels: {{app: other}}}}
   egress:
   - port: {{number: 9080, protocol: HTTP, name: http}}
+    bind: 127.{B}.3.1
+    hosts: ["*/*"]
+  - port: {{number: 9000, protocol: TCP, name: tcp}}
     bind: 127.{B}.3.1
     hosts: ["*/*"]
 ---
@@ -83,9 +91,12 @@ fn policy(name: &str, spec: &str) -> String {
     )
 }
 
-/// A request from a caller's sidecar: (caller, method, path, extra header).
+/// A request from a caller's sidecar: (caller, port, method, path, extra header). Port
+/// 9000 is TCP: the HTTP request crosses the sidecars as bytes, and a denial closes the
+/// connection (status 0).
 struct Call {
     from: &'static str,
+    port: u16,
     method: &'static str,
     path: &'static str,
     header: Option<&'static str>,
@@ -93,12 +104,16 @@ struct Call {
 }
 
 fn call(from: &'static str, method: &'static str, path: &'static str, expect: u16) -> Call {
-    Call { from, method, path, header: None, expect }
+    Call { from, port: 9080, method, path, header: None, expect }
+}
+
+fn tcp(from: &'static str, expect: u16) -> Call {
+    Call { from, port: 9000, method: "GET", path: "/", header: None, expect }
 }
 
 fn status(mesh: &Mesh, c: &Call) -> (u16, String) {
     let caller = if c.from == "client" { format!("127.{B}.2.1") } else { format!("127.{B}.3.1") };
-    let url = format!("http://{caller}:9080{}", c.path);
+    let url = format!("http://{caller}:{}{}", c.port, c.path);
     let mut args = vec!["-X", c.method, url.as_str(), "-H", "host: server.default.svc.cluster.local"];
     if let Some(h) = c.header {
         args.extend(["-H", h]);
@@ -120,6 +135,7 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
     let token = |ns: &str, workload: &str| format!("{state_dir}/tokens/{ns}/{workload}.token");
     mesh.wait_until("the CA", || Path::new(&token("other", "other-v1")).exists());
     mesh.backend("server-app", "127.0.0.1", 18631, 0);
+    mesh.backend("server-tcp-app", "127.0.0.1", 18632, 0);
     for (name, ns, workload, app, ip) in [
         ("server-sidecar", "default", "server-v1", "server", format!("127.{B}.1.1")),
         ("client-sidecar", "default", "client-v1", "client", format!("127.{B}.2.1")),
@@ -211,8 +227,22 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
             "ALLOW when a request header has a value",
             policy("token", "  rules: [{when: [{key: \"request.headers[x-token]\", values: [open-sesame]}]}]"),
             vec![
-                Call { from: "client", method: "GET", path: "/", header: Some("x-token: open-sesame"), expect: 200 },
-                Call { from: "client", method: "GET", path: "/", header: Some("x-token: guess"), expect: 403 },
+                Call {
+                    from: "client",
+                    port: 9080,
+                    method: "GET",
+                    path: "/",
+                    header: Some("x-token: open-sesame"),
+                    expect: 200,
+                },
+                Call {
+                    from: "client",
+                    port: 9080,
+                    method: "GET",
+                    path: "/",
+                    header: Some("x-token: guess"),
+                    expect: 403,
+                },
                 call("client", "GET", "/", 403),
             ],
         ),
@@ -242,7 +272,17 @@ fn authorization_policies_allow_and_deny_as_istio_documents() {
         (
             "AUDIT never blocks",
             policy("audit", "  action: AUDIT\n  rules: [{to: [{operation: {paths: [\"/*\"]}}]}]"),
-            vec![call("client", "GET", "/a", 200), call("other", "GET", "/b", 200)],
+            vec![call("client", "GET", "/a", 200), call("other", "GET", "/b", 200), tcp("client", 200)],
+        ),
+        (
+            "TCP: DENY a port closes its connections and leaves the other port alone",
+            policy("no-tcp", "  action: DENY\n  rules: [{to: [{operation: {ports: [\"9000\"]}}]}]"),
+            vec![tcp("client", 0), tcp("other", 0), call("client", "GET", "/", 200)],
+        ),
+        (
+            "TCP: ALLOW a principal over mutual TLS",
+            policy("only-client", "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]"),
+            vec![tcp("client", 200), tcp("other", 0)],
         ),
     ];
     for (name, policies, calls) in &cases {

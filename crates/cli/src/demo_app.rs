@@ -1,7 +1,8 @@
 //! `weft demo-app`: a small HTTP application for examples and tests, in the spirit of
 //! Istio's httpbin and echo apps. Every answer names the app and its version and echoes
 //! the request (method, path, headers, the caller's identity as its sidecar forwarded
-//! it); `/status/CODE`, `/delay/MS` and `/headers` do what they say; with `--call`
+//! it); `/status/CODE`, `/delay/MS` (or `?status=CODE&delay=MS` on any path) and
+//! `/headers` do what they say; with `--call`
 //! it calls other services first (through its sidecar) and includes their answers,
 //! forwarding Bookinfo's tracing and user headers, to build a call chain.
 
@@ -107,12 +108,16 @@ impl App {
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), Value::String(v.to_str().unwrap_or("").to_owned())))
             .collect();
+        // `/status/CODE` and `/delay/MS`, or `?status=CODE&delay=MS` on any path.
+        let query: Vec<(String, String)> =
+            req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+        let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let mut status = StatusCode::OK;
-        if let Some(code) = path.strip_prefix("/status/") {
+        if let Some(code) = path.strip_prefix("/status/").or(param("status")) {
             status =
                 code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
         }
-        if let Some(ms) = path.strip_prefix("/delay/").and_then(|m| m.parse::<u64>().ok()) {
+        if let Some(ms) = path.strip_prefix("/delay/").or(param("delay")).and_then(|m| m.parse::<u64>().ok()) {
             tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
         }
         let body = if path == "/headers" {

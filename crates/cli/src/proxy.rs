@@ -67,6 +67,14 @@ pub struct ProxyArgs {
     /// Readiness endpoint (/healthz/ready), e.g. 0.0.0.0:15021.
     #[arg(long)]
     readiness_address: Option<SocketAddr>,
+    /// Prometheus endpoint (/stats/prometheus: Istio's standard metrics and the proxy's
+    /// own), e.g. 0.0.0.0:15020. The admin endpoint serves it too.
+    #[arg(long)]
+    stats_address: Option<SocketAddr>,
+    /// The cluster the workload runs in (CLUSTER_ID; the source_cluster and
+    /// destination_cluster of its metrics).
+    #[arg(long, default_value = "Kubernetes")]
+    cluster_id: String,
     /// How long in-flight requests may take to finish after SIGTERM (e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_grace: Duration,
@@ -168,10 +176,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             service_account: args.service_account,
             revision: args.revision,
             interception_mode: args.interception_mode,
+            cluster_id: args.cluster_id,
             sds: identity.is_some(),
         },
         admin_address: args.admin_address,
         readiness_address: args.readiness_address,
+        stats_address: args.stats_address,
         drain_grace: args.drain_grace,
         concurrency,
         set_log_level,

@@ -203,6 +203,7 @@ async fn up(
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let (xds, secure, debug) = (format!("{ip}:15010"), format!("{ip}:15012"), format!("{ip}:15014"));
     let mut processes = Vec::new();
+    let mut scrape_targets: Vec<String> = Vec::new();
     let mut cp = Process::new(
         "control-plane".into(),
         exe(),
@@ -246,6 +247,7 @@ async fn up(
             anyhow::bail!("no bootstrap token for {} at {}", w.name, token.display());
         }
         let admin = format!("{}:15000", w.address);
+        scrape_targets.push(format!("{}:15020", w.address));
         let mut args: Vec<String> = vec![
             "proxy".into(),
             "--xds-address".into(),
@@ -260,6 +262,8 @@ async fn up(
             w.service_account.clone(),
             "--admin-address".into(),
             admin.clone(),
+            "--stats-address".into(),
+            format!("{}:15020", w.address),
             "--concurrency".into(),
             "1".into(),
             "--ca-address".into(),
@@ -283,6 +287,8 @@ async fn up(
         let (name, account) =
             weft_controlplane::ca::gateway_workload(selector).unwrap_or_else(|| ("gateway".into(), "default".into()));
         let admin = format!("127.0.9.{}:15000", i + 1);
+        let stats = format!("127.0.9.{}:15020", i + 1);
+        scrape_targets.push(stats.clone());
         // Gateways hold an identity too, so that they can call STRICT workloads.
         let token = state.join("tokens").join(&namespace).join(format!("{name}.token"));
         if !wait_file(&token).await {
@@ -296,8 +302,12 @@ async fn up(
             format!("router~127.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local"),
             "--namespace".into(),
             namespace.clone(),
+            "--workload-name".into(),
+            name.clone(),
             "--admin-address".into(),
             admin.clone(),
+            "--stats-address".into(),
+            stats,
             "--concurrency".into(),
             "1".into(),
             "--service-account".into(),
@@ -323,6 +333,14 @@ async fn up(
         println!("{} {:<20} {}", if ready { "✔" } else { "✘" }, p.label, url.trim_end_matches("/ready"));
     }
     summary(&workloads, !gateways.is_empty());
+    let prometheus = state.join("prometheus.yml");
+    match std::fs::write(&prometheus, prometheus_config(&scrape_targets)) {
+        Ok(()) => println!(
+            "\nMetrics: every proxy serves Istio's metrics on :15020/stats/prometheus; a Prometheus configuration that scrapes them all is {}.",
+            prometheus.display()
+        ),
+        Err(e) => eprintln!("cannot write {}: {e}", prometheus.display()),
+    }
     println!("\nLogs: {}. Ctrl-C stops the mesh.", logs.display());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -357,6 +375,15 @@ async fn up(
     }
     println!("✔ stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Prometheus configuration that scrapes every proxy of the mesh, as Istio's
+/// `kubernetes-pods` job scrapes sidecars: `/stats/prometheus` on 15020, every 5 s.
+fn prometheus_config(targets: &[String]) -> String {
+    let list = targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "# Written by weft up: every proxy of the local mesh.\nglobal: {{scrape_interval: 5s}}\nscrape_configs:\n- job_name: weft-proxies\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{list}]\n"
+    )
 }
 
 fn summary(workloads: &[Workload], gateway: bool) {

@@ -187,4 +187,102 @@ fn walk_through(state_dir: &str) {
     eventually("the DENY policy", || timed(&internal).1 == 403);
     assert_eq!(timed(&internal).0, "RBAC: access denied");
     assert_eq!(timed(&["-H", "Host: details", "http://127.0.11.1:9080/"]).1, 200);
+
+    // 10. Metrics: a real Prometheus scrapes every proxy with the configuration `weft up`
+    // wrote, and answers with what this traffic did.
+    metrics(state_dir);
+}
+
+/// Runs Prometheus (Debian's package) on `weft up`'s scrape configuration.
+struct Prometheus {
+    child: std::process::Child,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PROMETHEUS: &str = "127.0.12.1:9090";
+
+/// One PromQL query's single value, if it has one.
+fn promql(query: &str) -> Option<f64> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", &format!("http://{PROMETHEUS}/api/v1/query"), "--data-urlencode"])
+        .arg(format!("query={query}"))
+        .output()
+        .ok()?;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+fn metrics(state_dir: &str) {
+    // Requests with answers nothing else in the walk-through gives: 7 × 418 and 5 × 299
+    // after 300 ms, from productpage to details.
+    for _ in 0..7 {
+        assert_eq!(timed(&["-H", "Host: details", "http://127.0.11.1:9080/status/418"]).1, 418);
+    }
+    for _ in 0..5 {
+        assert_eq!(timed(&["-H", "Host: details", "http://127.0.11.1:9080/slow?status=299&delay=300"]).1, 299);
+    }
+    // The server's sidecar knows its caller's workload (peer metadata) and identity
+    // (mutual TLS), on its own endpoint.
+    let own = Command::new("curl").args(["-s", "http://127.0.10.2:15020/stats/prometheus"]).output();
+    let own = own.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let line = own
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"418\""))
+        .unwrap_or_else(|| panic!("no 418 series:\n{own}"));
+    for label in [
+        "reporter=\"destination\"",
+        "source_workload=\"productpage-v1\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\"",
+        "destination_workload=\"details-v1\"",
+        "destination_service=\"details.default.svc.cluster.local\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(line.contains(label), "{label} in {line}");
+    }
+    assert!(line.ends_with("} 7"), "{line}");
+
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = Path::new(state_dir).join("prometheus.yml");
+    let _prometheus = Prometheus {
+        child: Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.path().display()))
+            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("prometheus (apt-get install prometheus): {e}")),
+        _data: data,
+    };
+    let details = |code: &str, reporter: &str| {
+        format!(
+            "sum(istio_requests_total{{reporter=\"{reporter}\",destination_service_name=\"details\",response_code=~\"{code}\"}})"
+        )
+    };
+    // Both sides counted every request: the client's sidecar as source, the server's as
+    // destination.
+    eventually("Prometheus to see the 418s", || promql(&details("418", "destination")) == Some(7.0));
+    assert_eq!(promql(&details("418", "source")), Some(7.0));
+    assert_eq!(promql(&details("299", "destination")), Some(5.0));
+    // A success rate, as dashboards compute it, over these requests: the 299s succeed,
+    // the 418s do not.
+    let share = promql(&format!("{} / {}", details("299", "destination"), details("418|299", "destination")));
+    assert!(share.is_some_and(|s| (s - 5.0 / 12.0).abs() < 1e-9), "{share:?}");
+    // The latency of the slow ones falls between Istio's 250 and 500 ms buckets.
+    let p50 = promql(
+        "histogram_quantile(0.5, sum by (le) (istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_service_name=\"details\",response_code=\"299\"}))",
+    );
+    assert!(p50.is_some_and(|q| (250.0..=500.0).contains(&q)), "p50 {p50:?}");
+    // Which workload called details, as Kiali's graph asks it.
+    let callers = promql(
+        "count(count by (source_workload) (istio_requests_total{reporter=\"destination\",destination_workload=\"details-v1\"}))",
+    );
+    assert_eq!(callers, Some(1.0), "only productpage calls details");
 }

@@ -20,13 +20,15 @@ use tokio::net::TcpListener;
 use crate::Shared;
 use crate::body::{Body, full};
 use crate::dump;
+use crate::telemetry::Stat;
 
 /// Serves the admin endpoint on `listener`.
 pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
     serve(listener, move |req| admin(shared.clone(), req)).await;
 }
 
-/// Serves the readiness endpoint on `listener`.
+/// Serves the readiness endpoint (`/healthz/ready`) and the Prometheus endpoint
+/// (`/stats/prometheus`) on `listener`.
 pub async fn serve_readiness(shared: Arc<Shared>, listener: TcpListener) {
     serve(listener, move |req: Request<Incoming>| {
         let shared = shared.clone();
@@ -34,6 +36,7 @@ pub async fn serve_readiness(shared: Arc<Shared>, listener: TcpListener) {
             match req.uri().path() {
                 "/healthz/ready" if shared.is_ready() => text(StatusCode::OK, String::new()),
                 "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+                "/stats/prometheus" => prometheus(&shared),
                 _ => text(StatusCode::NOT_FOUND, String::new()),
             }
         }
@@ -93,6 +96,7 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
             }
         }
+        (_, "/stats/prometheus") => prometheus(&shared),
         (_, "/config_dump") => json(&dump::config_dump(&shared, query_param(&req, "resource").as_deref())),
         (_, "/clusters") => text(StatusCode::OK, clusters(&shared)),
         (_, "/listeners") => text(StatusCode::OK, listeners(&shared)),
@@ -205,28 +209,50 @@ fn listeners(shared: &Shared) -> String {
     running.into_iter().map(|(n, a)| format!("{n}::{a}\n")).collect()
 }
 
+/// Istio's standard metrics and the proxy's own, in the Prometheus text format.
+fn prometheus(shared: &Shared) -> Response<Body> {
+    let mut own: Vec<Stat> =
+        shared.stats.lines().into_iter().map(|(name, value)| Stat::from_envoy(&name, value)).collect();
+    let data = shared.data.load();
+    for (name, u) in data.clusters.iter() {
+        own.extend(cluster_stats(u).into_iter().map(|(leaf, value)| Stat::cluster(name, leaf, value)));
+    }
+    own.push(Stat::from_envoy("cluster_manager.active_clusters", data.clusters.len() as u64));
+    own.push(Stat::from_envoy("listener_manager.total_listeners_active", data.listeners.len() as u64));
+    let mut response = text(StatusCode::OK, shared.metrics.prometheus(own));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+fn cluster_stats(u: &crate::upstream::Upstream) -> [(&'static str, u64); 14] {
+    let s = &u.stats;
+    let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    [
+        ("upstream_rq_total", v(&s.rq_total)),
+        ("upstream_rq_active", v(&s.rq_active)),
+        ("upstream_rq_pending_active", v(&s.rq_pending_active)),
+        ("upstream_rq_pending_overflow", v(&s.rq_pending_overflow)),
+        ("upstream_rq_retry", v(&s.rq_retry)),
+        ("upstream_rq_retry_overflow", v(&s.rq_retry_overflow)),
+        ("upstream_rq_timeout", v(&s.rq_timeout)),
+        ("upstream_cx_connect_fail", v(&s.cx_connect_fail)),
+        ("upstream_cx_none_healthy", v(&s.none_healthy)),
+        ("upstream_rq_2xx", v(&s.rq_by_class[2])),
+        ("upstream_rq_3xx", v(&s.rq_by_class[3])),
+        ("upstream_rq_4xx", v(&s.rq_by_class[4])),
+        ("upstream_rq_5xx", v(&s.rq_by_class[5])),
+        ("outlier_detection.ejections_enforced_total", v(&s.ejections)),
+    ]
+}
+
 fn stats(shared: &Shared) -> Vec<(String, u64)> {
     let mut out = shared.stats.lines();
     let data = shared.data.load();
     for (name, u) in data.clusters.iter() {
-        let s = &u.stats;
-        let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        for (stat, value) in [
-            ("upstream_rq_total", v(&s.rq_total)),
-            ("upstream_rq_active", v(&s.rq_active)),
-            ("upstream_rq_pending_active", v(&s.rq_pending_active)),
-            ("upstream_rq_pending_overflow", v(&s.rq_pending_overflow)),
-            ("upstream_rq_retry", v(&s.rq_retry)),
-            ("upstream_rq_retry_overflow", v(&s.rq_retry_overflow)),
-            ("upstream_rq_timeout", v(&s.rq_timeout)),
-            ("upstream_cx_connect_fail", v(&s.cx_connect_fail)),
-            ("upstream_cx_none_healthy", v(&s.none_healthy)),
-            ("upstream_rq_2xx", v(&s.rq_by_class[2])),
-            ("upstream_rq_3xx", v(&s.rq_by_class[3])),
-            ("upstream_rq_4xx", v(&s.rq_by_class[4])),
-            ("upstream_rq_5xx", v(&s.rq_by_class[5])),
-            ("outlier_detection.ejections_enforced_total", v(&s.ejections)),
-        ] {
+        for (stat, value) in cluster_stats(u) {
             out.push((format!("cluster.{name}.{stat}"), value));
         }
     }

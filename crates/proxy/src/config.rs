@@ -40,6 +40,8 @@ pub struct NodeInfo {
     pub service_account: String,
     /// `REVISION` (the control-plane revision the workload belongs to).
     pub revision: String,
+    /// `CLUSTER_ID`: the cluster the workload runs in (Istio's default `Kubernetes`).
+    pub cluster_id: String,
     /// `INTERCEPTION_MODE`: `NONE` (explicit listeners) or `REDIRECT` (iptables).
     pub interception_mode: String,
     /// `SDS`: the proxy has a workload certificate for the SDS secrets `default` and
@@ -63,6 +65,8 @@ pub struct ProxyConfig {
     pub admin_address: SocketAddr,
     /// Readiness endpoint (`/healthz/ready`), if any.
     pub readiness_address: Option<SocketAddr>,
+    /// Prometheus endpoint (`/stats/prometheus`, Istio's 15020), if any.
+    pub stats_address: Option<SocketAddr>,
     /// Grace period for in-flight requests on shutdown.
     pub drain_grace: Duration,
     /// Worker threads (reported; the runtime is built by the caller).

@@ -22,6 +22,7 @@ pub mod secrets;
 pub mod state;
 pub mod stats;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod xds;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub listeners: Mutex<ListenerManager>,
     /// Counters.
     pub stats: stats::Stats,
+    /// Istio's standard metrics.
+    pub metrics: telemetry::IstioMetrics,
     /// Start-up configuration.
     pub config: ProxyConfig,
     /// Set once the first complete configuration is applied.
@@ -82,6 +85,7 @@ impl Shared {
             store: Mutex::new(Store::new(identity.clone())),
             listeners: Mutex::new(ListenerManager::default()),
             stats: stats::Stats::default(),
+            metrics: telemetry::IstioMetrics::new(&config.node),
             config,
             ready: AtomicBool::new(false),
             quit: Notify::new(),
@@ -111,6 +115,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!(?config, "starting weft proxy");
     let admin_address = config.admin_address;
     let readiness_address = config.readiness_address;
+    let stats_address = config.stats_address;
     let grace = config.drain_grace;
     let shared = Arc::new(Shared::new(config));
     let admin = admin::bind(admin_address).await.map_err(|source| StartError::Bind {
@@ -122,6 +127,11 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     if let Some(address) = readiness_address {
         let listener =
             admin::bind(address).await.map_err(|source| StartError::Bind { what: "readiness", address, source })?;
+        tokio::spawn(admin::serve_readiness(shared.clone(), listener));
+    }
+    if let Some(address) = stats_address {
+        let listener =
+            admin::bind(address).await.map_err(|source| StartError::Bind { what: "Prometheus", address, source })?;
         tokio::spawn(admin::serve_readiness(shared.clone(), listener));
     }
     let client = tokio::spawn(xds::run(shared.clone()));

@@ -277,7 +277,10 @@ async fn serve_chain<I>(
             conn.sni = sni;
             http::serve(Arc::new(conn), stream).await;
         }
-        ChainKind::Tcp(t) => crate::tcp::proxy(shared.clone(), t.clone(), stream, peer, destination).await,
+        ChainKind::Tcp(t) => {
+            let certificate = peer_certificate.as_ref();
+            crate::tcp::proxy(shared.clone(), t.clone(), stream, peer, destination, certificate).await;
+        }
     }
 }
 

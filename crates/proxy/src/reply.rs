@@ -8,7 +8,7 @@ use hyper::{Response, StatusCode};
 use crate::body::{Body, full};
 
 /// Envoy's response flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Flags(u32);
 
 macro_rules! flags {

@@ -11,8 +11,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::Shared;
+use crate::listeners::PeerCertificate;
 use crate::model::cluster::Discovery;
 use crate::model::listener::TcpSpec;
+use crate::telemetry::{Labels, Reporter, Service, Workload};
 use crate::upstream::Outcome;
 use crate::upstream::lb::hash_of;
 
@@ -23,6 +25,7 @@ pub async fn proxy<I>(
     mut downstream: I,
     peer: SocketAddr,
     destination: SocketAddr,
+    peer_certificate: Option<&PeerCertificate>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -48,6 +51,9 @@ pub async fn proxy<I>(
         stats.cx_active.fetch_sub(1, Ordering::Relaxed);
         return;
     };
+    let labels = labels(&shared, &spec, &upstream.spec.service, peer_certificate);
+    shared.metrics.tcp_opened(&labels);
+    let (mut sent, mut received) = (0, 0);
     let set = upstream.hosts_full();
     let attempt = async {
         let host = if upstream.spec.discovery == Discovery::OriginalDst {
@@ -85,6 +91,7 @@ pub async fn proxy<I>(
                     if let Ok((rx, tx)) = copied {
                         stats.rx_bytes.fetch_add(rx, Ordering::Relaxed);
                         stats.tx_bytes.fetch_add(tx, Ordering::Relaxed);
+                        (sent, received) = (tx, rx);
                     }
                     break;
                 }
@@ -99,7 +106,43 @@ pub async fn proxy<I>(
         }
         host.active.fetch_sub(1, Ordering::Relaxed);
     }
+    shared.metrics.tcp_closed(&labels, sent, received);
     stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The labels of a TCP connection's metrics. No metadata crosses a TCP hop, so the
+/// other side's workload is unknown; an inbound connection over mutual TLS knows the
+/// caller's principal.
+fn labels(shared: &Shared, spec: &TcpSpec, service: &Arc<Service>, peer: Option<&PeerCertificate>) -> Labels {
+    let unknown = || Arc::<str>::from("unknown");
+    let metrics = &shared.metrics;
+    let (source, source_principal, destination, destination_principal, security) = match spec.reporter {
+        Reporter::Destination => (
+            Workload::unknown(),
+            peer.and_then(|c| c.uri.as_deref()).map_or_else(unknown, Arc::from),
+            metrics.own().clone(),
+            shared
+                .identity
+                .current()
+                .filter(|_| peer.is_some())
+                .map_or_else(unknown, |w| Arc::from(w.spiffe_id.as_str())),
+            if peer.is_some() { "mutual_tls" } else { "none" },
+        ),
+        Reporter::Source => (metrics.own().clone(), unknown(), Workload::unknown(), unknown(), "unknown"),
+    };
+    Labels {
+        reporter: spec.reporter,
+        source,
+        source_principal,
+        destination,
+        destination_principal,
+        service: service.clone(),
+        protocol: "tcp",
+        code: 0,
+        grpc_status: None,
+        flags: crate::reply::Flags::default(),
+        security,
+    }
 }
 
 /// A stream that records when bytes last moved through it, in milliseconds since `started`.

@@ -121,6 +121,9 @@ pub fn node(info: &NodeInfo) -> Node {
     if !info.service_account.is_empty() {
         fields.insert("SERVICE_ACCOUNT".to_owned(), text(&info.service_account));
     }
+    if !info.cluster_id.is_empty() {
+        fields.insert("CLUSTER_ID".to_owned(), text(&info.cluster_id));
+    }
     if !info.revision.is_empty() {
         fields.insert("REVISION".to_owned(), text(&info.revision));
     }

@@ -265,6 +265,7 @@ fn config(ads_at: SocketAddr, admin_at: SocketAddr) -> ProxyConfig {
         },
         admin_address: admin_at,
         readiness_address: None,
+        stats_address: None,
         drain_grace: Duration::from_secs(1),
         concurrency: 1,
         set_log_level: Arc::new(|_| Ok(())),

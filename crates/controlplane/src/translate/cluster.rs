@@ -15,8 +15,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 use weft_api::istio::{
-    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlier,
-    Resolution, SimpleLb, TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, Location,
+    OutlierDetection as IstioOutlier, Resolution, SimpleLb, TrafficPolicy,
 };
 
 use super::{ads, duration, duration_text, socket};
@@ -97,8 +97,10 @@ fn inbound_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
             let port = ing.port.as_ref()?.number?;
             let (ip, target) = default_endpoint(ing.default_endpoint.as_deref(), port);
             let name = cluster_name("inbound", port, "", "");
+            let services = own_services(snapshot, proxy, port);
             Some(Cluster {
                 name: name.clone(),
+                metadata: (!services.is_empty()).then(|| istio_metadata(&services)),
                 cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
                     cluster::DiscoveryType::Static as i32,
                 )),
@@ -180,11 +182,96 @@ fn overlay(base: &mut TrafficPolicy, top: &TrafficPolicy) {
     }
 }
 
+/// Istio's cluster metadata, `istio.services`: the services behind a cluster, which
+/// proxies name in their metrics (`destination_service`, `_name`, `_namespace`). Only
+/// services in the mesh get it (and with it the peer metadata exchange).
+///
+/// It is a `google.protobuf.Struct` under the typed metadata key `istio`, encoded from
+/// ordered maps so that the same services always give the same bytes (the generated
+/// `Struct` holds a hash map, whose order changes from one encoding to the next, which
+/// would make every translation look like a change).
+fn istio_metadata(services: &[&Service]) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    let text = |s: &str| SortedValue { kind: Some(SortedKind::String(s.to_owned())) };
+    let entries = services
+        .iter()
+        .map(|s| {
+            let short = s.hostname.strip_suffix(&format!(".{}.svc.cluster.local", s.namespace));
+            let fields = [
+                ("host".to_owned(), text(&s.hostname)),
+                ("name".to_owned(), text(short.unwrap_or(&s.hostname))),
+                ("namespace".to_owned(), text(&s.namespace)),
+            ];
+            SortedValue { kind: Some(SortedKind::Struct(SortedStruct { fields: fields.into_iter().collect() })) }
+        })
+        .collect();
+    let list = SortedValue { kind: Some(SortedKind::List(SortedList { values: entries })) };
+    let istio = SortedStruct { fields: [("services".to_owned(), list)].into_iter().collect() };
+    let any = envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/google.protobuf.Struct".into(),
+        value: prost::Message::encode_to_vec(&istio),
+    };
+    envoy_types::pb::envoy::config::core::v3::Metadata {
+        typed_filter_metadata: [("istio".to_owned(), any)].into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// `google.protobuf.Struct` with ordered fields (same wire format).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedStruct {
+    #[prost(btree_map = "string, message", tag = "1")]
+    fields: BTreeMap<String, SortedValue>,
+}
+
+/// `google.protobuf.Value`, the kinds the metadata uses.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedValue {
+    #[prost(oneof = "SortedKind", tags = "3, 5, 6")]
+    kind: Option<SortedKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum SortedKind {
+    #[prost(string, tag = "3")]
+    String(String),
+    #[prost(message, tag = "5")]
+    Struct(SortedStruct),
+    #[prost(message, tag = "6")]
+    List(SortedList),
+}
+
+/// `google.protobuf.ListValue`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedList {
+    #[prost(message, repeated, tag = "1")]
+    values: Vec<SortedValue>,
+}
+
+/// The services whose endpoints are this proxy's workload (its WorkloadEntry) on `port`
+/// (the port it receives on), in the mesh.
+fn own_services<'a>(snapshot: &'a Snapshot, proxy: &ProxyIdentity, port: u32) -> Vec<&'a Service> {
+    snapshot
+        .registry
+        .services
+        .values()
+        .filter(|s| s.location == Location::MeshInternal)
+        .filter(|s| {
+            s.endpoints.iter().any(|e| {
+                // By workload, not address: an endpoint-only change (an address) must not
+                // change clusters.
+                let ours = e.workload.as_deref() == Some(proxy.workload.as_str()) && s.namespace == proxy.namespace;
+                ours && s.ports.iter().any(|p| p.number == port || e.port_for(p) == port)
+            })
+        })
+        .collect()
+}
+
 fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy: &TrafficPolicy) -> Cluster {
     let name = cluster_name("outbound", port.number, subset, &service.hostname);
     let dns = matches!(service.resolution, Resolution::Dns | Resolution::DnsRoundRobin);
     let mut c = Cluster {
         name: name.clone(),
+        metadata: (service.location == Location::MeshInternal).then(|| istio_metadata(&[service])),
         connect_timeout: Some(
             policy
                 .connection_pool

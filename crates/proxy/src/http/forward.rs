@@ -25,6 +25,7 @@ use crate::model::route::{
 use crate::model::route::{chance, form_pairs};
 use crate::reply::{Flags, LocalReply};
 use crate::state::DataPlane;
+use crate::telemetry::Reporter;
 use crate::upstream::connect::Uses;
 use crate::upstream::lb::hash_of;
 use crate::upstream::{Host, Outcome, Upstream};
@@ -162,11 +163,15 @@ pub async fn forward(
     mut req: Request<Incoming>,
     m: Matched<'_>,
     mut flags: Flags,
+    observed: &mut super::observe::Observed,
 ) -> Result<Response<Body>, LocalReply> {
     let start = Instant::now();
     let fwd = m.fwd;
     let (cluster, weighted) = choose_cluster(&fwd.clusters);
     let upstream = data.clusters.get(cluster).cloned().ok_or(LocalReply::NO_CLUSTER)?;
+    observed.service = Some(upstream.spec.service.clone());
+    // Istio's peer metadata exchange, with services in the mesh.
+    let exchange = upstream.spec.exchange && conn.spec.reporter == Reporter::Source;
     let hash = request_hash(&fwd.hash_policy, &req, conn.peer);
     let upgrade = upgrade_of(req.headers());
     if let Some(u) = &upgrade
@@ -180,6 +185,9 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
 
     forward_client_cert(conn, &mut parts.headers);
+    if exchange {
+        conn.shared.metrics.offer(&mut parts.headers);
+    }
     // Request headers: the most specific level first, as Envoy applies them.
     if let Some(w) = weighted {
         w.request_headers.apply(&mut parts.headers);
@@ -242,6 +250,9 @@ pub async fn forward(
         None => attempts.await,
     };
     let mut response = result?;
+    if exchange {
+        observed.peer = conn.shared.metrics.take_peer(response.headers_mut());
+    }
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {

@@ -5,6 +5,7 @@
 mod filters;
 mod forward;
 pub mod normalize;
+mod observe;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -175,20 +176,27 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     conn.stats.rq_total.fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
     let grpc = is_grpc(&req);
-    let response = match route(&conn, req).await {
-        Ok(r) => r,
+    let start = observe::Start::new(&conn, &mut req, grpc);
+    let mut observed = observe::Observed::default();
+    let (response, flags) = match route(&conn, req, &mut observed).await {
+        Ok(r) => {
+            let flags = r.extensions().get::<Flags>().copied().unwrap_or_default();
+            (r, flags)
+        }
         Err(reply) => {
             if reply.flags == Flags::NO_ROUTE {
                 conn.stats.no_route.fetch_add(1, Ordering::Relaxed);
             }
-            reply.response(grpc)
+            let flags = reply.flags;
+            (reply.response(grpc), flags)
         }
     };
+    let response = start.finish(&conn, observed, response, flags);
     let class = usize::from(response.status().as_u16() / 100).min(5);
     conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
@@ -207,7 +215,11 @@ pub fn authority(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
 }
 
-async fn route(conn: &Connection, mut req: Request<Incoming>) -> Result<Response<Body>, LocalReply> {
+async fn route(
+    conn: &Connection,
+    mut req: Request<Incoming>,
+    observed: &mut observe::Observed,
+) -> Result<Response<Body>, LocalReply> {
     // Request smuggling: a message with both framings is refused, not guessed at.
     if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
         return Err(LocalReply::BAD_REQUEST);
@@ -266,7 +278,8 @@ async fn route(conn: &Connection, mut req: Request<Incoming>) -> Result<Response
         Action::Redirect(r) => filters::redirect(r, &req, &host, route.matcher.prefix_len()),
         Action::Direct { status, body } => filters::direct(*status, body),
         Action::Forward(fwd) => {
-            forward::forward(conn, &data, req, forward::Matched { table: &table, vhost, route, fwd }, flags).await?
+            forward::forward(conn, &data, req, forward::Matched { table: &table, vhost, route, fwd }, flags, observed)
+                .await?
         }
     };
     if let Some((policy, origin)) = origin {

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 
 use super::{ConfigError, duration, unpack};
 use crate::secrets::Secrets;
+use crate::telemetry::Service;
 use crate::tls::UpstreamTls;
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -138,6 +139,11 @@ pub struct ClusterSpec {
     /// `transport_socket_matches`: the first whose match the endpoint's
     /// `envoy.transport_socket_match` metadata satisfies decides, else `tls`.
     pub tls_matches: Vec<TlsMatch>,
+    /// The service behind the cluster, for Istio's metrics.
+    pub service: Arc<Service>,
+    /// Whether requests carry the peer metadata exchange (clusters of services in the
+    /// mesh, as Istio's cluster metadata marks them).
+    pub exchange: bool,
 }
 
 /// One of a cluster's `transport_socket_matches`.
@@ -334,7 +340,52 @@ pub fn compile_cluster(c: &Cluster, secrets: &Secrets) -> Result<ClusterSpec, Co
         idle_timeout,
         tls,
         tls_matches,
+        service: service_of(c),
+        exchange: istio_services(c).is_some(),
     })
+}
+
+/// Istio's cluster metadata: `istio.services`, the services behind the cluster (set for
+/// services in the mesh), under the typed or the untyped metadata key `istio`.
+fn istio_services(c: &Cluster) -> Option<Vec<envoy_types::pb::google::protobuf::Value>> {
+    use envoy_types::pb::google::protobuf::Struct;
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let metadata = c.metadata.as_ref()?;
+    let istio = match metadata.typed_filter_metadata.get("istio") {
+        Some(any) if any.type_url.ends_with("/google.protobuf.Struct") => {
+            <Struct as prost::Message>::decode(any.value.as_slice()).ok()?
+        }
+        _ => metadata.filter_metadata.get("istio")?.clone(),
+    };
+    match istio.fields.get("services")?.kind.as_ref()? {
+        Kind::ListValue(l) => Some(l.values.clone()),
+        _ => None,
+    }
+}
+
+/// The service a cluster is for, as Istio's metrics name it: from Istio's cluster
+/// metadata, else the host in the cluster's name (`outbound|9080|v1|<host>`).
+fn service_of(c: &Cluster) -> Arc<Service> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let services = istio_services(c).unwrap_or_default();
+    let first = services.first().and_then(|v| match &v.kind {
+        Some(Kind::StructValue(s)) => Some(s),
+        _ => None,
+    });
+    if let Some(s) = first {
+        let text = |key: &str| match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let host = text("host");
+        let name = Some(text("name")).filter(|n| !n.is_empty()).unwrap_or_else(|| host.clone());
+        let namespace = Some(text("namespace")).filter(|n| !n.is_empty()).unwrap_or_else(|| "unknown".into());
+        return Arc::new(Service { host, name, namespace });
+    }
+    match c.name.rsplit('|').next() {
+        Some(host) if c.name.contains('|') && !host.is_empty() => Arc::new(Service::from_host(host)),
+        _ => Service::unknown(),
+    }
 }
 
 fn inline_endpoints(c: &Cluster) -> Result<Endpoints, String> {

@@ -1,5 +1,6 @@
 //! Listeners (LDS): where to accept, and what to run on each connection.
 
+use crate::telemetry::Reporter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,6 +145,8 @@ pub enum ChainKind {
 pub struct HttpSpec {
     /// `outbound_9080`.
     pub stat_prefix: String,
+    /// Which side of a call this connection manager reports as, in Istio's metrics.
+    pub reporter: Reporter,
     /// Where routes come from.
     pub routes: RouteSource,
     /// Whether the fault filter runs.
@@ -220,6 +223,8 @@ pub enum RouteSource {
 pub struct TcpSpec {
     /// `outbound_9100`.
     pub stat_prefix: String,
+    /// Which side of a call this proxy reports as, in Istio's metrics.
+    pub reporter: Reporter,
     /// Clusters and weights (one with weight 1 when not weighted).
     pub clusters: Vec<(String, u32)>,
     /// Close after this long without data either way.
@@ -314,8 +319,17 @@ pub fn compile_listener(l: &Listener, secrets: &Secrets) -> Result<Option<Listen
             }
         }
     }
-    let chains = l.filter_chains.iter().map(|c| compile_chain(c, secrets)).collect::<Result<_, _>>().map_err(ctx)?;
-    let default_chain = l.default_filter_chain.as_ref().map(|c| compile_chain(c, secrets)).transpose().map_err(ctx)?;
+    // Inbound listeners report as the destination of a call; the rest as its source.
+    let reporter = if l.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32
+    {
+        Reporter::Destination
+    } else {
+        Reporter::Source
+    };
+    let chains =
+        l.filter_chains.iter().map(|c| compile_chain(c, secrets, reporter)).collect::<Result<_, _>>().map_err(ctx)?;
+    let default_chain =
+        l.default_filter_chain.as_ref().map(|c| compile_chain(c, secrets, reporter)).transpose().map_err(ctx)?;
     Ok(Some(ListenerSpec {
         name: l.name.clone(),
         address: SocketAddr::new(ip, port),
@@ -328,7 +342,7 @@ pub fn compile_listener(l: &Listener, secrets: &Secrets) -> Result<Option<Listen
     }))
 }
 
-fn compile_chain(c: &FilterChain, secrets: &Secrets) -> Result<Chain, ConfigError> {
+fn compile_chain(c: &FilterChain, secrets: &Secrets, reporter: Reporter) -> Result<Chain, ConfigError> {
     let m = c.filter_chain_match.clone().unwrap_or_default();
     let transport_protocol = match m.transport_protocol.as_str() {
         "" => None,
@@ -375,9 +389,9 @@ fn compile_chain(c: &FilterChain, secrets: &Secrets) -> Result<Chain, ConfigErro
         _ => return Err(ConfigError::new(format!("network filter {} has no typed_config", last.name))),
     };
     let kind = if any.type_url.ends_with(HCM) {
-        ChainKind::Http(Arc::new(compile_hcm(&unpack(any, HCM)?)?))
+        ChainKind::Http(Arc::new(compile_hcm(&unpack(any, HCM)?, reporter)?))
     } else if any.type_url.ends_with(TCP_PROXY) {
-        ChainKind::Tcp(Arc::new(compile_tcp(&unpack(any, TCP_PROXY)?)?))
+        ChainKind::Tcp(Arc::new(compile_tcp(&unpack(any, TCP_PROXY)?, reporter)?))
     } else {
         return Err(ConfigError::new(format!("network filter {} ({}) is not supported", last.name, any.type_url)));
     };
@@ -392,7 +406,7 @@ fn compile_chain(c: &FilterChain, secrets: &Secrets) -> Result<Chain, ConfigErro
     })
 }
 
-fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
+fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec, ConfigError> {
     let ctx = |e: ConfigError| e.context(format!("http connection manager {}", h.stat_prefix));
     let routes = match &h.route_specifier {
         Some(http_connection_manager::RouteSpecifier::Rds(r)) => RouteSource::Rds(r.route_config_name.clone()),
@@ -446,6 +460,7 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
     let common = h.common_http_protocol_options.unwrap_or_default();
     Ok(HttpSpec {
         stat_prefix: h.stat_prefix.clone(),
+        reporter,
         routes,
         fault,
         cors,
@@ -487,7 +502,7 @@ fn compile_hcm(h: &HttpConnectionManager) -> Result<HttpSpec, ConfigError> {
     })
 }
 
-fn compile_tcp(t: &TcpProxy) -> Result<TcpSpec, ConfigError> {
+fn compile_tcp(t: &TcpProxy, reporter: Reporter) -> Result<TcpSpec, ConfigError> {
     let clusters = match &t.cluster_specifier {
         Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
         Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
@@ -501,6 +516,7 @@ fn compile_tcp(t: &TcpProxy) -> Result<TcpSpec, ConfigError> {
     };
     Ok(TcpSpec {
         stat_prefix: t.stat_prefix.clone(),
+        reporter,
         clusters,
         idle_timeout: t
             .idle_timeout

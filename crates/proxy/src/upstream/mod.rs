@@ -398,6 +398,8 @@ mod tests {
             idle_timeout: None,
             tls: None,
             tls_matches: Vec::new(),
+            service: crate::telemetry::Service::unknown(),
+            exchange: false,
         })
     }
 

@@ -1,0 +1,215 @@
+//! What a request adds to Istio's metrics: its labels are settled when the response
+//! headers go out, its size and duration when the response body ends (or the client
+//! goes away), which is when it is counted.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::HeaderMap;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+
+use super::Connection;
+use crate::Shared;
+use crate::body::{Body, BoxError};
+use crate::reply::Flags;
+use crate::telemetry::{Labels, Reporter, Request, Service, Workload};
+
+/// What the routing of one request learnt for its metrics.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The service of the cluster the request went to.
+    pub service: Option<Arc<Service>>,
+    /// The server's workload, from its metadata in the response (outbound).
+    pub peer: Option<Arc<Workload>>,
+}
+
+/// The request's side of its metrics, taken before it is routed.
+pub struct Start {
+    started: Instant,
+    request_bytes: u64,
+    grpc: bool,
+    /// The client's workload, from its metadata in the request (inbound).
+    peer: Option<Arc<Workload>>,
+    /// `Host` or `:authority`, for requests that reach no cluster.
+    authority: Option<String>,
+}
+
+/// The approximate size of a header block on the wire.
+fn header_bytes(headers: &HeaderMap) -> u64 {
+    headers.iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum()
+}
+
+impl Start {
+    /// Takes what the metrics need from the request, and the peer's metadata out of it.
+    pub fn new(conn: &Connection, req: &mut hyper::Request<hyper::body::Incoming>, grpc: bool) -> Start {
+        let peer = match conn.spec.reporter {
+            Reporter::Destination => conn.shared.metrics.take_peer(req.headers_mut()),
+            Reporter::Source => None,
+        };
+        let body = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let line =
+            (req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12) as u64;
+        Start {
+            started: Instant::now(),
+            request_bytes: line + header_bytes(req.headers()) + body,
+            grpc,
+            peer,
+            authority: super::authority(req),
+        }
+    }
+
+    /// Settles the labels from the response and wraps its body so that the request is
+    /// counted when the body ends.
+    pub fn finish(
+        self,
+        conn: &Connection,
+        observed: Observed,
+        mut response: hyper::Response<Body>,
+        flags: Flags,
+    ) -> hyper::Response<Body> {
+        let shared = &conn.shared;
+        let metrics = &shared.metrics;
+        let mesh_tls = conn.peer_certificate.is_some();
+        let (source, source_principal, destination, destination_principal, security) = match conn.spec.reporter {
+            Reporter::Destination => {
+                // A caller that sent its metadata is a mesh proxy: it gets ours back.
+                if self.peer.is_some() {
+                    metrics.offer(response.headers_mut());
+                }
+                let caller = conn.peer_certificate.as_ref().and_then(|c| c.uri.as_deref()).map(Arc::<str>::from);
+                let own =
+                    shared.identity.current().filter(|_| mesh_tls).map(|w| Arc::<str>::from(w.spiffe_id.as_str()));
+                (
+                    self.peer.unwrap_or_else(Workload::unknown),
+                    caller.unwrap_or_else(unknown),
+                    metrics.own().clone(),
+                    own.unwrap_or_else(unknown),
+                    if mesh_tls { "mutual_tls" } else { "none" },
+                )
+            }
+            Reporter::Source => (
+                metrics.own().clone(),
+                unknown(),
+                observed.peer.unwrap_or_else(Workload::unknown),
+                unknown(),
+                "unknown",
+            ),
+        };
+        let service = observed.service.unwrap_or_else(|| {
+            let host = self.authority.as_deref().map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h)).unwrap_or("");
+            metrics.service_for_host(host)
+        });
+        let grpc_status =
+            response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let labels = Labels {
+            reporter: conn.spec.reporter,
+            source,
+            source_principal,
+            destination,
+            destination_principal,
+            service,
+            protocol: if self.grpc { "grpc" } else { "http" },
+            code: response.status().as_u16(),
+            grpc_status,
+            flags,
+            security,
+        };
+        let head = 17 + header_bytes(response.headers());
+        let pending = Pending {
+            shared: conn.shared.clone(),
+            labels,
+            started: self.started,
+            request_bytes: self.request_bytes,
+            response_bytes: head,
+        };
+        response.map(|inner| Counted { inner, pending: Some(pending) }.boxed())
+    }
+}
+
+fn unknown() -> Arc<str> {
+    Arc::from("unknown")
+}
+
+struct Pending {
+    shared: Arc<Shared>,
+    labels: Labels,
+    started: Instant,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl Pending {
+    fn record(self) {
+        self.shared.metrics.record(&Request {
+            labels: self.labels,
+            duration: self.started.elapsed(),
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+        });
+    }
+}
+
+/// A response body that counts its bytes and records the request when it ends.
+struct Counted {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(p) = self.pending.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        p.response_bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        p.response_bytes += header_bytes(trailers);
+                        if let Some(status) =
+                            trailers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+                        {
+                            p.labels.grpc_status = Some(status);
+                        }
+                    }
+                }
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {}
+                Poll::Pending => return polled,
+            }
+        }
+        if (matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream())
+            && let Some(p) = self.pending.take()
+        {
+            p.record();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // The client went away, or the body was never read: the request still counts.
+        if let Some(p) = self.pending.take() {
+            p.record();
+        }
+    }
+}

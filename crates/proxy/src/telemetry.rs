@@ -1,0 +1,628 @@
+//! Istio's standard metrics, with Istio's names, types, buckets and labels, so Kiali and
+//! the Istio dashboards read weft's proxies unchanged: `istio_requests_total`,
+//! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`
+//! and the `istio_tcp_*` family, served in the Prometheus (OpenMetrics) text format
+//! beside the proxy's own counters.
+//!
+//! A proxy knows its own workload from its node metadata; the other side's crosses the
+//! hop as Istio's sidecars carry it, in the `x-envoy-peer-metadata` (a base64 protobuf
+//! `Struct`) and `x-envoy-peer-metadata-id` headers: the client's sidecar adds them to
+//! requests to services in the mesh, the server's sidecar reads and removes them and
+//! answers with its own, which the client's sidecar reads and removes in turn. The
+//! application never sees them.
+//!
+//! Cardinality stays bounded: label values come from configuration (workloads,
+//! services) or small sets (codes, flags); peers learnt from headers are interned up to
+//! [`MAX_PEERS`], and later unknown ones are reported as `unknown`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use base64::Engine;
+use envoy_types::pb::google::protobuf::{Struct, Value, value};
+use hyper::HeaderMap;
+use hyper::header::HeaderValue;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use prost::Message;
+
+use crate::config::NodeInfo;
+use crate::reply::Flags;
+
+/// The header carrying a proxy's workload metadata.
+pub const PEER_METADATA: &str = "x-envoy-peer-metadata";
+/// The header carrying a proxy's node id.
+pub const PEER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
+/// At most this many distinct peers are remembered; later ones count as `unknown`.
+pub const MAX_PEERS: usize = 1024;
+const UNKNOWN: &str = "unknown";
+
+/// Istio's request duration buckets, in milliseconds.
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+/// Which side of the call reports: Istio's `reporter` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Reporter {
+    /// The client's proxy (outbound listeners and gateways).
+    #[default]
+    Source,
+    /// The server's proxy (inbound listeners).
+    Destination,
+}
+
+/// A workload as Istio's metric labels name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Workload {
+    /// `source_workload` / `destination_workload`.
+    pub name: String,
+    /// `*_workload_namespace`.
+    pub namespace: String,
+    /// `*_app`.
+    pub app: String,
+    /// `*_version`.
+    pub version: String,
+    /// `*_canonical_service`.
+    pub canonical_service: String,
+    /// `*_canonical_revision`.
+    pub canonical_revision: String,
+    /// `*_cluster`.
+    pub cluster: String,
+}
+
+impl Workload {
+    /// The workload nobody knows.
+    pub fn unknown() -> Arc<Workload> {
+        static UNKNOWN_WORKLOAD: OnceLock<Arc<Workload>> = OnceLock::new();
+        UNKNOWN_WORKLOAD
+            .get_or_init(|| {
+                Arc::new(Workload {
+                    name: UNKNOWN.into(),
+                    namespace: UNKNOWN.into(),
+                    app: UNKNOWN.into(),
+                    version: UNKNOWN.into(),
+                    canonical_service: UNKNOWN.into(),
+                    canonical_revision: UNKNOWN.into(),
+                    cluster: UNKNOWN.into(),
+                })
+            })
+            .clone()
+    }
+
+    /// A workload from its name, namespace, labels and cluster, with Istio's fallbacks
+    /// for the canonical service (`service.istio.io/canonical-name`,
+    /// `app.kubernetes.io/name`, `app`, the workload's name) and revision
+    /// (`service.istio.io/canonical-revision`, `app.kubernetes.io/version`, `version`,
+    /// `latest`).
+    pub fn new(name: &str, namespace: &str, labels: &[(String, String)], cluster: &str) -> Workload {
+        let label =
+            |keys: &[&str]| keys.iter().find_map(|k| labels.iter().find(|(lk, _)| lk == k).map(|(_, v)| v.clone()));
+        let or_unknown = |s: &str| if s.is_empty() { UNKNOWN.to_owned() } else { s.to_owned() };
+        Workload {
+            name: or_unknown(name),
+            namespace: or_unknown(namespace),
+            app: label(&["app"]).unwrap_or_else(|| UNKNOWN.into()),
+            version: label(&["version"]).unwrap_or_else(|| UNKNOWN.into()),
+            canonical_service: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
+                .unwrap_or_else(|| or_unknown(name)),
+            canonical_revision: label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"])
+                .unwrap_or_else(|| "latest".into()),
+            cluster: or_unknown(cluster),
+        }
+    }
+}
+
+/// The service a request is for: `destination_service`, `_name`, `_namespace`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Service {
+    /// `reviews.default.svc.cluster.local`.
+    pub host: String,
+    /// `reviews`.
+    pub name: String,
+    /// `default`.
+    pub namespace: String,
+}
+
+impl Service {
+    /// A service known only by a host name (a service outside the registry, or the
+    /// request's `Host`): Istio reports the host as the name.
+    pub fn from_host(host: &str) -> Service {
+        let host = if host.is_empty() { UNKNOWN } else { host };
+        Service { host: host.into(), name: host.into(), namespace: UNKNOWN.into() }
+    }
+
+    /// The service nobody knows.
+    pub fn unknown() -> Arc<Service> {
+        static UNKNOWN_SERVICE: OnceLock<Arc<Service>> = OnceLock::new();
+        UNKNOWN_SERVICE.get_or_init(|| Arc::new(Service::from_host(UNKNOWN))).clone()
+    }
+}
+
+/// The labels of one series of Istio's standard metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Labels {
+    /// `reporter`.
+    pub reporter: Reporter,
+    /// The client.
+    pub source: Arc<Workload>,
+    /// `source_principal`.
+    pub source_principal: Arc<str>,
+    /// The server.
+    pub destination: Arc<Workload>,
+    /// `destination_principal`.
+    pub destination_principal: Arc<str>,
+    /// `destination_service*`.
+    pub service: Arc<Service>,
+    /// `request_protocol`: `http`, `grpc` or `tcp`.
+    pub protocol: &'static str,
+    /// `response_code` (HTTP).
+    pub code: u16,
+    /// `grpc_response_status` (gRPC).
+    pub grpc_status: Option<u16>,
+    /// `response_flags`.
+    pub flags: Flags,
+    /// `connection_security_policy`: `mutual_tls`, `none` or `unknown`.
+    pub security: &'static str,
+}
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        let reporter = match self.reporter {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        };
+        let (s, d) = (&self.source, &self.destination);
+        let code = if self.protocol == "tcp" { String::new() } else { self.code.to_string() };
+        let grpc = self.grpc_status.map(|g| g.to_string());
+        let flags = self.flags.text();
+        let pairs: [(&str, &str); 25] = [
+            ("reporter", reporter),
+            ("source_workload", &s.name),
+            ("source_canonical_service", &s.canonical_service),
+            ("source_canonical_revision", &s.canonical_revision),
+            ("source_workload_namespace", &s.namespace),
+            ("source_principal", &self.source_principal),
+            ("source_app", &s.app),
+            ("source_version", &s.version),
+            ("source_cluster", &s.cluster),
+            ("destination_workload", &d.name),
+            ("destination_workload_namespace", &d.namespace),
+            ("destination_principal", &self.destination_principal),
+            ("destination_app", &d.app),
+            ("destination_version", &d.version),
+            ("destination_service", &self.service.host),
+            ("destination_canonical_service", &d.canonical_service),
+            ("destination_canonical_revision", &d.canonical_revision),
+            ("destination_service_name", &self.service.name),
+            ("destination_service_namespace", &self.service.namespace),
+            ("destination_cluster", &d.cluster),
+            ("request_protocol", self.protocol),
+            ("response_code", &code),
+            ("grpc_response_status", grpc.as_deref().unwrap_or("")),
+            ("response_flags", &flags),
+            ("connection_security_policy", self.security),
+        ];
+        for (key, value) in pairs {
+            // Istio's TCP metrics have no response code or gRPC status.
+            if self.protocol == "tcp" && matches!(key, "response_code" | "grpc_response_status") {
+                continue;
+            }
+            (key, value).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 10.0, 8))
+}
+
+/// One finished HTTP request, as the metrics count it.
+#[derive(Debug)]
+pub struct Request {
+    /// Its labels.
+    pub labels: Labels,
+    /// From the first byte in to the last byte out.
+    pub duration: std::time::Duration,
+    /// Headers and body received.
+    pub request_bytes: u64,
+    /// Headers and body sent.
+    pub response_bytes: u64,
+}
+
+/// The proxy's own workload, as its peers see it.
+#[derive(Debug)]
+struct Own {
+    workload: Arc<Workload>,
+    id: HeaderValue,
+    metadata: HeaderValue,
+}
+
+/// Istio's standard metrics of one proxy, and its side of the peer metadata exchange.
+#[derive(Debug)]
+pub struct IstioMetrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
+    tcp_sent: Family<Labels, Counter>,
+    tcp_received: Family<Labels, Counter>,
+    tcp_opened: Family<Labels, Counter>,
+    tcp_closed: Family<Labels, Counter>,
+    own: Own,
+    peers: Mutex<HashMap<HeaderValue, Arc<Workload>>>,
+    hosts: Mutex<HashMap<String, Arc<Service>>>,
+}
+
+impl IstioMetrics {
+    /// The metrics of the proxy whose node is `node`.
+    pub fn new(node: &NodeInfo) -> IstioMetrics {
+        let cluster = if node.cluster_id.is_empty() { "Kubernetes" } else { &node.cluster_id };
+        let workload = Workload::new(&node.workload_name, &node.namespace, &node.labels, cluster);
+        let own = Own {
+            id: HeaderValue::from_str(&node.id).unwrap_or_else(|_| HeaderValue::from_static(UNKNOWN)),
+            metadata: HeaderValue::from_str(&encode_metadata(node, cluster))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            workload: Arc::new(workload),
+        };
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let histograms = |constructor: fn() -> Histogram| HistogramFamily::new_with_constructor(constructor);
+        let (duration, request_bytes, response_bytes) =
+            (histograms(duration_histogram), histograms(size_histogram), histograms(size_histogram));
+        let (tcp_sent, tcp_received, tcp_opened, tcp_closed) =
+            (Family::default(), Family::default(), Family::default(), Family::default());
+        registry.register("istio_requests", "Requests, by Istio's standard labels", requests.clone());
+        registry.register("istio_request_duration_milliseconds", "Request duration in milliseconds", duration.clone());
+        registry.register("istio_request_bytes", "Request size (headers and body) in bytes", request_bytes.clone());
+        registry.register("istio_response_bytes", "Response size (headers and body) in bytes", response_bytes.clone());
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the downstream during TCP connections",
+            tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the downstream during TCP connections",
+            tcp_received.clone(),
+        );
+        registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
+        registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        IstioMetrics {
+            registry,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            tcp_sent,
+            tcp_received,
+            tcp_opened,
+            tcp_closed,
+            own,
+            peers: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This proxy's workload.
+    pub fn own(&self) -> &Arc<Workload> {
+        &self.own.workload
+    }
+
+    /// Adds this proxy's metadata to a request or response for the peer.
+    pub fn offer(&self, headers: &mut HeaderMap) {
+        headers.insert(PEER_METADATA_ID, self.own.id.clone());
+        headers.insert(PEER_METADATA, self.own.metadata.clone());
+    }
+
+    /// Takes the peer's metadata out of `headers`: the workload it describes, if the
+    /// peer sent any.
+    pub fn take_peer(&self, headers: &mut HeaderMap) -> Option<Arc<Workload>> {
+        headers.remove(PEER_METADATA_ID);
+        let value = headers.remove(PEER_METADATA)?;
+        let Ok(mut peers) = self.peers.lock() else { return Some(Workload::unknown()) };
+        if let Some(known) = peers.get(&value) {
+            return Some(known.clone());
+        }
+        let workload = decode_metadata(value.as_bytes()).map_or_else(Workload::unknown, Arc::new);
+        if peers.len() < MAX_PEERS {
+            peers.insert(value, workload.clone());
+            Some(workload)
+        } else {
+            Some(Workload::unknown())
+        }
+    }
+
+    /// The service a request names by its host alone (it reached no cluster), remembered
+    /// up to [`MAX_PEERS`] hosts; later ones are `unknown`.
+    pub fn service_for_host(&self, host: &str) -> Arc<Service> {
+        let Ok(mut hosts) = self.hosts.lock() else { return Service::unknown() };
+        if let Some(known) = hosts.get(host) {
+            return known.clone();
+        }
+        if hosts.len() >= MAX_PEERS {
+            return Service::unknown();
+        }
+        let service = Arc::new(Service::from_host(host));
+        hosts.insert(host.to_owned(), service.clone());
+        service
+    }
+
+    /// Counts a finished HTTP request.
+    pub fn record(&self, r: &Request) {
+        self.requests.get_or_create(&r.labels).inc();
+        self.duration.get_or_create(&r.labels).observe(r.duration.as_secs_f64() * 1000.0);
+        self.request_bytes.get_or_create(&r.labels).observe(r.request_bytes as f64);
+        self.response_bytes.get_or_create(&r.labels).observe(r.response_bytes as f64);
+    }
+
+    /// Counts a TCP connection opening.
+    pub fn tcp_opened(&self, labels: &Labels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// Counts a TCP connection closing, with the bytes it carried.
+    pub fn tcp_closed(&self, labels: &Labels, sent: u64, received: u64) {
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+        self.tcp_closed.get_or_create(labels).inc();
+    }
+
+    /// The Prometheus text of Istio's metrics followed by the proxy's own counters
+    /// (`counters`, Envoy's names), as `/stats/prometheus` serves it.
+    pub fn prometheus(&self, counters: Vec<Stat>) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let mut own = Registry::default();
+        own.register_collector(Box::new(EnvoyCounters(counters)));
+        let mut out = String::new();
+        let written =
+            encode_registry(&mut out, &self.registry).and(encode_registry(&mut out, &own)).and(encode_eof(&mut out));
+        if written.is_err() {
+            tracing::warn!("encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// The node's metadata as Istio's sidecars exchange it: a base64 protobuf `Struct`.
+fn encode_metadata(node: &NodeInfo, cluster: &str) -> String {
+    let text = |s: &str| Value { kind: Some(value::Kind::StringValue(s.to_owned())) };
+    let labels = node.labels.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+    fields.insert("NAME".into(), text(&node.workload_name));
+    fields.insert("WORKLOAD_NAME".into(), text(&node.workload_name));
+    fields.insert("NAMESPACE".into(), text(&node.namespace));
+    fields.insert("CLUSTER_ID".into(), text(cluster));
+    fields.insert("SERVICE_ACCOUNT".into(), text(&node.service_account));
+    fields.insert("LABELS".into(), Value { kind: Some(value::Kind::StructValue(Struct { fields: labels })) });
+    let s = Struct { fields: fields.into_iter().collect() };
+    base64::engine::general_purpose::STANDARD.encode(s.encode_to_vec())
+}
+
+/// A peer's workload from its `x-envoy-peer-metadata`.
+fn decode_metadata(value: &[u8]) -> Option<Workload> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
+    let s = Struct::decode(bytes.as_slice()).ok()?;
+    let text = |key: &str| match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(value::Kind::StringValue(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let labels: Vec<(String, String)> = match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        Some(value::Kind::StructValue(l)) => l
+            .fields
+            .iter()
+            .filter_map(|(k, v)| match &v.kind {
+                Some(value::Kind::StringValue(v)) => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let name = Some(text("WORKLOAD_NAME")).filter(|n| !n.is_empty()).unwrap_or_else(|| text("NAME"));
+    Some(Workload::new(&name, &text("NAMESPACE"), &labels, &text("CLUSTER_ID")))
+}
+
+/// One of the proxy's own counters or gauges in Prometheus form, named as Envoy's
+/// `/stats/prometheus` names it: `http.<prefix>.downstream_rq_total` is
+/// `envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="<prefix>"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stat {
+    /// `envoy_http_downstream_rq_total`.
+    pub name: String,
+    /// Labels taken out of the dotted name.
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: u64,
+}
+
+impl Stat {
+    /// A stat by its dotted Envoy name.
+    pub fn from_envoy(stat: &str, value: u64) -> Stat {
+        let tagged = |kind: &str, rest: &str, tag: &'static str| match rest.rsplit_once('.') {
+            Some((prefix, leaf)) => (format!("{kind}_{leaf}"), vec![(tag, prefix.to_owned())]),
+            None => (format!("{kind}_{rest}"), Vec::new()),
+        };
+        let (name, labels) = match stat.split_once('.') {
+            Some(("http", rest)) => tagged("http", rest, "envoy_http_conn_manager_prefix"),
+            Some(("tcp", rest)) => tagged("tcp", rest, "envoy_tcp_prefix"),
+            _ => (stat.to_owned(), Vec::new()),
+        };
+        Stat::new(&name, labels, value)
+    }
+
+    /// A stat of one cluster (`cluster.<name>.<leaf>`).
+    pub fn cluster(cluster: &str, leaf: &str, value: u64) -> Stat {
+        Stat::new(&format!("cluster_{leaf}"), vec![("envoy_cluster_name", cluster.to_owned())], value)
+    }
+
+    fn new(name: &str, labels: Vec<(&'static str, String)>, value: u64) -> Stat {
+        let name = format!("envoy_{}", name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_"));
+        Stat { name, labels, value }
+    }
+}
+
+#[derive(Debug)]
+struct EnvoyCounters(Vec<Stat>);
+
+impl Collector for EnvoyCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut by_name: BTreeMap<&str, Vec<&Stat>> = BTreeMap::new();
+        for stat in &self.0 {
+            by_name.entry(&stat.name).or_default().push(stat);
+        }
+        for (name, series) in by_name {
+            // Envoy's gauges: what is open, active or connected now.
+            let gauge = name.ends_with("_active") || name.ends_with("connected_state");
+            let (name, kind) = if gauge {
+                (name, MetricType::Gauge)
+            } else {
+                (name.strip_suffix("_total").unwrap_or(name), MetricType::Counter)
+            };
+            let mut metric = encoder.encode_descriptor(name, "", None, kind)?;
+            for stat in series {
+                let family = metric.encode_family(&stat.labels)?;
+                if gauge {
+                    ConstGauge::new(i64::try_from(stat.value).unwrap_or(i64::MAX)).encode(family)?;
+                } else {
+                    ConstCounter::new(stat.value).encode(family)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
+        NodeInfo {
+            id: format!("sidecar~127.0.0.1~{name}.default~default.svc.cluster.local"),
+            namespace: "default".into(),
+            workload_name: name.into(),
+            service_account: name.into(),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metadata_crosses_the_hop_and_leaves_the_headers() {
+        let client = IstioMetrics::new(&node("productpage-v1", &[("app", "productpage"), ("version", "v1")]));
+        let server = IstioMetrics::new(&node("reviews-v2", &[("app", "reviews")]));
+        let mut headers = HeaderMap::new();
+        client.offer(&mut headers);
+        let peer = server.take_peer(&mut headers).unwrap_or_else(Workload::unknown);
+        assert!(headers.is_empty(), "the exchange headers are removed: {headers:?}");
+        assert_eq!(
+            (peer.name.as_str(), peer.namespace.as_str(), peer.app.as_str(), peer.version.as_str()),
+            ("productpage-v1", "default", "productpage", "v1")
+        );
+        assert_eq!((peer.canonical_service.as_str(), peer.cluster.as_str()), ("productpage", "Kubernetes"));
+        // A peer that sent nothing is not made up.
+        assert!(server.take_peer(&mut HeaderMap::new()).is_none());
+        // Garbage is an unknown peer, not an error.
+        let mut bad = HeaderMap::new();
+        bad.insert(PEER_METADATA, HeaderValue::from_static("!!not base64!!"));
+        assert_eq!(server.take_peer(&mut bad).map(|w| w.name.clone()).as_deref(), Some("unknown"));
+    }
+
+    #[test]
+    fn peers_beyond_the_bound_are_unknown() {
+        let server = IstioMetrics::new(&node("server", &[]));
+        for i in 0..MAX_PEERS + 10 {
+            let mut headers = HeaderMap::new();
+            IstioMetrics::new(&node(&format!("w{i}"), &[])).offer(&mut headers);
+            let peer = server.take_peer(&mut headers).unwrap_or_else(Workload::unknown);
+            assert_eq!(peer.name == "unknown", i >= MAX_PEERS, "peer {i}");
+        }
+    }
+
+    #[test]
+    fn the_prometheus_text_has_istios_names_and_envoys() {
+        let m = IstioMetrics::new(&node("reviews-v2", &[("app", "reviews"), ("version", "v2")]));
+        let labels = Labels {
+            reporter: Reporter::Destination,
+            source: Workload::unknown(),
+            source_principal: "spiffe://cluster.local/ns/default/sa/productpage".into(),
+            destination: m.own().clone(),
+            destination_principal: "spiffe://cluster.local/ns/default/sa/reviews".into(),
+            service: Arc::new(Service {
+                host: "reviews.default.svc.cluster.local".into(),
+                name: "reviews".into(),
+                namespace: "default".into(),
+            }),
+            protocol: "http",
+            code: 503,
+            grpc_status: None,
+            flags: Flags::UPSTREAM_OVERFLOW,
+            security: "mutual_tls",
+        };
+        for _ in 0..2 {
+            m.record(&Request {
+                labels: labels.clone(),
+                duration: std::time::Duration::from_millis(7),
+                request_bytes: 120,
+                response_bytes: 80,
+            });
+        }
+        let text = m.prometheus(vec![
+            Stat::from_envoy("http.inbound_0.0.0.0_9080.downstream_rq_total", 2),
+            Stat::cluster("outbound|9080||reviews.default.svc.cluster.local", "upstream_rq_active", 1),
+        ]);
+        let line = text.lines().find(|l| l.starts_with("istio_requests_total{")).unwrap_or_else(|| panic!("{text}"));
+        for part in [
+            "reporter=\"destination\"",
+            "destination_workload=\"reviews-v2\"",
+            "destination_app=\"reviews\"",
+            "destination_version=\"v2\"",
+            "destination_service=\"reviews.default.svc.cluster.local\"",
+            "destination_service_name=\"reviews\"",
+            "response_code=\"503\"",
+            "response_flags=\"UO\"",
+            "connection_security_policy=\"mutual_tls\"",
+            "source_workload=\"unknown\"",
+        ] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+        assert!(line.ends_with("} 2"), "{line}");
+        assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_request_duration_milliseconds_bucket{") && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!((bucket("5.0").as_deref(), bucket("10.0").as_deref()), (Some("0"), Some("2")), "7 ms: {text}");
+        assert!(
+            text.contains("envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"inbound_0.0.0.0_9080\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "envoy_cluster_upstream_rq_active{envoy_cluster_name=\"outbound|9080||reviews.default.svc.cluster.local\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -87,7 +87,7 @@ kinds! {
         AuthorizationPolicy(istio::AuthorizationPolicySpec) = Supported;
         PeerAuthentication(istio::PeerAuthenticationSpec) = Supported;
         RequestAuthentication(istio::RequestAuthenticationSpec) = Supported;
-        Telemetry(istio::TelemetrySpec) = NotYet;
+        Telemetry(istio::TelemetrySpec) = Supported;
         WasmPlugin(istio::WasmPluginSpec) = Unsupported;
         TrafficExtension(istio::TrafficExtensionSpec) = Unsupported;
     }

@@ -1,7 +1,9 @@
 //! Istio's MeshConfig, the mesh-wide settings (the `mesh` key of the `istio` ConfigMap,
 //! istiod's `--meshConfig` file), as far as weft acts on it: the trust domain and its
-//! aliases, auto mTLS, and TLS parameters (`meshMTLS`, `tlsDefaults`). Every other
-//! field is accepted and reported as not acted on.
+//! aliases, auto mTLS, TLS parameters (`meshMTLS`, `tlsDefaults`), access logs
+//! (`accessLogFile`, `accessLogEncoding`, `accessLogFormat`, `defaultProviders`,
+//! `extensionProviders` with `envoyFileAccessLog`). Every other field is accepted and
+//! reported as not acted on.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,9 +28,65 @@ pub struct MeshConfig {
     /// TLS parameters of other TLS the proxies originate (DestinationRule SIMPLE and
     /// MUTUAL): ECDH curves and cipher suites.
     pub tls_defaults: Option<TlsConfig>,
+    /// Where every proxy writes its access log (`/dev/stdout`); none when empty.
+    pub access_log_file: Option<String>,
+    /// `TEXT` (the default) or `JSON`.
+    pub access_log_encoding: Option<String>,
+    /// The text format (Envoy's command operators), instead of Istio's default.
+    pub access_log_format: Option<String>,
+    /// The providers the Telemetry API uses when a Telemetry names none.
+    pub default_providers: Option<DefaultProviders>,
+    /// Named providers the Telemetry API refers to.
+    #[serde(default)]
+    pub extension_providers: Vec<ExtensionProvider>,
     /// Everything else, not acted on.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `defaultProviders`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultProviders {
+    /// Providers of access logs.
+    #[serde(default)]
+    pub access_logging: Vec<String>,
+    /// Everything else, not acted on.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// One of `extensionProviders`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    /// The name a Telemetry uses.
+    pub name: String,
+    /// A file access log.
+    pub envoy_file_access_log: Option<FileAccessLogProvider>,
+    /// Other kinds of provider, not acted on yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `envoyFileAccessLog`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileAccessLogProvider {
+    /// `/dev/stdout` or a file.
+    pub path: Option<String>,
+    /// `text` or `labels` (JSON).
+    pub log_format: Option<LogFormat>,
+}
+
+/// `logFormat`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogFormat {
+    /// A text format.
+    pub text: Option<String>,
+    /// JSON fields and their operators.
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// `meshMTLS` / `tlsDefaults`.
@@ -63,6 +121,26 @@ impl MeshConfig {
     /// Whether auto mTLS is on.
     pub fn auto_mtls(&self) -> bool {
         self.enable_auto_mtls.unwrap_or(true)
+    }
+
+    /// `defaultProviders.accessLogging`.
+    pub fn default_access_log_providers(&self) -> Vec<String> {
+        self.default_providers.as_ref().map(|d| d.access_logging.clone()).unwrap_or_default()
+    }
+
+    /// The `envoyFileAccessLog` provider `name`: its path, text format and JSON fields.
+    #[allow(clippy::type_complexity)]
+    pub fn file_access_log_provider(
+        &self,
+        name: &str,
+    ) -> Option<(String, Option<String>, Option<Vec<(String, String)>>)> {
+        let p = self.extension_providers.iter().find(|p| p.name == name)?.envoy_file_access_log.as_ref()?;
+        let format = p.log_format.clone().unwrap_or_default();
+        Some((
+            p.path.clone().unwrap_or_else(|| "/dev/stdout".into()),
+            format.text,
+            format.labels.map(|l| l.into_iter().collect()),
+        ))
     }
 }
 

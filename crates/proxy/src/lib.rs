@@ -7,6 +7,7 @@
 //! Envoy's admin endpoints. Control work (xDS, admin) never runs on the request path:
 //! a request reads the configuration through one atomic pointer.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod config;

@@ -218,20 +218,21 @@ fn istio_metadata(services: &[&Service]) -> envoy_types::pb::envoy::config::core
 
 /// `google.protobuf.Struct` with ordered fields (same wire format).
 #[derive(Clone, PartialEq, prost::Message)]
-struct SortedStruct {
+pub(super) struct SortedStruct {
     #[prost(btree_map = "string, message", tag = "1")]
-    fields: BTreeMap<String, SortedValue>,
+    pub(super) fields: BTreeMap<String, SortedValue>,
 }
 
 /// `google.protobuf.Value`, the kinds the metadata uses.
 #[derive(Clone, PartialEq, prost::Message)]
-struct SortedValue {
+pub(super) struct SortedValue {
     #[prost(oneof = "SortedKind", tags = "3, 5, 6")]
-    kind: Option<SortedKind>,
+    pub(super) kind: Option<SortedKind>,
 }
 
+/// `google.protobuf.Value`'s kinds.
 #[derive(Clone, PartialEq, prost::Oneof)]
-enum SortedKind {
+pub(super) enum SortedKind {
     #[prost(string, tag = "3")]
     String(String),
     #[prost(message, tag = "5")]
@@ -242,9 +243,9 @@ enum SortedKind {
 
 /// `google.protobuf.ListValue`.
 #[derive(Clone, PartialEq, prost::Message)]
-struct SortedList {
+pub(super) struct SortedList {
     #[prost(message, repeated, tag = "1")]
-    values: Vec<SortedValue>,
+    pub(super) values: Vec<SortedValue>,
 }
 
 /// The services whose endpoints are this proxy's workload (its WorkloadEntry) on `port`

@@ -33,11 +33,13 @@ const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 
 /// The listeners `proxy` needs.
 pub fn listeners_for(snapshot: &Snapshot, proxy: &ProxyIdentity, requested: &[String]) -> Vec<Listener> {
-    match proxy.role {
+    let mut out = match proxy.role {
         Role::Sidecar => sidecar_listeners(snapshot, proxy),
         Role::Gateway => gateway_listeners(snapshot, proxy),
-        Role::Proxyless => requested.iter().filter_map(|name| api_listener(snapshot, proxy, name)).collect(),
-    }
+        Role::Proxyless => return requested.iter().filter_map(|name| api_listener(snapshot, proxy, name)).collect(),
+    };
+    super::telemetry::apply(snapshot, proxy, &mut out);
+    out
 }
 
 fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {

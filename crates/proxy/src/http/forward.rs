@@ -156,6 +156,10 @@ impl HttpBody for Tee {
     }
 }
 
+/// The upstream host that answered, on a response's extensions.
+#[derive(Debug, Clone)]
+pub struct UpstreamHost(pub Arc<str>);
+
 /// Forwards a matched request.
 pub async fn forward(
     conn: &Connection,
@@ -169,7 +173,8 @@ pub async fn forward(
     let fwd = m.fwd;
     let (cluster, weighted) = choose_cluster(&fwd.clusters);
     let upstream = data.clusters.get(cluster).cloned().ok_or(LocalReply::NO_CLUSTER)?;
-    observed.service = Some(upstream.spec.service.clone());
+    observed.cluster = Some(upstream.spec.clone());
+    observed.route = Some(m.route.name.clone());
     // Istio's peer metadata exchange, with services in the mesh.
     let exchange = upstream.spec.exchange && conn.spec.reporter == Reporter::Source;
     let hash = request_hash(&fwd.hash_policy, &req, conn.peer);
@@ -573,7 +578,8 @@ async fn attempts(
                         None => {}
                     }
                 }
-                let (parts, incoming) = response.into_parts();
+                let (mut parts, incoming) = response.into_parts();
+                parts.extensions.insert(UpstreamHost(host.address.clone()));
                 let body = Tracked { inner: incoming, _guard: guard };
                 return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
             }

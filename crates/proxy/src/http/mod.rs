@@ -3,7 +3,7 @@
 //! then redirect, direct response or forward.
 
 mod filters;
-mod forward;
+pub(crate) mod forward;
 pub mod normalize;
 mod observe;
 

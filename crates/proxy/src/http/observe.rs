@@ -1,11 +1,11 @@
-//! What a request adds to Istio's metrics: its labels are settled when the response
-//! headers go out, its size and duration when the response body ends (or the client
-//! goes away), which is when it is counted.
+//! What a request adds to Istio's metrics and to the access logs: its labels are
+//! settled when the response headers go out, its size and duration when the response
+//! body ends (or the client goes away), which is when it is counted and logged.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -13,16 +13,22 @@ use hyper::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::Connection;
+use super::forward::UpstreamHost;
 use crate::Shared;
+use crate::access_log::Entry;
 use crate::body::{Body, BoxError};
+use crate::model::cluster::ClusterSpec;
+use crate::model::listener::HttpSpec;
 use crate::reply::Flags;
-use crate::telemetry::{Labels, Reporter, Request, Service, Workload};
+use crate::telemetry::{Labels, Reporter, Request, Workload};
 
-/// What the routing of one request learnt for its metrics.
+/// What the routing of one request learnt for its metrics and logs.
 #[derive(Debug, Default)]
 pub struct Observed {
-    /// The service of the cluster the request went to.
-    pub service: Option<Arc<Service>>,
+    /// The cluster the request went to.
+    pub cluster: Option<Arc<ClusterSpec>>,
+    /// The route's name.
+    pub route: Option<String>,
     /// The server's workload, from its metadata in the response (outbound).
     pub peer: Option<Arc<Workload>>,
 }
@@ -36,6 +42,8 @@ pub struct Start {
     peer: Option<Arc<Workload>>,
     /// `Host` or `:authority`, for requests that reach no cluster.
     authority: Option<String>,
+    /// The access log entry, when the connection manager has access logs.
+    log: Option<Box<Entry>>,
 }
 
 /// The approximate size of a header block on the wire.
@@ -58,12 +66,29 @@ impl Start {
             .unwrap_or(0);
         let line =
             (req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12) as u64;
+        let log = (!conn.spec.access_logs.is_empty()).then(|| {
+            Box::new(Entry {
+                start: Some(SystemTime::now()),
+                request: conn.spec.access_logs.capture(req),
+                protocol: match req.version() {
+                    hyper::Version::HTTP_2 => "HTTP/2",
+                    hyper::Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                bytes_received: body,
+                local: Some(conn.destination),
+                remote: Some(conn.peer),
+                sni: conn.sni.clone(),
+                ..Default::default()
+            })
+        });
         Start {
             started: Instant::now(),
             request_bytes: line + header_bytes(req.headers()) + body,
             grpc,
             peer,
             authority: super::authority(req),
+            log,
         }
     }
 
@@ -104,7 +129,7 @@ impl Start {
                 "unknown",
             ),
         };
-        let service = observed.service.unwrap_or_else(|| {
+        let service = observed.cluster.as_ref().map(|c| c.service.clone()).unwrap_or_else(|| {
             let host = self.authority.as_deref().map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h)).unwrap_or("");
             metrics.service_for_host(host)
         });
@@ -124,12 +149,26 @@ impl Start {
             security,
         };
         let head = 17 + header_bytes(response.headers());
+        let log = self.log.map(|mut entry| {
+            entry.response = response.headers().clone();
+            entry.code = labels.code;
+            entry.flags = flags;
+            entry.code_details =
+                if response.extensions().get::<UpstreamHost>().is_some() { "via_upstream" } else { "local_reply" };
+            entry.upstream_host = response.extensions().get::<UpstreamHost>().map(|h| h.0.to_string());
+            entry.cluster = observed.cluster.as_ref().map(|c| c.name.clone());
+            entry.route = observed.route;
+            entry
+        });
         let pending = Pending {
             shared: conn.shared.clone(),
+            spec: conn.spec.clone(),
             labels,
             started: self.started,
             request_bytes: self.request_bytes,
             response_bytes: head,
+            body_bytes: 0,
+            log,
         };
         response.map(|inner| Counted { inner, pending: Some(pending) }.boxed())
     }
@@ -141,19 +180,28 @@ fn unknown() -> Arc<str> {
 
 struct Pending {
     shared: Arc<Shared>,
+    spec: Arc<HttpSpec>,
     labels: Labels,
     started: Instant,
     request_bytes: u64,
     response_bytes: u64,
+    body_bytes: u64,
+    log: Option<Box<Entry>>,
 }
 
 impl Pending {
     fn record(self) {
+        let duration = self.started.elapsed();
+        if let Some(mut entry) = self.log {
+            entry.duration = duration;
+            entry.bytes_sent = self.body_bytes;
+            self.spec.access_logs.write(&entry);
+        }
         self.shared.metrics.record(&Request {
             labels: self.labels,
-            duration: self.started.elapsed(),
+            duration,
             request_bytes: self.request_bytes,
-            response_bytes: self.response_bytes,
+            response_bytes: self.response_bytes + self.body_bytes,
         });
     }
 }
@@ -174,7 +222,7 @@ impl HttpBody for Counted {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
-                        p.response_bytes += data.len() as u64;
+                        p.body_bytes += data.len() as u64;
                     } else if let Some(trailers) = frame.trailers_ref() {
                         p.response_bytes += header_bytes(trailers);
                         if let Some(status) =

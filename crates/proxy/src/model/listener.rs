@@ -147,6 +147,8 @@ pub struct HttpSpec {
     pub stat_prefix: String,
     /// Which side of a call this connection manager reports as, in Istio's metrics.
     pub reporter: Reporter,
+    /// Its access logs.
+    pub access_logs: crate::access_log::AccessLogs,
     /// Where routes come from.
     pub routes: RouteSource,
     /// Whether the fault filter runs.
@@ -461,6 +463,7 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
     Ok(HttpSpec {
         stat_prefix: h.stat_prefix.clone(),
         reporter,
+        access_logs: crate::access_log::AccessLogs::from_envoy(&h.access_log).map_err(ctx)?,
         routes,
         fault,
         cors,

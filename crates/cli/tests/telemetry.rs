@@ -1,0 +1,124 @@
+//! Access logs through the Telemetry API and meshConfig's providers, with real Envoy and
+//! weft alike: a JSON log filtered to failures (`response.code >= 400`) and a text log
+//! of every request in Istio's default format, each in its own file.
+
+mod common;
+
+use common::mesh::{Dataplane, Mesh};
+
+fn mesh_yaml(b: u8) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-1}}
+spec: {{address: 127.{b}.1.1, labels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    bind: 127.{b}.2.1
+    hosts: ["./*"]
+"#
+    )
+}
+
+const TELEMETRY: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: failures}]
+    filter: {expression: "response.code >= 400"}
+  - providers: [{name: everything}]
+"#;
+
+fn access_logs_follow_the_telemetry_api(kind: Dataplane, b: u8) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let failures = dir.path().join("failures.log");
+    let everything = dir.path().join("everything.log");
+    let mesh_config = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh_config,
+        format!(
+            r#"extensionProviders:
+- name: failures
+  envoyFileAccessLog:
+    path: {}
+    logFormat:
+      labels: {{code: "%RESPONSE_CODE%", path: "%REQ(:PATH)%", flags: "%RESPONSE_FLAGS%", authority: "%REQ(:AUTHORITY)%", upstream: "%UPSTREAM_HOST%"}}
+- name: everything
+  envoyFileAccessLog: {{path: {}}}
+"#,
+            failures.display(),
+            everything.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = mesh_config.to_string_lossy().into_owned();
+    let mut mesh = Mesh::start_with(
+        b,
+        &[("mesh.yaml", &mesh_yaml(b)), ("telemetry.yaml", TELEMETRY)],
+        &["--mesh-config", &config],
+    );
+    mesh.backend("echo-1", &format!("127.{b}.1.1"), 9080, 0);
+    let node = format!("sidecar~127.{b}.2.1~client.default~default.svc.cluster.local");
+    mesh.proxy(kind, "client", &node, &[("app", "client")], &format!("127.{b}.2.1"), true);
+    let url = |path: &str| format!("http://127.{b}.2.1:9080{path}");
+    mesh.wait_until("the egress listener", || mesh.curl(&["-H", "Host: echo", &url("/ready")]).status == 200);
+
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let before = read(&everything).lines().count();
+    assert_eq!(mesh.curl(&["-H", "Host: echo", &url("/ok")]).status, 200);
+    assert_eq!(mesh.curl(&["-H", "Host: echo", &url("/status/404")]).status, 404);
+    // Lines are written when each response ends: wait for both.
+    mesh.wait_until("both requests in the text log", || read(&everything).lines().count() >= before + 2);
+
+    // Only the failure is in the filtered JSON log, with numbers as numbers.
+    let lines: Vec<serde_json::Value> =
+        read(&failures).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let entry = &lines[0];
+    assert_eq!(entry["code"], 404, "{entry}");
+    assert_eq!(entry["path"], "/status/404", "{entry}");
+    assert_eq!(entry["flags"], "-", "{entry}");
+    assert_eq!(entry["authority"], "echo", "{entry}");
+    assert_eq!(entry["upstream"], format!("127.{b}.1.1:9080"), "{entry}");
+
+    // The text log has every request, in Istio's default format.
+    let text = read(&everything);
+    let ok = text.lines().find(|l| l.contains("\"GET /ok HTTP/1.1\"")).unwrap_or_else(|| panic!("{text}"));
+    assert!(ok.starts_with('['), "{ok}");
+    assert!(ok.contains(" 200 - via_upstream "), "{ok}");
+    assert!(
+        ok.contains(&format!("\"echo\" \"127.{b}.1.1:9080\" outbound|9080||echo.default.svc.cluster.local")),
+        "{ok}"
+    );
+    assert!(text.lines().any(|l| l.contains("\"GET /status/404 HTTP/1.1\" 404 ")), "{text}");
+    mesh.wait_synced(1);
+}
+
+#[test]
+fn envoy_access_logs_follow_the_telemetry_api() {
+    access_logs_follow_the_telemetry_api(Dataplane::Envoy, 49);
+}
+
+#[test]
+fn weft_access_logs_follow_the_telemetry_api() {
+    access_logs_follow_the_telemetry_api(Dataplane::Weft, 150);
+}

@@ -1,0 +1,356 @@
+//! Access logs as Istio configures them: meshConfig's `accessLogFile`,
+//! `accessLogEncoding` and `accessLogFormat` for the whole mesh, overridden by the
+//! Telemetry API's `accessLogging` (workload, then namespace, then root namespace, the
+//! most specific Telemetry that says anything about access logs deciding). Providers are
+//! the built-in `envoy` (standard output) and meshConfig's `extensionProviders` with
+//! `envoyFileAccessLog`. Each becomes an Envoy file access log on the HTTP connection
+//! managers it applies to (`match.mode`: CLIENT is outbound, SERVER inbound), with
+//! Istio's default format, and a filter `expression` in the subset Istio users write
+//! (comparisons of `response.code`, joined by `&&` or `||`) as Envoy's status code
+//! filters.
+
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, AndFilter, ComparisonFilter, OrFilter, StatusCodeFilter, access_log, access_log_filter,
+    comparison_filter,
+};
+use envoy_types::pb::envoy::config::core::v3::{RuntimeUInt32, TrafficDirection};
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::util::pack_any;
+use prost::Message;
+use weft_api::istio::{AccessLogging, LogSelectorMode};
+
+use crate::node::ProxyIdentity;
+use crate::snapshot::Snapshot;
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const FILE_LOGGER: &str = "envoy.access_loggers.file";
+
+/// Istio's default text format.
+pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
+%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \
+\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
+%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \
+\"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% \
+%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Istio's default JSON fields.
+const ISTIO_JSON_FORMAT: &[(&str, &str)] = &[
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("connection_termination_details", "%CONNECTION_TERMINATION_DETAILS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("duration", "%DURATION%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("start_time", "%START_TIME%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("upstream_service_time", "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"),
+    ("upstream_transport_failure_reason", "%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+];
+
+/// What an access log writes.
+#[derive(Debug, Clone, PartialEq)]
+enum Format {
+    Text(String),
+    Json(Vec<(String, String)>),
+}
+
+/// One access log to configure.
+#[derive(Debug, Clone, PartialEq)]
+struct Log {
+    path: String,
+    format: Format,
+    filter: Option<AccessLogFilter>,
+    mode: LogSelectorMode,
+}
+
+/// Adds the access logs that apply to `proxy` to its HTTP connection managers.
+pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut [Listener]) {
+    let logs = logs_for(snapshot, proxy);
+    if logs.is_empty() {
+        return;
+    }
+    for l in listeners {
+        let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
+        let applies: Vec<AccessLog> = logs
+            .iter()
+            .filter(|log| match log.mode {
+                LogSelectorMode::ClientAndServer => true,
+                LogSelectorMode::Client => !inbound,
+                LogSelectorMode::Server => inbound,
+            })
+            .map(access_log)
+            .collect();
+        if applies.is_empty() {
+            continue;
+        }
+        for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.as_mut()) {
+            for f in &mut chain.filters {
+                let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+                if f.name != HCM {
+                    continue;
+                }
+                let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+                hcm.access_log = applies.clone();
+                *any = pack_any(hcm);
+            }
+        }
+    }
+}
+
+/// The access logs of `proxy`'s workload: the most specific Telemetry with
+/// `accessLogging`, else meshConfig's `accessLogFile`.
+fn logs_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Log> {
+    let telemetry = super::policies_for(snapshot, proxy, |spec| match spec {
+        weft_api::Spec::Telemetry(t) => {
+            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
+        }
+        _ => None,
+    });
+    // Workload (with a selector) before namespace before root namespace.
+    let rank = |r: &weft_api::Resource, t: &weft_api::istio::TelemetrySpec| {
+        let workload = t.selector.is_some();
+        let own_namespace = r.namespace() == proxy.namespace;
+        match (workload, own_namespace) {
+            (true, true) => 0,
+            (false, true) => 1,
+            _ => 2,
+        }
+    };
+    let chosen = telemetry
+        .iter()
+        .filter(|(_, t)| !t.access_logging.is_empty())
+        .min_by_key(|(r, t)| (rank(r, t), r.namespace().to_owned(), r.name().to_owned()));
+    let mesh = &snapshot.mesh;
+    match chosen {
+        Some((r, t)) => t
+            .access_logging
+            .iter()
+            .filter(|a| a.disabled != Some(true))
+            .flat_map(|a| logs_of(snapshot, a, &format!("Telemetry {}/{}", r.namespace(), r.name())))
+            .collect(),
+        None => match mesh.access_log_file.as_deref() {
+            Some(path) if !path.is_empty() => vec![Log {
+                path: path.to_owned(),
+                format: mesh_format(snapshot),
+                filter: None,
+                mode: LogSelectorMode::ClientAndServer,
+            }],
+            _ => Vec::new(),
+        },
+    }
+}
+
+/// meshConfig's `accessLogEncoding` and `accessLogFormat`.
+fn mesh_format(snapshot: &Snapshot) -> Format {
+    let mesh = &snapshot.mesh;
+    let json = mesh.access_log_encoding.as_deref() == Some("JSON");
+    match (json, mesh.access_log_format.as_deref()) {
+        (false, Some(f)) if !f.is_empty() => {
+            Format::Text(if f.ends_with('\n') { f.to_owned() } else { format!("{f}\n") })
+        }
+        (false, _) => Format::Text(ISTIO_TEXT_FORMAT.to_owned()),
+        (true, _) => Format::Json(ISTIO_JSON_FORMAT.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+    }
+}
+
+fn logs_of(snapshot: &Snapshot, a: &AccessLogging, owner: &str) -> Vec<Log> {
+    let filter = match a.filter.as_ref().and_then(|f| f.expression.as_deref()) {
+        None => None,
+        Some(expression) => match compile_expression(expression) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(
+                    "{owner}: access log filter {expression:?} is not supported ({e}); logging nothing for it"
+                );
+                return Vec::new();
+            }
+        },
+    };
+    let mode = a.r#match.as_ref().and_then(|m| m.mode).unwrap_or(LogSelectorMode::ClientAndServer);
+    let mut names: Vec<String> = a.providers.iter().filter_map(|p| p.name.clone()).collect();
+    if names.is_empty() {
+        names = snapshot.mesh.default_access_log_providers();
+    }
+    if names.is_empty() {
+        names.push("envoy".into());
+    }
+    names
+        .iter()
+        .filter_map(|name| {
+            let (path, format) = if name == "envoy" {
+                ("/dev/stdout".to_owned(), mesh_format(snapshot))
+            } else {
+                match snapshot.mesh.file_access_log_provider(name) {
+                    Some((path, text, labels)) => {
+                        let format = match (text, labels) {
+                            (_, Some(labels)) => Format::Json(labels),
+                            (Some(text), None) => {
+                                Format::Text(if text.ends_with('\n') { text } else { format!("{text}\n") })
+                            }
+                            (None, None) => Format::Text(ISTIO_TEXT_FORMAT.to_owned()),
+                        };
+                        (path, format)
+                    }
+                    None => {
+                        tracing::warn!(
+                            "{owner}: access log provider {name:?} is not an envoyFileAccessLog provider of meshConfig"
+                        );
+                        return None;
+                    }
+                }
+            };
+            Some(Log { path, format, filter: filter.clone(), mode })
+        })
+        .collect()
+}
+
+fn access_log(log: &Log) -> AccessLog {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString, data_source};
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
+    let config = match &log.format {
+        Format::Text(t) => pack_any(FileAccessLog {
+            path: log.path.clone(),
+            access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+                format: Some(
+                    envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format::TextFormatSource(
+                        DataSource {
+                            specifier: Some(data_source::Specifier::InlineString(t.clone())),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            })),
+        }),
+        // The JSON fields are a protobuf Struct, a hash map: encoded in order so that the
+        // same configuration always gives the same bytes.
+        Format::Json(fields) => {
+            use super::cluster::{SortedKind, SortedStruct, SortedValue};
+            let json = SortedStruct {
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), SortedValue { kind: Some(SortedKind::String(v.clone())) }))
+                    .collect(),
+            };
+            let sorted = SortedFileAccessLog {
+                path: log.path.clone(),
+                log_format: Some(SortedFormatString { json_format: Some(json) }),
+            };
+            envoy_types::pb::google::protobuf::Any {
+                type_url: "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog".into(),
+                value: sorted.encode_to_vec(),
+            }
+        }
+    };
+    AccessLog {
+        name: FILE_LOGGER.into(),
+        filter: log.filter.clone(),
+        config_type: Some(access_log::ConfigType::TypedConfig(config)),
+    }
+}
+
+/// `FileAccessLog` with a JSON format, as it is on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedFileAccessLog {
+    #[prost(string, tag = "1")]
+    path: String,
+    #[prost(message, optional, tag = "5")]
+    log_format: Option<SortedFormatString>,
+}
+
+/// `SubstitutionFormatString` with `json_format`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedFormatString {
+    #[prost(message, optional, tag = "2")]
+    json_format: Option<super::cluster::SortedStruct>,
+}
+
+/// `response.code >= 400`, `response.code == 503 || response.code == 504`, ...: the
+/// comparisons of `response.code` that Istio users write, joined by `&&` or `||` (not
+/// both), as Envoy's status code filters.
+fn compile_expression(expression: &str) -> Result<AccessLogFilter, String> {
+    let or: Vec<&str> = expression.split("||").collect();
+    let and: Vec<&str> = expression.split("&&").collect();
+    type Join = fn(Vec<AccessLogFilter>) -> AccessLogFilter;
+    let (terms, join): (Vec<&str>, Join) = match (or.len(), and.len()) {
+        (1, 1) => (vec![expression], |mut f| f.remove(0)),
+        (_, 1) => (or, |filters| AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::OrFilter(OrFilter { filters })),
+        }),
+        (1, _) => (and, |filters| AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::AndFilter(AndFilter { filters })),
+        }),
+        _ => return Err("both && and || in one expression".into()),
+    };
+    let filters = terms.iter().map(|t| status_term(t)).collect::<Result<Vec<_>, _>>()?;
+    Ok(join(filters))
+}
+
+fn status_term(term: &str) -> Result<AccessLogFilter, String> {
+    use comparison_filter::Op;
+    let rest = term.trim().strip_prefix("response.code").ok_or("only response.code is understood")?.trim_start();
+    let (op, number) = [">=", "<=", "==", "!=", ">", "<"]
+        .iter()
+        .find_map(|op| rest.strip_prefix(op).map(|n| (*op, n.trim())))
+        .ok_or("expected a comparison")?;
+    let n: u32 = number.parse().map_err(|_| format!("{number:?} is not a status code"))?;
+    let (op, n) = match op {
+        ">=" => (Op::Ge, n),
+        "<=" => (Op::Le, n),
+        "==" => (Op::Eq, n),
+        "!=" => (Op::Ne, n),
+        ">" => (Op::Ge, n + 1),
+        _ => (Op::Le, n.checked_sub(1).ok_or("response.code < 0")?),
+    };
+    Ok(AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::StatusCodeFilter(StatusCodeFilter {
+            comparison: Some(ComparisonFilter {
+                op: op as i32,
+                value: Some(RuntimeUInt32 { default_value: n, runtime_key: "access_log.status".into() }),
+            }),
+        })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_filter(f: &AccessLogFilter) -> Option<(i32, u32)> {
+        match &f.filter_specifier {
+            Some(access_log_filter::FilterSpecifier::StatusCodeFilter(s)) => {
+                s.comparison.as_ref().map(|c| (c.op, c.value.as_ref().map_or(0, |v| v.default_value)))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn response_code_expressions_become_status_code_filters() {
+        use comparison_filter::Op;
+        let f = compile_expression("response.code >= 400").unwrap_or_default();
+        assert_eq!(code_filter(&f), Some((Op::Ge as i32, 400)));
+        let f = compile_expression("response.code > 499").unwrap_or_default();
+        assert_eq!(code_filter(&f), Some((Op::Ge as i32, 500)));
+        let f = compile_expression("response.code == 503 || response.code == 504").unwrap_or_default();
+        let Some(access_log_filter::FilterSpecifier::OrFilter(or)) = f.filter_specifier else { panic!("not an or") };
+        assert_eq!(or.filters.iter().filter_map(code_filter).collect::<Vec<_>>(), [(0, 503), (0, 504)]);
+        assert!(compile_expression("request.headers['x'] == 'y'").is_err());
+        assert!(compile_expression("response.code >= 400 && response.code < 500 || response.code == 200").is_err());
+    }
+}

@@ -1,4 +1,12 @@
-//! Access logs as Istio configures them: meshConfig's `accessLogFile`,
+//! Metrics and access logs as Istio configures them.
+//!
+//! Metrics are on unless a Telemetry turns them off (`metrics: [{overrides: [{disabled:
+//! true}]}]`, for all metrics, optionally for CLIENT or SERVER only; the most specific
+//! Telemetry with `metrics` decides): as in Istio, an HTTP connection manager whose
+//! proxy reports metrics carries the `istio.stats` filter (optional, so Envoy, which
+//! lacks it, passes it by).
+//!
+//! Access logs: meshConfig's `accessLogFile`,
 //! `accessLogEncoding` and `accessLogFormat` for the whole mesh, overridden by the
 //! Telemetry API's `accessLogging` (workload, then namespace, then root namespace, the
 //! most specific Telemetry that says anything about access logs deciding). Providers are
@@ -16,15 +24,18 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
 use envoy_types::pb::envoy::config::core::v3::{RuntimeUInt32, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
 use envoy_types::util::pack_any;
 use prost::Message;
-use weft_api::istio::{AccessLogging, LogSelectorMode};
+use weft_api::istio::{AccessLogging, LogSelectorMode, TelemetrySpec};
 
 use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const FILE_LOGGER: &str = "envoy.access_loggers.file";
+/// Istio's name for its stats filter.
+pub const STATS_FILTER: &str = "istio.stats";
 
 /// Istio's default text format.
 pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
@@ -78,14 +89,14 @@ struct Log {
     mode: LogSelectorMode,
 }
 
-/// Adds the access logs that apply to `proxy` to its HTTP connection managers.
+/// Adds the metrics filter and the access logs that apply to `proxy` to its HTTP
+/// connection managers.
 pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut [Listener]) {
     let logs = logs_for(snapshot, proxy);
-    if logs.is_empty() {
-        return;
-    }
+    let metrics = metrics_for(snapshot, proxy);
     for l in listeners {
         let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
+        let stats = if inbound { metrics.server } else { metrics.client };
         let applies: Vec<AccessLog> = logs
             .iter()
             .filter(|log| match log.mode {
@@ -95,7 +106,7 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
             })
             .map(access_log)
             .collect();
-        if applies.is_empty() {
+        if applies.is_empty() && !stats {
             continue;
         }
         for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.as_mut()) {
@@ -106,35 +117,74 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
                 }
                 let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
                 hcm.access_log = applies.clone();
+                if stats {
+                    // Before the router, which is last.
+                    let at = hcm.http_filters.len().saturating_sub(1);
+                    hcm.http_filters.insert(at, stats_filter());
+                }
                 *any = pack_any(hcm);
             }
         }
     }
 }
 
+/// Where a proxy reports metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MetricsOn {
+    client: bool,
+    server: bool,
+}
+
+/// Istio's stats filter by its name, with an empty configuration (a
+/// `google.protobuf.Struct`, which every xDS client can decode), marked optional:
+/// proxies that lack it, such as Envoy, pass it by.
+fn stats_filter() -> HttpFilter {
+    HttpFilter {
+        name: STATS_FILTER.into(),
+        is_optional: true,
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            envoy_types::pb::google::protobuf::Struct::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// Whether the proxy reports metrics as a client and as a server: on, unless the most
+/// specific Telemetry with `metrics` turns them off.
+fn metrics_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> MetricsOn {
+    let mut on = MetricsOn { client: true, server: true };
+    let Some((r, t)) = most_specific(snapshot, proxy, |t| !t.metrics.is_empty()) else { return on };
+    for m in &t.metrics {
+        let prometheus = m.providers.is_empty() || m.providers.iter().any(|p| p.name.as_deref() == Some("prometheus"));
+        if !prometheus {
+            continue;
+        }
+        for o in &m.overrides {
+            let selector = o.r#match.as_ref();
+            let metric = selector.and_then(|m| m.metric.map(|x| x.as_str())).unwrap_or("ALL_METRICS");
+            if metric != "ALL_METRICS" || selector.is_some_and(|m| m.custom_metric.is_some()) {
+                tracing::warn!(
+                    "Telemetry {}/{}: overrides of single metrics are not supported yet; only ALL_METRICS",
+                    r.namespace(),
+                    r.name()
+                );
+                continue;
+            }
+            let enabled = o.disabled != Some(true);
+            match selector.and_then(|m| m.mode) {
+                Some(LogSelectorMode::Client) => on.client = enabled,
+                Some(LogSelectorMode::Server) => on.server = enabled,
+                _ => on = MetricsOn { client: enabled, server: enabled },
+            }
+        }
+    }
+    on
+}
+
 /// The access logs of `proxy`'s workload: the most specific Telemetry with
 /// `accessLogging`, else meshConfig's `accessLogFile`.
 fn logs_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Log> {
-    let telemetry = super::policies_for(snapshot, proxy, |spec| match spec {
-        weft_api::Spec::Telemetry(t) => {
-            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
-        }
-        _ => None,
-    });
-    // Workload (with a selector) before namespace before root namespace.
-    let rank = |r: &weft_api::Resource, t: &weft_api::istio::TelemetrySpec| {
-        let workload = t.selector.is_some();
-        let own_namespace = r.namespace() == proxy.namespace;
-        match (workload, own_namespace) {
-            (true, true) => 0,
-            (false, true) => 1,
-            _ => 2,
-        }
-    };
-    let chosen = telemetry
-        .iter()
-        .filter(|(_, t)| !t.access_logging.is_empty())
-        .min_by_key(|(r, t)| (rank(r, t), r.namespace().to_owned(), r.name().to_owned()));
+    let chosen = most_specific(snapshot, proxy, |t| !t.access_logging.is_empty());
     let mesh = &snapshot.mesh;
     match chosen {
         Some((r, t)) => t
@@ -153,6 +203,31 @@ fn logs_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Log> {
             _ => Vec::new(),
         },
     }
+}
+
+/// The Telemetry that decides for `proxy` among those `relevant`: workload (with a
+/// selector) before namespace before root namespace.
+fn most_specific<'a>(
+    snapshot: &'a Snapshot,
+    proxy: &ProxyIdentity,
+    relevant: impl Fn(&TelemetrySpec) -> bool,
+) -> Option<(&'a weft_api::Resource, &'a TelemetrySpec)> {
+    let telemetry = super::policies_for(snapshot, proxy, |spec| match spec {
+        weft_api::Spec::Telemetry(t) => {
+            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
+        }
+        _ => None,
+    });
+    let rank =
+        |r: &weft_api::Resource, t: &TelemetrySpec| match (t.selector.is_some(), r.namespace() == proxy.namespace) {
+            (true, true) => 0,
+            (false, true) => 1,
+            _ => 2,
+        };
+    telemetry
+        .into_iter()
+        .filter(|(_, t)| relevant(t))
+        .min_by_key(|(r, t)| (rank(r, t), r.namespace().to_owned(), r.name().to_owned()))
 }
 
 /// meshConfig's `accessLogEncoding` and `accessLogFormat`.
@@ -338,6 +413,39 @@ mod tests {
             }
             _ => None,
         }
+    }
+
+    fn stats_filters(telemetry: &str) -> Vec<bool> {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: r}}\nspec: {{hosts: [reviews.default.svc.cluster.local], location: MESH_INTERNAL, resolution: STATIC, ports: [{{number: 9080, name: http, protocol: HTTP}}], endpoints: [{{address: 10.0.0.1}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: c}}\nspec: {{workloadSelector: {{labels: {{app: client}}}}, egress: [{{port: {{number: 9080, protocol: HTTP, name: http}}, bind: 127.0.0.9, hosts: [./*]}}]}}\n{telemetry}"
+        );
+        let snapshot = Snapshot::new(1, weft_api::parse_text("t.yaml", &yaml).resources);
+        let proxy = crate::testing::proxy(crate::node::Role::Sidecar, &[("app", "client")]);
+        super::super::listeners_for(&snapshot, &proxy, &[])
+            .iter()
+            .flat_map(|l| l.filter_chains.iter().flat_map(|c| c.filters.iter()))
+            .filter_map(|f| match &f.config_type {
+                Some(filter::ConfigType::TypedConfig(any)) => HttpConnectionManager::decode(any.value.as_slice()).ok(),
+                _ => None,
+            })
+            .map(|hcm| hcm.http_filters.iter().any(|f| f.name == STATS_FILTER && f.is_optional))
+            .collect()
+    }
+
+    #[test]
+    fn metrics_are_on_until_a_telemetry_turns_them_off() {
+        assert_eq!(stats_filters(""), [true]);
+        let off = "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec: {metrics: [{providers: [{name: prometheus}], overrides: [{disabled: true}]}]}\n";
+        assert_eq!(stats_filters(off), [false]);
+        // Only the server side off: the client's (outbound) listener keeps its metrics.
+        let server_off =
+            off.replace("overrides: [{disabled: true}]", "overrides: [{match: {mode: SERVER}, disabled: true}]");
+        assert_eq!(stats_filters(&server_off), [true]);
+        // A workload's Telemetry wins over the mesh's.
+        let back_on = format!(
+            "{off}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: w}}\nspec: {{selector: {{matchLabels: {{app: client}}}}, metrics: [{{overrides: [{{disabled: false}}]}}]}}\n"
+        );
+        assert_eq!(stats_filters(&back_on), [true]);
     }
 
     #[test]

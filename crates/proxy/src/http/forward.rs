@@ -176,7 +176,7 @@ pub async fn forward(
     observed.cluster = Some(upstream.spec.clone());
     observed.route = Some(m.route.name.clone());
     // Istio's peer metadata exchange, with services in the mesh.
-    let exchange = upstream.spec.exchange && conn.spec.reporter == Reporter::Source;
+    let exchange = upstream.spec.exchange && conn.spec.metrics && conn.spec.reporter == Reporter::Source;
     let hash = request_hash(&fwd.hash_policy, &req, conn.peer);
     let upgrade = upgrade_of(req.headers());
     if let Some(u) = &upgrade

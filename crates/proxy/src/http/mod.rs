@@ -181,7 +181,16 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
     let grpc = is_grpc(&req);
-    let start = observe::Start::new(&conn, &mut req, grpc);
+    // Metrics and access logs, when the connection manager has them; the peer metadata
+    // of a caller never reaches the application either way.
+    let start = if conn.spec.metrics || !conn.spec.access_logs.is_empty() {
+        Some(observe::Start::new(&conn, &mut req, grpc))
+    } else {
+        if conn.spec.reporter == crate::telemetry::Reporter::Destination {
+            conn.shared.metrics.take_peer(req.headers_mut());
+        }
+        None
+    };
     let mut observed = observe::Observed::default();
     let (response, flags) = match route(&conn, req, &mut observed).await {
         Ok(r) => {
@@ -196,7 +205,10 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
             (reply.response(grpc), flags)
         }
     };
-    let response = start.finish(&conn, observed, response, flags);
+    let response = match start {
+        Some(start) => start.finish(&conn, observed, response, flags),
+        None => response,
+    };
     let class = usize::from(response.status().as_u16() / 100).min(5);
     conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);

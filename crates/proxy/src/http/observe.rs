@@ -197,6 +197,9 @@ impl Pending {
             entry.bytes_sent = self.body_bytes;
             self.spec.access_logs.write(&entry);
         }
+        if !self.spec.metrics {
+            return;
+        }
         self.shared.metrics.record(&Request {
             labels: self.labels,
             duration,

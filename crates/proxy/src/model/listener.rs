@@ -149,6 +149,8 @@ pub struct HttpSpec {
     pub reporter: Reporter,
     /// Its access logs.
     pub access_logs: crate::access_log::AccessLogs,
+    /// Whether it reports Istio's metrics (the `istio.stats` filter).
+    pub metrics: bool,
     /// Where routes come from.
     pub routes: RouteSource,
     /// Whether the fault filter runs.
@@ -417,7 +419,7 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
         }
         _ => return Err(ctx(ConfigError::new("only RDS and inline route configurations are supported"))),
     };
-    let (mut fault, mut cors, mut router) = (false, false, false);
+    let (mut fault, mut cors, mut router, mut metrics) = (false, false, false, false);
     let mut rbac = Vec::new();
     let mut jwt = None;
     for (i, f) in h.http_filters.iter().enumerate() {
@@ -433,6 +435,8 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
                 router = true;
             }
             (_, "envoy.extensions.filters.http.fault.v3.HTTPFault") => fault = true,
+            // Istio's stats filter: this connection manager reports Istio's metrics.
+            ("istio.stats", _) => metrics = true,
             (_, "envoy.extensions.filters.http.cors.v3.Cors") => cors = true,
             (name, JWT_AUTHN) => {
                 let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
@@ -464,6 +468,7 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
         stat_prefix: h.stat_prefix.clone(),
         reporter,
         access_logs: crate::access_log::AccessLogs::from_envoy(&h.access_log).map_err(ctx)?,
+        metrics,
         routes,
         fault,
         cors,

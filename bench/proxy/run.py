@@ -563,7 +563,16 @@ def start_nginx_pair(tools, processes, workdir):
     return Running(entry=entry, proxies=procs[::-1])
 
 
-def weft_mesh_yaml(mtls=False, new_connections=False):
+TELEMETRY_OFF = """\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: no-metrics, namespace: istio-system}
+spec:
+  metrics: [{providers: [{name: prometheus}], overrides: [{disabled: true}]}]
+"""
+
+
+def weft_mesh_yaml(mtls=False, new_connections=False, telemetry=True):
     """Istio YAML for local mode: the client's sidecar has an egress listener on
     127.77.2.1:9080; `server` is a ServiceEntry whose endpoint is the server's sidecar
     (ingress on 127.77.3.1:9080, forwarding to the application); 100 more services make
@@ -615,6 +624,8 @@ spec:
     captureMode: NONE
     defaultEndpoint: {WEFT_APP_IP}:{WEFT_APP_PORT}
 """]
+    if not telemetry:
+        docs.append(TELEMETRY_OFF)
     if new_connections:
         docs.append("""\
 apiVersion: networking.istio.io/v1
@@ -639,10 +650,11 @@ spec:
     return "---\n".join(docs)
 
 
-def start_weft_control_plane(tools, processes, workdir, state_dir=None):
+def start_weft_control_plane(tools, processes, workdir, state_dir=None, telemetry=True):
     config_dir = make_dir(workdir / ("weft-mesh-mtls" if state_dir else "weft-mesh"))
     (config_dir / "mesh.yaml").write_text(weft_mesh_yaml(mtls=state_dir is not None,
-                                                         new_connections=tools.new_connections))
+                                                         new_connections=tools.new_connections,
+                                                         telemetry=telemetry))
     proc = processes.start("weft-control-plane", weft_control_plane_command(tools.weft, config_dir, state_dir))
     ip, port = XDS_ADDRESS.rsplit(":", 1)
     wait_for_port(ip, int(port), [proc], processes, timeout=30)
@@ -656,9 +668,9 @@ def start_weft_control_plane(tools, processes, workdir, state_dir=None):
     return proc
 
 
-def start_weft_pair(tools, processes, workdir, mtls=False, weft=None):
+def start_weft_pair(tools, processes, workdir, mtls=False, weft=None, telemetry=True):
     state_dir = make_dir(workdir / "weft-state") if mtls else None
-    control_plane = start_weft_control_plane(tools, processes, workdir, state_dir)
+    control_plane = start_weft_control_plane(tools, processes, workdir, state_dir, telemetry)
     procs = [processes.start(f"weft-{role}", weft_proxy_command(weft or tools.weft, name, ip, state_dir))
              for role, name, ip in (("b", "server", PROXY_B_IP), ("a", "client", PROXY_A_IP))]
     entry = {"h1": (PROXY_A_IP, PROXY_PORT), "h2": (PROXY_A_IP, PROXY_PORT)}
@@ -668,6 +680,10 @@ def start_weft_pair(tools, processes, workdir, mtls=False, weft=None):
 
 def start_weft_mtls_pair(tools, processes, workdir):
     return start_weft_pair(tools, processes, workdir, mtls=True)
+
+
+def start_weft_pair_without_telemetry(tools, processes, workdir):
+    return start_weft_pair(tools, processes, workdir, telemetry=False)
 
 
 def provider_setup(provider):
@@ -760,6 +776,8 @@ SETUPS = [
     SetupKind("nginx", "nginx pair (keepalive upstreams)", start_nginx_pair, lambda tools: None),
     SetupKind("weft", "weft proxy pair (xDS from weft control-plane)", start_weft_pair,
               lambda tools: tools.weft_problem),
+    SetupKind("weft-no-telemetry", "weft proxy pair with Istio's metrics turned off (a Telemetry resource)",
+              start_weft_pair_without_telemetry, lambda tools: tools.weft_problem),
     SetupKind("envoy-mtls", "Envoy pair, mutual TLS (xDS from weft control-plane, SDS from weft agent)",
               start_envoy_mtls_pair, lambda tools: tools.envoy_problem or tools.weft_problem),
     SetupKind("weft-mtls", "weft proxy pair, mutual TLS (certificates from the weft CA)", start_weft_mtls_pair,
@@ -971,7 +989,7 @@ FIGURES = [
 ]
 
 RATIO_PAIRS = [
-    ("weft", "envoy"), ("weft", "nginx"), ("envoy", "nginx"),
+    ("weft", "envoy"), ("weft", "nginx"), ("envoy", "nginx"), ("weft", "weft-no-telemetry"),
     ("weft-mtls", "envoy-mtls"), ("weft-mtls", "weft"), ("envoy-mtls", "envoy"),
     ("weft-mtls-openssl", "weft-mtls"), ("weft-mtls-fips", "weft-mtls"), ("weft-mtls-openssl", "envoy-mtls"),
 ]

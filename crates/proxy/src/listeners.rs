@@ -288,14 +288,17 @@ async fn serve_chain<I>(
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerCertificate {
     /// The first URI SAN (the SPIFFE id), if any.
-    pub uri: Option<String>,
+    pub uri: Option<std::sync::Arc<str>>,
     /// SHA-256 of the DER certificate, lower-case hex.
     pub hash: String,
 }
 
 impl PeerCertificate {
     fn new(der: &rustls_pki_types::CertificateDer<'_>) -> PeerCertificate {
-        PeerCertificate { uri: weft_tls::ca::spiffe_ids_der(der).into_iter().next(), hash: weft_tls::sha256_hex(der) }
+        PeerCertificate {
+            uri: weft_tls::ca::spiffe_ids_der(der).into_iter().next().map(std::sync::Arc::from),
+            hash: weft_tls::sha256_hex(der),
+        }
     }
 
     /// Istio's principal: the SPIFFE id without `spiffe://`.

@@ -52,6 +52,8 @@ pub struct WorkloadTls {
     pub client_verifier: Arc<dyn ClientCertVerifier>,
     /// The workload's own SPIFFE id (for `x-forwarded-client-cert`'s `By`).
     pub spiffe_id: String,
+    /// The same, shared (a metrics label).
+    pub principal: Arc<str>,
 }
 
 /// Why a certificate cannot be used for TLS.
@@ -91,6 +93,7 @@ impl WorkloadTls {
             key: Arc::new(CertifiedKey::new(chain, signing)),
             server_verifier,
             client_verifier,
+            principal: Arc::from(spiffe_id.as_str()),
             spiffe_id,
         })
     }

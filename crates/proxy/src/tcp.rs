@@ -114,18 +114,14 @@ pub async fn proxy<I>(
 /// other side's workload is unknown; an inbound connection over mutual TLS knows the
 /// caller's principal.
 fn labels(shared: &Shared, spec: &TcpSpec, service: &Arc<Service>, peer: Option<&PeerCertificate>) -> Labels {
-    let unknown = || Arc::<str>::from("unknown");
+    let unknown = crate::telemetry::unknown_principal;
     let metrics = &shared.metrics;
     let (source, source_principal, destination, destination_principal, security) = match spec.reporter {
         Reporter::Destination => (
             Workload::unknown(),
-            peer.and_then(|c| c.uri.as_deref()).map_or_else(unknown, Arc::from),
+            peer.and_then(|c| c.uri.clone()).unwrap_or_else(unknown),
             metrics.own().clone(),
-            shared
-                .identity
-                .current()
-                .filter(|_| peer.is_some())
-                .map_or_else(unknown, |w| Arc::from(w.spiffe_id.as_str())),
+            shared.identity.current().filter(|_| peer.is_some()).map_or_else(unknown, |w| w.principal.clone()),
             if peer.is_some() { "mutual_tls" } else { "none" },
         ),
         Reporter::Source => (metrics.own().clone(), unknown(), Workload::unknown(), unknown(), "unknown"),

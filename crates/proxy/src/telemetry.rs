@@ -222,14 +222,68 @@ impl EncodeLabelSet for Labels {
     }
 }
 
-type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
-}
-
 fn size_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 10.0, 8))
+}
+
+/// `unknown`, shared.
+pub fn unknown_principal() -> Arc<str> {
+    static UNKNOWN_PRINCIPAL: OnceLock<Arc<str>> = OnceLock::new();
+    UNKNOWN_PRINCIPAL.get_or_init(|| Arc::from(UNKNOWN)).clone()
+}
+
+/// The four request metrics of one label set, found with one lookup per request.
+#[derive(Debug)]
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl Series {
+    fn new() -> Series {
+        Series {
+            requests: Counter::default(),
+            duration: Histogram::new(DURATION_BUCKETS),
+            request_bytes: size_histogram(),
+            response_bytes: size_histogram(),
+        }
+    }
+}
+
+type SeriesMap = std::sync::RwLock<HashMap<Labels, Arc<Series>, foldhash::fast::RandomState>>;
+
+/// Encodes the request metrics from their map, as four metric families.
+#[derive(Debug)]
+struct RequestMetrics(Arc<SeriesMap>);
+
+impl Collector for RequestMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(map) = self.0.read() else { return Ok(()) };
+        let families: [(&str, &str, MetricType); 4] = [
+            ("istio_requests", "Requests, by Istio's standard labels", MetricType::Counter),
+            ("istio_request_duration_milliseconds", "Request duration in milliseconds", MetricType::Histogram),
+            ("istio_request_bytes", "Request size (headers and body) in bytes", MetricType::Histogram),
+            ("istio_response_bytes", "Response size (headers and body) in bytes", MetricType::Histogram),
+        ];
+        for (i, (name, help, kind)) in families.into_iter().enumerate() {
+            if map.is_empty() {
+                continue;
+            }
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            for (labels, series) in map.iter() {
+                let family = metric.encode_family(labels)?;
+                match i {
+                    0 => series.requests.encode(family)?,
+                    1 => series.duration.encode(family)?,
+                    2 => series.request_bytes.encode(family)?,
+                    _ => series.response_bytes.encode(family)?,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One finished HTTP request, as the metrics count it.
@@ -257,10 +311,7 @@ struct Own {
 #[derive(Debug)]
 pub struct IstioMetrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
-    duration: HistogramFamily,
-    request_bytes: HistogramFamily,
-    response_bytes: HistogramFamily,
+    series: Arc<SeriesMap>,
     tcp_sent: Family<Labels, Counter>,
     tcp_received: Family<Labels, Counter>,
     tcp_opened: Family<Labels, Counter>,
@@ -282,16 +333,10 @@ impl IstioMetrics {
             workload: Arc::new(workload),
         };
         let mut registry = Registry::default();
-        let requests = Family::<Labels, Counter>::default();
-        let histograms = |constructor: fn() -> Histogram| HistogramFamily::new_with_constructor(constructor);
-        let (duration, request_bytes, response_bytes) =
-            (histograms(duration_histogram), histograms(size_histogram), histograms(size_histogram));
+        let series = Arc::new(SeriesMap::default());
+        registry.register_collector(Box::new(RequestMetrics(series.clone())));
         let (tcp_sent, tcp_received, tcp_opened, tcp_closed) =
             (Family::default(), Family::default(), Family::default(), Family::default());
-        registry.register("istio_requests", "Requests, by Istio's standard labels", requests.clone());
-        registry.register("istio_request_duration_milliseconds", "Request duration in milliseconds", duration.clone());
-        registry.register("istio_request_bytes", "Request size (headers and body) in bytes", request_bytes.clone());
-        registry.register("istio_response_bytes", "Response size (headers and body) in bytes", response_bytes.clone());
         registry.register(
             "istio_tcp_sent_bytes",
             "Bytes sent to the downstream during TCP connections",
@@ -306,10 +351,7 @@ impl IstioMetrics {
         registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
         IstioMetrics {
             registry,
-            requests,
-            duration,
-            request_bytes,
-            response_bytes,
+            series,
             tcp_sent,
             tcp_received,
             tcp_opened,
@@ -365,11 +407,19 @@ impl IstioMetrics {
     }
 
     /// Counts a finished HTTP request.
-    pub fn record(&self, r: &Request) {
-        self.requests.get_or_create(&r.labels).inc();
-        self.duration.get_or_create(&r.labels).observe(r.duration.as_secs_f64() * 1000.0);
-        self.request_bytes.get_or_create(&r.labels).observe(r.request_bytes as f64);
-        self.response_bytes.get_or_create(&r.labels).observe(r.response_bytes as f64);
+    pub fn record(&self, r: Request) {
+        let found = self.series.read().ok().and_then(|map| map.get(&r.labels).cloned());
+        let series = match found {
+            Some(s) => s,
+            None => {
+                let Ok(mut map) = self.series.write() else { return };
+                map.entry(r.labels).or_insert_with(|| Arc::new(Series::new())).clone()
+            }
+        };
+        series.requests.inc();
+        series.duration.observe(r.duration.as_secs_f64() * 1000.0);
+        series.request_bytes.observe(r.request_bytes as f64);
+        series.response_bytes.observe(r.response_bytes as f64);
     }
 
     /// Counts a TCP connection opening.
@@ -576,7 +626,7 @@ mod tests {
             security: "mutual_tls",
         };
         for _ in 0..2 {
-            m.record(&Request {
+            m.record(Request {
                 labels: labels.clone(),
                 duration: std::time::Duration::from_millis(7),
                 request_bytes: 120,

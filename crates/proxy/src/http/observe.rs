@@ -40,8 +40,10 @@ pub struct Start {
     grpc: bool,
     /// The client's workload, from its metadata in the request (inbound).
     peer: Option<Arc<Workload>>,
-    /// `Host` or `:authority`, for requests that reach no cluster.
-    authority: Option<String>,
+    /// `:authority`, for requests that reach no cluster (cheap copies: shared bytes).
+    authority: Option<hyper::http::uri::Authority>,
+    /// `Host`, likewise.
+    host: Option<hyper::header::HeaderValue>,
     /// The access log entry, when the connection manager has access logs.
     log: Option<Box<Entry>>,
 }
@@ -87,7 +89,8 @@ impl Start {
             request_bytes: line + header_bytes(req.headers()) + body,
             grpc,
             peer,
-            authority: super::authority(req),
+            authority: req.uri().authority().cloned(),
+            host: req.headers().get(hyper::header::HOST).cloned(),
             log,
         }
     }
@@ -110,9 +113,8 @@ impl Start {
                 if self.peer.is_some() {
                     metrics.offer(response.headers_mut());
                 }
-                let caller = conn.peer_certificate.as_ref().and_then(|c| c.uri.as_deref()).map(Arc::<str>::from);
-                let own =
-                    shared.identity.current().filter(|_| mesh_tls).map(|w| Arc::<str>::from(w.spiffe_id.as_str()));
+                let caller = conn.peer_certificate.as_ref().and_then(|c| c.uri.clone());
+                let own = shared.identity.current().filter(|_| mesh_tls).map(|w| w.principal.clone());
                 (
                     self.peer.unwrap_or_else(Workload::unknown),
                     caller.unwrap_or_else(unknown),
@@ -130,8 +132,12 @@ impl Start {
             ),
         };
         let service = observed.cluster.as_ref().map(|c| c.service.clone()).unwrap_or_else(|| {
-            let host = self.authority.as_deref().map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h)).unwrap_or("");
-            metrics.service_for_host(host)
+            let authority = match (&self.authority, &self.host) {
+                (Some(a), _) => a.as_str(),
+                (None, Some(h)) => h.to_str().unwrap_or(""),
+                (None, None) => "",
+            };
+            metrics.service_for_host(authority.rsplit_once(':').map_or(authority, |(h, _)| h))
         });
         let grpc_status =
             response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
@@ -175,7 +181,7 @@ impl Start {
 }
 
 fn unknown() -> Arc<str> {
-    Arc::from("unknown")
+    crate::telemetry::unknown_principal()
 }
 
 struct Pending {
@@ -200,7 +206,7 @@ impl Pending {
         if !self.spec.metrics {
             return;
         }
-        self.shared.metrics.record(&Request {
+        self.shared.metrics.record(Request {
             labels: self.labels,
             duration,
             request_bytes: self.request_bytes,

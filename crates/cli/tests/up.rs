@@ -19,6 +19,15 @@ fn processes_mentioning(text: &str) -> Vec<String> {
     out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()).unwrap_or_default()
 }
 
+/// Sends SIGTERM to `weft up` when the test ends, however it ends.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
+    }
+}
+
 #[test]
 fn weft_up_runs_bookinfo_and_stops_cleanly() {
     let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -31,6 +40,8 @@ fn weft_up_runs_bookinfo_and_stops_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
+    // A failing assertion still stops the mesh (SIGTERM: weft up stops what it started).
+    let _stop = StopOnDrop(up.id());
     let started = Instant::now();
     let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
     while !output().contains("Ctrl-C stops the mesh") {
@@ -56,6 +67,24 @@ fn weft_up_runs_bookinfo_and_stops_cleanly() {
     let called: Vec<&str> = page["calls"].as_array().into_iter().flatten().filter_map(|c| c["host"].as_str()).collect();
     assert_eq!(called, ["details", "reviews"]);
     assert!(page["calls"].as_array().into_iter().flatten().all(|c| c["status"] == 200), "{page}");
+
+    // A chain of four over mutual TLS: gateway → productpage → reviews v2 → ratings. Each
+    // application sees, from its sidecar, the SPIFFE identity of the one that called it.
+    let chain = curl(&["-H", "end-user: jason", "http://127.0.0.1:8080/productpage"]);
+    let reviews = &chain["calls"][1]["answer"];
+    let ratings = &reviews["calls"][0]["answer"];
+    for (who, answer, caller) in [
+        ("productpage", &chain, "ns/default/sa/ingressgateway-service-account"),
+        ("reviews", reviews, "ns/default/sa/bookinfo-productpage"),
+        ("ratings", ratings, "ns/default/sa/bookinfo-reviews"),
+    ] {
+        assert_eq!(answer["name"], who, "{chain}");
+        let seen = answer["caller"].as_str().unwrap_or("");
+        assert!(
+            seen.contains(&format!("URI=spiffe://cluster.local/{caller}")),
+            "{who} was called by {seen:?}: {chain}"
+        );
+    }
 
     walk_through(&state_dir);
 
@@ -268,9 +297,12 @@ fn metrics(state_dir: &str) {
     };
     // Both sides counted every request: the client's sidecar as source, the server's as
     // destination.
-    eventually("Prometheus to see the 418s", || promql(&details("418", "destination")) == Some(7.0));
-    assert_eq!(promql(&details("418", "source")), Some(7.0));
-    assert_eq!(promql(&details("299", "destination")), Some(5.0));
+    // (Each proxy is scraped on its own schedule: wait until both have been.)
+    eventually("Prometheus to see the 418s and the 299s from both sides", || {
+        promql(&details("418", "destination")) == Some(7.0)
+            && promql(&details("418", "source")) == Some(7.0)
+            && promql(&details("299", "destination")) == Some(5.0)
+    });
     // A success rate, as dashboards compute it, over these requests: the 299s succeed,
     // the 418s do not.
     let share = promql(&format!("{} / {}", details("299", "destination"), details("418|299", "destination")));

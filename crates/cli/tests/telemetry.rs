@@ -86,8 +86,13 @@ fn access_logs_follow_the_telemetry_api(kind: Dataplane, b: u8) {
     let before = read(&everything).lines().count();
     assert_eq!(mesh.curl(&["-H", "Host: echo", &url("/ok")]).status, 200);
     assert_eq!(mesh.curl(&["-H", "Host: echo", &url("/status/404")]).status, 404);
-    // Lines are written when each response ends: wait for both.
-    mesh.wait_until("both requests in the text log", || read(&everything).lines().count() >= before + 2);
+    // A chunked upload: the bytes received are counted as they stream, not taken from a
+    // Content-Length.
+    let upload = "x".repeat(1000);
+    let chunked = ["-H", "Host: echo", "-H", "Transfer-Encoding: chunked", "--data-binary", &upload];
+    assert_eq!(mesh.curl(&[&chunked[..], &[url("/upload").as_str()]].concat()).status, 200);
+    // Lines are written when each response ends: wait for all three.
+    mesh.wait_until("the requests in the text log", || read(&everything).lines().count() >= before + 3);
 
     // Only the failure is in the filtered JSON log, with numbers as numbers.
     let lines: Vec<serde_json::Value> =
@@ -110,6 +115,8 @@ fn access_logs_follow_the_telemetry_api(kind: Dataplane, b: u8) {
         "{ok}"
     );
     assert!(text.lines().any(|l| l.contains("\"GET /status/404 HTTP/1.1\" 404 ")), "{text}");
+    let post = text.lines().find(|l| l.contains("\"POST /upload HTTP/1.1\"")).unwrap_or_else(|| panic!("{text}"));
+    assert!(post.contains(" 200 - via_upstream - \"-\" 1000 "), "{post}");
     mesh.wait_synced(1);
 }
 

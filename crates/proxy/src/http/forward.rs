@@ -17,7 +17,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::capture_connection;
 
 use super::{Connection, authority};
-use crate::body::{Body, BoxError, full, stream};
+use crate::body::{Body, BoxError, full};
 use crate::model::cluster::Discovery;
 use crate::model::route::{
     Clusters, Forward, HashPolicy, RetryPolicy, Route, RouteTable, VirtualHost, WeightedCluster,
@@ -53,9 +53,9 @@ enum Replay {
     /// Read whole before the first attempt (mirrored requests, empty bodies).
     Buffered(Bytes),
     /// Streamed to the first attempt while a copy is kept for retries.
-    Recorded { first: Option<Incoming>, copy: Arc<Mutex<Recording>> },
+    Recorded { first: Option<Received>, copy: Arc<Mutex<Recording>> },
     /// Streamed once; no retry is possible.
-    Streaming(Option<Incoming>),
+    Streaming(Option<Received>),
 }
 
 /// The frames of a request body as they went upstream.
@@ -71,7 +71,7 @@ impl Replay {
     fn for_attempt(&mut self) -> Option<Body> {
         match self {
             Replay::Buffered(b) => Some(full(b.clone())),
-            Replay::Streaming(s) => s.take().map(stream),
+            Replay::Streaming(s) => s.take().map(|r| r.map_err(BoxError::from).boxed()),
             Replay::Recorded { first, copy } => {
                 if let Some(incoming) = first.take() {
                     return Some(Tee { inner: incoming, copy: copy.clone() }.map_err(BoxError::from).boxed());
@@ -111,7 +111,7 @@ fn futures_stream(
 
 /// Forwards a body while keeping a copy, up to [`MAX_BUFFERED_BODY`].
 struct Tee {
-    inner: Incoming,
+    inner: Received,
     copy: Arc<Mutex<Recording>>,
 }
 
@@ -232,7 +232,9 @@ pub async fn forward(
         parts.headers.insert(HOST, HeaderValue::from_str(&authority).map_err(|_| LocalReply::BAD_REQUEST)?);
     }
 
-    let mut body = prepare_body(body, &parts.headers, fwd).await?;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    observed.request_body = Some(received.clone());
+    let mut body = prepare_body(body, &parts.headers, fwd, received).await?;
     if let Replay::Buffered(bytes) = &body {
         for (mirror, share) in &fwd.mirrors {
             if chance(*share)
@@ -383,10 +385,45 @@ fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> String {
     }
 }
 
-async fn prepare_body(body: Incoming, headers: &HeaderMap, fwd: &Forward) -> Result<Replay, LocalReply> {
+/// The request body as it arrives from the client, counted (for metrics and logs).
+pub(crate) struct Received {
+    inner: Incoming,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HttpBody for Received {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn prepare_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    fwd: &Forward,
+    count: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<Replay, LocalReply> {
     if body.is_end_stream() {
         return Ok(Replay::Buffered(Bytes::new()));
     }
+    let body = Received { inner: body, count };
     let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match length {
         // A mirror needs the body before the first attempt starts.

@@ -31,6 +31,8 @@ pub struct Observed {
     pub route: Option<String>,
     /// The server's workload, from its metadata in the response (outbound).
     pub peer: Option<Arc<Workload>>,
+    /// Request body bytes read from the client, counted as they go upstream.
+    pub request_body: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The request's side of its metrics, taken before it is routed.
@@ -60,12 +62,6 @@ impl Start {
             Reporter::Destination => conn.shared.metrics.take_peer(req.headers_mut()),
             Reporter::Source => None,
         };
-        let body = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
         let line =
             (req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12) as u64;
         let log = (!conn.spec.access_logs.is_empty()).then(|| {
@@ -77,7 +73,6 @@ impl Start {
                     hyper::Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },
-                bytes_received: body,
                 local: Some(conn.destination),
                 remote: Some(conn.peer),
                 sni: conn.sni.clone(),
@@ -86,7 +81,7 @@ impl Start {
         });
         Start {
             started: Instant::now(),
-            request_bytes: line + header_bytes(req.headers()) + body,
+            request_bytes: line + header_bytes(req.headers()),
             grpc,
             peer,
             authority: req.uri().authority().cloned(),
@@ -174,6 +169,7 @@ impl Start {
             request_bytes: self.request_bytes,
             response_bytes: head,
             body_bytes: 0,
+            request_body: observed.request_body,
             log,
         };
         response.map(|inner| Counted { inner, pending: Some(pending) }.boxed())
@@ -192,15 +188,18 @@ struct Pending {
     request_bytes: u64,
     response_bytes: u64,
     body_bytes: u64,
+    request_body: Option<Arc<std::sync::atomic::AtomicU64>>,
     log: Option<Box<Entry>>,
 }
 
 impl Pending {
     fn record(self) {
         let duration = self.started.elapsed();
+        let received = self.request_body.as_ref().map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
         if let Some(mut entry) = self.log {
             entry.duration = duration;
             entry.bytes_sent = self.body_bytes;
+            entry.bytes_received = received;
             self.spec.access_logs.write(&entry);
         }
         if !self.spec.metrics {
@@ -209,7 +208,7 @@ impl Pending {
         self.shared.metrics.record(Request {
             labels: self.labels,
             duration,
-            request_bytes: self.request_bytes,
+            request_bytes: self.request_bytes + received,
             response_bytes: self.response_bytes + self.body_bytes,
         });
     }

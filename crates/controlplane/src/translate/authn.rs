@@ -9,17 +9,14 @@
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::core::v3::{HttpUri, http_uri};
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
+use envoy_types::pb::envoy::config::listener::v3::FilterChain;
 use envoy_types::pb::envoy::config::route::v3::{RouteMatch, route_match};
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
     JwtAuthentication, JwtClaimToHeader, JwtHeader, JwtProvider, JwtRequirement, JwtRequirementOrList, RemoteJwks,
     RequirementRule, jwt_provider, jwt_requirement, requirement_rule,
 };
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_filter,
-};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
 use envoy_types::pb::google::protobuf::{Any, Duration, Empty};
-use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use weft_api::istio::RequestAuthenticationSpec;
 use weft_api::{Resource, Spec};
@@ -160,13 +157,5 @@ fn jwt_filter(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Option<HttpFilter> 
 /// Puts the workload's JWT filter first in an inbound HTTP chain's connection manager.
 pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut FilterChain) {
     let Some(jwt) = jwt_filter(snapshot, proxy) else { return };
-    for f in &mut chain.filters {
-        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
-        if f.name != super::listener::HCM {
-            continue;
-        }
-        let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
-        hcm.http_filters.insert(0, jwt.clone());
-        *any = pack_any(hcm);
-    }
+    super::listener::edit_hcm(chain, |hcm| hcm.http_filters.insert(0, jwt.clone()));
 }

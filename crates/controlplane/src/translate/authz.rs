@@ -20,9 +20,7 @@ use envoy_types::pb::envoy::config::rbac::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_filter,
-};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher, metadata_matcher, path_matcher,
@@ -30,7 +28,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::UInt32Value;
-use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use weft_api::istio::{AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, Rule, Source};
 use weft_api::{Resource, Spec};
@@ -512,12 +509,7 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut Filt
         chain.filters = filters.chain(tail).collect();
         return;
     }
-    for f in &mut chain.filters {
-        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
-        if f.name != super::listener::HCM {
-            continue;
-        }
-        let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+    super::listener::edit_hcm(chain, |hcm| {
         let filters = rules.iter().map(|rules| HttpFilter {
             name: "envoy.filters.http.rbac".into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(Any {
@@ -527,8 +519,7 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, chain: &mut Filt
             ..Default::default()
         });
         hcm.http_filters = filters.chain(std::mem::take(&mut hcm.http_filters)).collect();
-        *any = pack_any(hcm);
-    }
+    });
 }
 
 #[cfg(test)]
@@ -536,6 +527,7 @@ mod tests {
     use super::*;
     use crate::node::Role;
     use crate::testing::proxy;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 
     const POLICIES: &str = r#"
 apiVersion: security.istio.io/v1

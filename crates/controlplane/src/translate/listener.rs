@@ -294,6 +294,20 @@ fn router() -> HttpFilter {
     http_filter("envoy.filters.http.router", pack_any(Router::default()))
 }
 
+/// Changes the HTTP connection manager of `chain`, if it has one (decoded, edited,
+/// packed again).
+pub(super) fn edit_hcm(chain: &mut FilterChain, mut change: impl FnMut(&mut HttpConnectionManager)) {
+    for f in &mut chain.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+        if f.name != HCM {
+            continue;
+        }
+        let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(any.value.as_slice()) else { continue };
+        change(&mut hcm);
+        *any = pack_any(hcm);
+    }
+}
+
 pub(super) fn http_chain(stat_prefix: &str, route: RouteSource) -> FilterChain {
     let route_specifier = match route {
         RouteSource::Rds(name) => {

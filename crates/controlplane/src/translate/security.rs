@@ -17,10 +17,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, GrpcService, Metadata, TransportSocket, api_config_source,
     config_source, grpc_service, transport_socket,
 };
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, ListenerFilter, filter};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager,
-};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, ListenerFilter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
@@ -322,12 +320,7 @@ fn chain_is_http(chain: &FilterChain) -> bool {
 
 /// Istio's inbound connection managers: append the client's certificate details.
 fn with_client_cert_details(mut chain: FilterChain) -> FilterChain {
-    for f in &mut chain.filters {
-        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
-        if f.name != super::listener::HCM {
-            continue;
-        }
-        let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+    super::listener::edit_hcm(&mut chain, |hcm| {
         hcm.forward_client_cert_details = http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
         hcm.set_current_client_cert_details = Some(http_connection_manager::SetCurrentClientCertDetails {
             subject: Some(BoolValue { value: true }),
@@ -335,8 +328,7 @@ fn with_client_cert_details(mut chain: FilterChain) -> FilterChain {
             uri: true,
             ..Default::default()
         });
-        *any = pack_any(hcm);
-    }
+    });
     chain
 }
 

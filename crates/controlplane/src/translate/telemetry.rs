@@ -22,8 +22,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     comparison_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{RuntimeUInt32, TrafficDirection};
-use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
 use envoy_types::util::pack_any;
 use prost::Message;
@@ -32,7 +31,6 @@ use weft_api::istio::{AccessLogging, LogSelectorMode, TelemetrySpec};
 use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
 
-const HCM: &str = "envoy.filters.network.http_connection_manager";
 const FILE_LOGGER: &str = "envoy.access_loggers.file";
 /// Istio's name for its stats filter.
 pub const STATS_FILTER: &str = "istio.stats";
@@ -110,20 +108,14 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
             continue;
         }
         for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.as_mut()) {
-            for f in &mut chain.filters {
-                let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
-                if f.name != HCM {
-                    continue;
-                }
-                let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
+            super::listener::edit_hcm(chain, |hcm| {
                 hcm.access_log = applies.clone();
                 if stats {
                     // Before the router, which is last.
                     let at = hcm.http_filters.len().saturating_sub(1);
                     hcm.http_filters.insert(at, stats_filter());
                 }
-                *any = pack_any(hcm);
-            }
+            });
         }
     }
 }
@@ -405,6 +397,8 @@ fn status_term(term: &str) -> Result<AccessLogFilter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::config::listener::v3::filter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 
     fn code_filter(f: &AccessLogFilter) -> Option<(i32, u32)> {
         match &f.filter_specifier {

@@ -191,6 +191,7 @@ fn overlay(base: &mut TrafficPolicy, top: &TrafficPolicy) {
 /// `Struct` holds a hash map, whose order changes from one encoding to the next, which
 /// would make every translation look like a change).
 fn istio_metadata(services: &[&Service]) -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    use super::sorted::{SortedKind, SortedList, SortedStruct, SortedValue};
     let text = |s: &str| SortedValue { kind: Some(SortedKind::String(s.to_owned())) };
     let entries = services
         .iter()
@@ -214,38 +215,6 @@ fn istio_metadata(services: &[&Service]) -> envoy_types::pb::envoy::config::core
         typed_filter_metadata: [("istio".to_owned(), any)].into_iter().collect(),
         ..Default::default()
     }
-}
-
-/// `google.protobuf.Struct` with ordered fields (same wire format).
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct SortedStruct {
-    #[prost(btree_map = "string, message", tag = "1")]
-    pub(super) fields: BTreeMap<String, SortedValue>,
-}
-
-/// `google.protobuf.Value`, the kinds the metadata uses.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct SortedValue {
-    #[prost(oneof = "SortedKind", tags = "3, 5, 6")]
-    pub(super) kind: Option<SortedKind>,
-}
-
-/// `google.protobuf.Value`'s kinds.
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub(super) enum SortedKind {
-    #[prost(string, tag = "3")]
-    String(String),
-    #[prost(message, tag = "5")]
-    Struct(SortedStruct),
-    #[prost(message, tag = "6")]
-    List(SortedList),
-}
-
-/// `google.protobuf.ListValue`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct SortedList {
-    #[prost(message, repeated, tag = "1")]
-    pub(super) values: Vec<SortedValue>,
 }
 
 /// The services whose endpoints are this proxy's workload (its WorkloadEntry) on `port`

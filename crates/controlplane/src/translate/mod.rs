@@ -14,6 +14,7 @@ mod gateway_api;
 mod listener;
 mod route;
 mod security;
+mod sorted;
 mod telemetry;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;

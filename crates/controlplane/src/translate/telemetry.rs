@@ -307,7 +307,7 @@ fn access_log(log: &Log) -> AccessLog {
         // The JSON fields are a protobuf Struct, a hash map: encoded in order so that the
         // same configuration always gives the same bytes.
         Format::Json(fields) => {
-            use super::cluster::{SortedKind, SortedStruct, SortedValue};
+            use super::sorted::{SortedKind, SortedStruct, SortedValue};
             let json = SortedStruct {
                 fields: fields
                     .iter()
@@ -344,7 +344,7 @@ struct SortedFileAccessLog {
 #[derive(Clone, PartialEq, prost::Message)]
 struct SortedFormatString {
     #[prost(message, optional, tag = "2")]
-    json_format: Option<super::cluster::SortedStruct>,
+    json_format: Option<super::sorted::SortedStruct>,
 }
 
 /// `response.code >= 400`, `response.code == 503 || response.code == 504`, ...: the

@@ -181,16 +181,14 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
     let grpc = is_grpc(&req);
-    // Metrics and access logs, when the connection manager has them; the peer metadata
-    // of a caller never reaches the application either way.
-    let start = if conn.spec.metrics || !conn.spec.access_logs.is_empty() {
-        Some(observe::Start::new(&conn, &mut req, grpc))
-    } else {
-        if conn.spec.reporter == crate::telemetry::Reporter::Destination {
-            conn.shared.metrics.take_peer(req.headers_mut());
-        }
-        None
+    // The caller's peer metadata never reaches the application.
+    let peer = match conn.spec.reporter {
+        crate::telemetry::Reporter::Destination => conn.shared.metrics.take_peer(req.headers_mut()),
+        crate::telemetry::Reporter::Source => None,
     };
+    // Metrics and access logs, when the connection manager has them.
+    let start =
+        (conn.spec.metrics || !conn.spec.access_logs.is_empty()).then(|| observe::Start::new(&conn, &req, grpc, peer));
     let mut observed = observe::Observed::default();
     let (response, flags) = match route(&conn, req, &mut observed).await {
         Ok(r) => {

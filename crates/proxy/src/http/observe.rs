@@ -56,12 +56,14 @@ fn header_bytes(headers: &HeaderMap) -> u64 {
 }
 
 impl Start {
-    /// Takes what the metrics need from the request, and the peer's metadata out of it.
-    pub fn new(conn: &Connection, req: &mut hyper::Request<hyper::body::Incoming>, grpc: bool) -> Start {
-        let peer = match conn.spec.reporter {
-            Reporter::Destination => conn.shared.metrics.take_peer(req.headers_mut()),
-            Reporter::Source => None,
-        };
+    /// Takes what the metrics and logs need from the request; `peer` is the caller's
+    /// workload from its metadata (inbound).
+    pub fn new(
+        conn: &Connection,
+        req: &hyper::Request<hyper::body::Incoming>,
+        grpc: bool,
+        peer: Option<Arc<Workload>>,
+    ) -> Start {
         let line =
             (req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12) as u64;
         let log = (!conn.spec.access_logs.is_empty()).then(|| {

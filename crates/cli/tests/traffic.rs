@@ -583,103 +583,70 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A client certificate with common name `cn`, signed by the CA [`certificates`] made in
-/// `dir`: (certificate, key).
-fn client_certificate(dir: &std::path::Path, cn: &str) -> (String, String) {
+/// A key and a certificate for `cn` (with `extensions`, an openssl extension file's
+/// text), signed by the CA [`certificates`] made in `dir`: the paths of
+/// `<name>.pem` and `<name>.key`.
+fn signed(dir: &std::path::Path, name: &str, cn: &str, extensions: &str) -> (String, String) {
+    let (key, csr, pem, ext) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
     let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            &subject,
-        ],
-    );
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &subject]].concat());
+    std::fs::write(dir.join(&ext), extensions).unwrap_or_else(|e| panic!("{e}"));
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "client.csr",
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            "client.pem",
+            &pem,
             "-days",
             "2",
+            "-extfile",
+            &ext,
         ],
     );
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    (path("client.pem"), path("client.key"))
+    (path(&pem), path(&key))
+}
+
+/// A client certificate with common name `cn`, signed by the CA [`certificates`] made in
+/// `dir`: (certificate, key).
+fn client_certificate(dir: &std::path::Path, cn: &str) -> (String, String) {
+    signed(dir, "client", cn, "")
 }
 
 /// A CA and a server certificate for `host`, made with the openssl command.
 fn certificates(dir: &std::path::Path, host: &str) -> (String, String, String) {
-    let run = |args: &[&str]| openssl(dir, args);
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=test CA",
-        "-days",
-        "2",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        &format!("/CN={host}"),
-    ]);
-    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{host}\n")).unwrap_or_else(|e| panic!("{e}"));
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    (path("ca.pem"), path("server.pem"), path("server.key"))
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=test CA",
+            "-days",
+            "2",
+        ],
+    );
+    let (cert, key) = signed(dir, "server", host, &format!("subjectAltName=DNS:{host}\n"));
+    (dir.join("ca.pem").to_string_lossy().into_owned(), cert, key)
 }
 
 fn a_destination_rule_originates_tls_and_verifies_the_server(kind: Dataplane, b: u8) {

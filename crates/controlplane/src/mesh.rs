@@ -2,8 +2,9 @@
 //! istiod's `--meshConfig` file), as far as weft acts on it: the trust domain and its
 //! aliases, auto mTLS, TLS parameters (`meshMTLS`, `tlsDefaults`), access logs
 //! (`accessLogFile`, `accessLogEncoding`, `accessLogFormat`, `defaultProviders`,
-//! `extensionProviders` with `envoyFileAccessLog`). Every other field is accepted and
-//! reported as not acted on.
+//! `extensionProviders` with `envoyFileAccessLog`), tracing (`enableTracing`,
+//! `defaultConfig.tracing.sampling`, `defaultProviders.tracing`, `extensionProviders`
+//! with `opentelemetry`). Every other field is accepted and reported as not acted on.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,6 +40,32 @@ pub struct MeshConfig {
     /// Named providers the Telemetry API refers to.
     #[serde(default)]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// Whether proxies trace requests when no Telemetry says (default true).
+    pub enable_tracing: Option<bool>,
+    /// Proxy defaults; weft reads `tracing.sampling`.
+    pub default_config: Option<ProxyDefaults>,
+    /// Everything else, not acted on.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `defaultConfig`, Istio's ProxyConfig for every proxy.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyDefaults {
+    /// Tracing defaults.
+    pub tracing: Option<ProxyTracing>,
+    /// Everything else, not acted on.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `defaultConfig.tracing`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTracing {
+    /// The percentage of requests that start a trace, when a Telemetry gives none (1).
+    pub sampling: Option<f64>,
     /// Everything else, not acted on.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -51,6 +78,9 @@ pub struct DefaultProviders {
     /// Providers of access logs.
     #[serde(default)]
     pub access_logging: Vec<String>,
+    /// Providers of tracing.
+    #[serde(default)]
+    pub tracing: Vec<String>,
     /// Everything else, not acted on.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -64,6 +94,8 @@ pub struct ExtensionProvider {
     pub name: String,
     /// A file access log.
     pub envoy_file_access_log: Option<FileAccessLogProvider>,
+    /// An OpenTelemetry collector that receives spans over OTLP/gRPC.
+    pub opentelemetry: Option<OpenTelemetryProvider>,
     /// Other kinds of provider, not acted on yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -77,6 +109,21 @@ pub struct FileAccessLogProvider {
     pub path: Option<String>,
     /// `text` or `labels` (JSON).
     pub log_format: Option<LogFormat>,
+}
+
+/// `opentelemetry`: where spans go.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenTelemetryProvider {
+    /// The collector's service host (`otel-collector.observability.svc.cluster.local`).
+    pub service: String,
+    /// Its OTLP/gRPC port (4317).
+    pub port: u16,
+    /// Limit on the `http.url` span tag (256).
+    pub max_tag_length: Option<u32>,
+    /// Everything else (`http`, `resourceDetectors`, `dynatraceSampler`), not acted on.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// `logFormat`.

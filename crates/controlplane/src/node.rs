@@ -52,6 +52,8 @@ pub struct ProxyIdentity {
     pub revision: String,
     /// `ISTIO_VERSION`, when sent.
     pub istio_version: String,
+    /// `CLUSTER_ID`: the cluster the workload runs in (Istio's default `Kubernetes`).
+    pub cluster_id: String,
     /// The proxy has the SDS secrets `default` and `ROOTCA` (node metadata `SDS: true`,
     /// or xDS over mutual TLS with a workload certificate): mutual TLS is configured for
     /// it. A proxy without them is sent plaintext configuration only.
@@ -117,6 +119,7 @@ impl ProxyIdentity {
                 .unwrap_or_else(|| "REDIRECT".into()),
             revision,
             istio_version: text("ISTIO_VERSION"),
+            cluster_id: Some(text("CLUSTER_ID")).filter(|c| !c.is_empty()).unwrap_or_else(|| "Kubernetes".into()),
             sds: text("SDS").eq_ignore_ascii_case("true"),
         })
     }

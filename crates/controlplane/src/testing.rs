@@ -15,6 +15,7 @@ pub fn proxy(role: Role, labels: &[(&str, &str)]) -> ProxyIdentity {
         interception_mode: "NONE".into(),
         revision: String::new(),
         istio_version: String::new(),
+        cluster_id: "Kubernetes".into(),
         sds: false,
     }
 }

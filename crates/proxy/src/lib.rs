@@ -25,6 +25,7 @@ pub mod stats;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod xds;
 
@@ -60,6 +61,8 @@ pub struct Shared {
     pub stats: stats::Stats,
     /// Istio's standard metrics.
     pub metrics: telemetry::IstioMetrics,
+    /// Finished spans on their way to a collector.
+    pub spans: trace::export::Exporter,
     /// Start-up configuration.
     pub config: ProxyConfig,
     /// Set once the first complete configuration is applied.
@@ -87,6 +90,7 @@ impl Shared {
             listeners: Mutex::new(ListenerManager::default()),
             stats: stats::Stats::default(),
             metrics: telemetry::IstioMetrics::new(&config.node),
+            spans: trace::export::Exporter::default(),
             config,
             ready: AtomicBool::new(false),
             quit: Notify::new(),

@@ -546,7 +546,7 @@ spec:
     fn translated(snapshot: &Snapshot, http: bool) -> FilterChain {
         let name = "inbound|9000||";
         let mut chain = if http {
-            let route = super::super::listener::inbound_route(name, 9000, 9000);
+            let route = super::super::listener::inbound_route(name, 9000, None);
             super::super::listener::http_chain(
                 "inbound_9000",
                 super::super::listener::RouteSource::Inline(Box::new(route)),

@@ -101,7 +101,11 @@ pub fn capture_listeners(
     for (port, protocol) in inbound_ports(snapshot, proxy) {
         let cluster = cluster_name("inbound", port, "", "");
         let mut chain = if protocol.is_http() {
-            http_chain(&format!("inbound_{port}"), RouteSource::Inline(Box::new(inbound_route(&cluster, port, port))))
+            let operation = super::cluster::inbound_operation(snapshot, proxy, port);
+            http_chain(
+                &format!("inbound_{port}"),
+                RouteSource::Inline(Box::new(inbound_route(&cluster, port, operation))),
+            )
         } else {
             tcp_chain(&cluster, &[(cluster.clone(), 100)])
         };

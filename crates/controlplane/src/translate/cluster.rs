@@ -236,6 +236,18 @@ fn own_services<'a>(snapshot: &'a Snapshot, proxy: &ProxyIdentity, port: u32) ->
         .collect()
 }
 
+/// Istio's operation (span name) of requests to this proxy's workload on `port`: the
+/// first of its services there, `reviews.default.svc.cluster.local:9080/*` (the
+/// service's port, not the workload's).
+pub(super) fn inbound_operation(snapshot: &Snapshot, proxy: &ProxyIdentity, port: u32) -> Option<String> {
+    let mut services = own_services(snapshot, proxy, port);
+    services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    let service = services.first()?;
+    let service_port =
+        service.ports.iter().find(|p| p.number == port || service.endpoints.iter().any(|e| e.port_for(p) == port))?;
+    Some(format!("{}:{}/*", service.hostname, service_port.number))
+}
+
 fn outbound_cluster(service: &Service, port: &ServicePort, subset: &str, policy: &TrafficPolicy) -> Cluster {
     let name = cluster_name("outbound", port.number, subset, &service.hostname);
     let dns = matches!(service.resolution, Resolution::Dns | Resolution::DnsRoundRobin);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+    Decorator, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
@@ -87,7 +87,11 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         let chain = if protocol.is_http() {
             http_chain(
                 &format!("inbound_{number}"),
-                RouteSource::Inline(Box::new(inbound_route(&cluster, number, target))),
+                RouteSource::Inline(Box::new(inbound_route(
+                    &cluster,
+                    number,
+                    super::cluster::inbound_operation(snapshot, proxy, number),
+                ))),
             )
         } else {
             tcp_chain(&cluster, &[(cluster.clone(), 100)])
@@ -379,8 +383,9 @@ fn listener(bind: &str, port: u32, direction: TrafficDirection, chain: FilterCha
     }
 }
 
-/// Everything arriving on an ingress port goes to the application.
-pub(super) fn inbound_route(cluster: &str, port: u32, _target: u32) -> RouteConfiguration {
+/// Everything arriving on an ingress port goes to the application; traced requests'
+/// spans are named after `operation`.
+pub(super) fn inbound_route(cluster: &str, port: u32, operation: Option<String>) -> RouteConfiguration {
     RouteConfiguration {
         name: cluster.to_owned(),
         virtual_hosts: vec![VirtualHost {
@@ -397,6 +402,7 @@ pub(super) fn inbound_route(cluster: &str, port: u32, _target: u32) -> RouteConf
                     timeout: Some(Duration::default()),
                     ..Default::default()
                 })),
+                decorator: operation.map(|operation| Decorator { operation, ..Default::default() }),
                 ..Default::default()
             }],
             ..Default::default()

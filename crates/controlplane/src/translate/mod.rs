@@ -16,6 +16,7 @@ mod route;
 mod security;
 mod sorted;
 mod telemetry;
+mod tracer;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{

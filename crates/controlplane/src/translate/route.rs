@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
+    Decorator, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
     redirect_action, route, route_action, route_match, weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
@@ -234,8 +234,28 @@ fn default_route(snapshot: &Snapshot, proxy: &ProxyIdentity, hostname: &str, nam
             ..Default::default()
         }),
         action: Some(route::Action::Route(action)),
+        decorator: Some(Decorator { operation: format!("{hostname}:{port}/*"), ..Default::default() }),
         ..Default::default()
     }
+}
+
+/// Istio's operation (span name) for a route: `host:port` and the path it matches when
+/// it goes to one service, else the VirtualService's name in place of the host.
+fn operation(route: &Route, virtual_service: &str, port: u32) -> String {
+    let path = match route.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+        Some(route_match::PathSpecifier::Prefix(p)) => format!("{p}*"),
+        Some(route_match::PathSpecifier::Path(p)) => p.clone(),
+        Some(route_match::PathSpecifier::SafeRegex(r)) => r.regex.clone(),
+        _ => "/*".to_owned(),
+    };
+    let host = match &route.action {
+        Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(c)),
+            ..
+        })) => c.split('|').nth(3).filter(|h| c.starts_with("outbound|") && !h.is_empty()),
+        _ => None,
+    };
+    format!("{}:{port}{path}", host.unwrap_or(virtual_service))
 }
 
 /// Envoy routes for a VirtualService's http rules on one port. A rule with several
@@ -261,6 +281,8 @@ fn http_routes(
             }
             let mut envoy_route = Route { name: name.clone(), r#match: Some(route_match(m)), ..Default::default() };
             envoy_route.action = Some(action(snapshot, proxy, r.namespace(), rule, port));
+            envoy_route.decorator =
+                Some(Decorator { operation: operation(&envoy_route, r.name(), port), ..Default::default() });
             apply_headers(&mut envoy_route, rule.headers.as_ref());
             if let Some(fault) = rule.fault.as_ref().and_then(fault_config) {
                 envoy_route.typed_per_filter_config.insert("envoy.filters.http.fault".into(), pack_any(fault));

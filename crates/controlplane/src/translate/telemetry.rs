@@ -92,9 +92,11 @@ struct Log {
 pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut [Listener]) {
     let logs = logs_for(snapshot, proxy);
     let metrics = metrics_for(snapshot, proxy);
+    let tracers = super::tracer::for_proxy(snapshot, proxy);
     for l in listeners {
         let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
         let stats = if inbound { metrics.server } else { metrics.client };
+        let tracing = if inbound { &tracers.server } else { &tracers.client };
         let applies: Vec<AccessLog> = logs
             .iter()
             .filter(|log| match log.mode {
@@ -104,12 +106,13 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
             })
             .map(access_log)
             .collect();
-        if applies.is_empty() && !stats {
+        if applies.is_empty() && !stats && tracing.is_none() {
             continue;
         }
         for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.as_mut()) {
             super::listener::edit_hcm(chain, |hcm| {
                 hcm.access_log = applies.clone();
+                hcm.tracing = tracing.clone();
                 if stats {
                     // Before the router, which is last.
                     let at = hcm.http_filters.len().saturating_sub(1);

@@ -212,6 +212,10 @@ pub async fn forward(
     if !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());
     }
+    if let Some(span) = &observed.span {
+        let decorator = m.route.decorator.as_ref().filter(|d| d.propagate).map(|d| d.operation.as_str());
+        crate::trace::inject(span, decorator, &mut parts.headers);
+    }
     if let Some(t) = fwd.timeout {
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
     }
@@ -361,7 +365,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn request_id() -> HeaderValue {
+pub(crate) fn request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes()).unwrap_or(HeaderValue::from_static("-"))

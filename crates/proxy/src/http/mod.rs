@@ -186,10 +186,18 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
         crate::telemetry::Reporter::Destination => conn.shared.metrics.take_peer(req.headers_mut()),
         crate::telemetry::Reporter::Source => None,
     };
-    // Metrics and access logs, when the connection manager has them.
-    let start =
-        (conn.spec.metrics || !conn.spec.access_logs.is_empty()).then(|| observe::Start::new(&conn, &req, grpc, peer));
     let mut observed = observe::Observed::default();
+    if let Some(tracer) = &conn.spec.tracing {
+        // The request id is the span's `guid:x-request-id`.
+        if !req.headers().contains_key("x-request-id") {
+            req.headers_mut().insert("x-request-id", forward::request_id());
+        }
+        observed.span = tracer.begin(&mut req, conn.peer, &conn.shared.config.node);
+    }
+    // Metrics, access logs and spans, when the connection manager has them.
+    let start =
+        (conn.spec.metrics || !conn.spec.access_logs.is_empty() || observed.span.as_ref().is_some_and(|s| s.sampled()))
+            .then(|| observe::Start::new(&conn, &req, grpc, peer));
     let (response, flags) = match route(&conn, req, &mut observed).await {
         Ok(r) => {
             let flags = r.extensions().get::<Flags>().copied().unwrap_or_default();
@@ -268,6 +276,9 @@ async fn route(
     let vhost = table.virtual_host(&host).ok_or(LocalReply::NO_ROUTE)?;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let route = vhost.routes.iter().find(|r| r.matcher.matches(path, req.headers())).ok_or(LocalReply::NO_ROUTE)?;
+    if let (Some(span), Some(decorator)) = (observed.span.as_mut(), &route.decorator) {
+        span.decorate(&decorator.operation);
+    }
 
     let cors = if conn.spec.cors { route.cors.as_ref().or(vhost.cors.as_ref()) } else { None };
     let origin = match cors {

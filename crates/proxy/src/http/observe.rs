@@ -33,6 +33,8 @@ pub struct Observed {
     pub peer: Option<Arc<Workload>>,
     /// Request body bytes read from the client, counted as they go upstream.
     pub request_body: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// This hop's span, when the request is traced.
+    pub span: Option<crate::trace::Active>,
 }
 
 /// The request's side of its metrics, taken before it is routed.
@@ -173,6 +175,9 @@ impl Start {
             body_bytes: 0,
             request_body: observed.request_body,
             log,
+            span: observed.span,
+            cluster: observed.cluster,
+            upstream: response.extensions().get::<UpstreamHost>().map(|h| h.0.clone()),
         };
         response.map(|inner| Counted { inner, pending: Some(pending) }.boxed())
     }
@@ -192,12 +197,30 @@ struct Pending {
     body_bytes: u64,
     request_body: Option<Arc<std::sync::atomic::AtomicU64>>,
     log: Option<Box<Entry>>,
+    span: Option<crate::trace::Active>,
+    cluster: Option<Arc<ClusterSpec>>,
+    upstream: Option<Arc<str>>,
 }
 
 impl Pending {
     fn record(self) {
         let duration = self.started.elapsed();
         let received = self.request_body.as_ref().map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(span) = self.span {
+            let labels = &self.labels;
+            span.finish(
+                &self.shared,
+                crate::trace::Outcome {
+                    status: labels.code,
+                    grpc_status: labels.grpc_status,
+                    flags: &labels.flags.text(),
+                    cluster: self.cluster.as_ref().map(|c| c.name.as_str()),
+                    upstream: self.upstream.as_deref(),
+                    request_size: received,
+                    response_size: self.body_bytes,
+                },
+            );
+        }
         if let Some(mut entry) = self.log {
             entry.duration = duration;
             entry.bytes_sent = self.body_bytes;

@@ -151,6 +151,8 @@ pub struct HttpSpec {
     pub access_logs: crate::access_log::AccessLogs,
     /// Whether it reports Istio's metrics (the `istio.stats` filter).
     pub metrics: bool,
+    /// Its tracing, if configured.
+    pub tracing: Option<Arc<crate::trace::Tracer>>,
     /// Where routes come from.
     pub routes: RouteSource,
     /// Whether the fault filter runs.
@@ -469,6 +471,12 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
         reporter,
         access_logs: crate::access_log::AccessLogs::from_envoy(&h.access_log).map_err(ctx)?,
         metrics,
+        tracing: match &h.tracing {
+            Some(t) => crate::trace::Tracer::from_envoy(t, reporter == Reporter::Destination)
+                .map_err(|e| ctx(e.context("tracing")))?
+                .map(Arc::new),
+            None => None,
+        },
         routes,
         fault,
         cors,

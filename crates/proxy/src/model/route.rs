@@ -73,6 +73,18 @@ pub struct Route {
     pub request_headers: HeaderOps,
     /// Response header changes.
     pub response_headers: HeaderOps,
+    /// The span name of requests it takes, when traced.
+    pub decorator: Option<Decorator>,
+}
+
+/// A route's `decorator`: the operation its traced requests' spans are named after.
+#[derive(Debug)]
+pub struct Decorator {
+    /// The span name.
+    pub operation: String,
+    /// Whether the name goes upstream (`x-envoy-decorator-operation`), so that the
+    /// server's sidecar names its span the same.
+    pub propagate: bool,
 }
 
 /// The conditions of a route.
@@ -639,6 +651,10 @@ fn compile_route(r: &EnvoyRoute) -> Result<Route, ConfigError> {
         cors: cors_of(&r.typed_per_filter_config).map_err(ctx)?,
         request_headers: header_ops(&r.request_headers_to_add, &r.request_headers_to_remove).map_err(ctx)?,
         response_headers: header_ops(&r.response_headers_to_add, &r.response_headers_to_remove).map_err(ctx)?,
+        decorator: r.decorator.as_ref().filter(|d| !d.operation.is_empty()).map(|d| Decorator {
+            operation: d.operation.clone(),
+            propagate: d.propagate.as_ref().is_none_or(|p| p.value),
+        }),
     })
 }
 

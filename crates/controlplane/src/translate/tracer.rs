@@ -202,3 +202,117 @@ fn custom(name: &str, t: &weft_api::istio::CustomTag) -> Option<CustomTag> {
     };
     Some(CustomTag { tag: name.to_owned(), r#type: Some(r#type) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+
+    const MESH: &str = r#"
+extensionProviders:
+- name: otel
+  opentelemetry: {service: observability/otel-collector.observability.svc.cluster.local, port: 4317}
+- name: zipkin
+  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+defaultConfig: {tracing: {sampling: 10}}
+"#;
+
+    fn telemetry(name: &str, namespace: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+        )
+    }
+
+    fn tracers(mesh: &str, telemetries: &str) -> Tracers {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, mesh).unwrap_or_else(|e| panic!("{e}"));
+        let mut snapshot = Snapshot::new(1, weft_api::parse_text("t.yaml", telemetries).resources);
+        snapshot.mesh = std::sync::Arc::new(crate::mesh::load(&path).unwrap_or_else(|e| panic!("{e}")));
+        let proxy = crate::testing::proxy(crate::node::Role::Sidecar, &[("app", "reviews"), ("version", "v2")]);
+        for_proxy(&snapshot, &proxy)
+    }
+
+    fn sampling(t: &Option<Tracing>) -> Option<f64> {
+        t.as_ref().and_then(|t| t.random_sampling.as_ref()).map(|p| p.value)
+    }
+
+    #[test]
+    fn no_provider_no_tracing() {
+        assert_eq!(tracers(MESH, ""), Tracers::default());
+        // A provider of a kind weft does not export to configures nothing.
+        let zipkin = telemetry("t", "istio-system", "{tracing: [{providers: [{name: zipkin}]}]}");
+        assert_eq!(tracers(MESH, &zipkin), Tracers::default());
+    }
+
+    #[test]
+    fn the_opentelemetry_provider_exports_to_its_collector() {
+        let t = tracers(MESH, &telemetry("t", "istio-system", "{tracing: [{providers: [{name: otel}]}]}"));
+        let client = t.client.as_ref().unwrap_or_else(|| panic!("no client tracing"));
+        let provider = client.provider.as_ref().unwrap_or_else(|| panic!("no provider"));
+        assert_eq!(provider.name, "envoy.tracers.opentelemetry");
+        let Some(trace::http::ConfigType::TypedConfig(any)) = &provider.config_type else { panic!("{provider:?}") };
+        let config = OpenTelemetryConfig::decode(any.value.as_slice()).unwrap_or_else(|e| panic!("{e}"));
+        let Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) = config.grpc_service.and_then(|g| g.target_specifier)
+        else {
+            panic!("no envoy_grpc")
+        };
+        assert_eq!(g.cluster_name, "outbound|4317||otel-collector.observability.svc.cluster.local");
+        assert_eq!(g.authority, "otel-collector.observability.svc.cluster.local");
+        assert_eq!(config.service_name, "reviews.default");
+        // meshConfig's defaultConfig sampling when the Telemetry sets none.
+        assert_eq!(sampling(&t.client), Some(10.0));
+        let tags: Vec<(&str, String)> = client
+            .custom_tags
+            .iter()
+            .map(|c| match &c.r#type {
+                Some(custom_tag::Type::Literal(l)) => (c.tag.as_str(), l.value.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(tags.contains(&("istio.canonical_service", "reviews".into())), "{tags:?}");
+        assert!(tags.contains(&("istio.canonical_revision", "v2".into())), "{tags:?}");
+        assert_eq!(t.server, t.client);
+        // The connection manager carries it whole.
+        let hcm = HttpConnectionManager { tracing: t.client.clone(), ..Default::default() };
+        assert_eq!(HttpConnectionManager::decode(hcm.encode_to_vec().as_slice()).ok(), Some(hcm));
+    }
+
+    #[test]
+    fn more_specific_telemetries_override_what_they_set() {
+        let root = telemetry(
+            "mesh",
+            "istio-system",
+            "{tracing: [{providers: [{name: otel}], randomSamplingPercentage: 50, customTags: {team: {literal: {value: core}}}}]}",
+        );
+        let namespace = telemetry("ns", "default", "{tracing: [{randomSamplingPercentage: 5}]}");
+        let t = tracers(MESH, &format!("{root}{namespace}"));
+        assert_eq!((sampling(&t.client), sampling(&t.server)), (Some(5.0), Some(5.0)));
+        // The root's custom tag stays: the namespace did not set any.
+        assert!(t.client.as_ref().is_some_and(|c| c.custom_tags.iter().any(|c| c.tag == "team")));
+
+        // A workload's Telemetry turns span reporting off for its server side only.
+        let workload = telemetry(
+            "reviews",
+            "default",
+            "{selector: {matchLabels: {app: reviews}}, tracing: [{match: {mode: SERVER}, disableSpanReporting: true}]}",
+        );
+        let t = tracers(MESH, &format!("{root}{namespace}{workload}"));
+        assert_eq!(sampling(&t.client), Some(5.0));
+        assert_eq!(t.server, None);
+        // Another workload's Telemetry does not apply.
+        let other = workload.replace("app: reviews", "app: ratings");
+        let t = tracers(MESH, &format!("{root}{namespace}{other}"));
+        assert!(t.server.is_some());
+    }
+
+    #[test]
+    fn mesh_default_providers_trace_without_a_telemetry() {
+        let mesh = format!("{MESH}defaultProviders: {{tracing: [otel]}}\n");
+        let t = tracers(&mesh, "");
+        assert_eq!(sampling(&t.client), Some(10.0));
+        let without_sampling = mesh.replace("defaultConfig: {tracing: {sampling: 10}}\n", "");
+        assert_eq!(sampling(&tracers(&without_sampling, "").server), Some(DEFAULT_SAMPLING));
+    }
+}

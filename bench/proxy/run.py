@@ -50,6 +50,9 @@ WEFT_APP_IP = "127.0.0.1"
 WEFT_APP_PORT = 19080
 EXTRA_SERVICES = 100
 EXTRA_SERVICE_NET = "127.77.10"
+# The OpenTelemetry collector's OTLP/gRPC receiver of the tracing setups.
+OTLP_IP = "127.77.9.1"
+OTLP_PORT = 4317
 
 PROTOCOLS = {"h1": "HTTP/1.1", "h2": "HTTP/2"}
 RATE_CONNECTIONS = (4, 16)
@@ -58,13 +61,15 @@ RATE_CONNECTIONS = (4, 16)
 # ---------------------------------------------------------------------------
 # weft command lines: the proxy CLI is still being written, so its flags live here.
 
-def weft_control_plane_command(weft, config_dir, state_dir=None):
+def weft_control_plane_command(weft, config_dir, state_dir=None, mesh_config=None):
     argv = [
         str(weft), "control-plane", "-f", str(config_dir),
         "--xds-address", XDS_ADDRESS, "--debug-address", DEBUG_ADDRESS,
     ]
     if state_dir:
         argv += ["--secure-address", SECURE_ADDRESS, "--state-dir", str(state_dir)]
+    if mesh_config:
+        argv += ["--mesh-config", str(mesh_config)]
     return argv
 
 
@@ -109,6 +114,9 @@ class Tools:
     # Other builds of weft by crypto provider (--weft-openssl, --weft-fips).
     providers: dict = field(default_factory=dict)
     new_connections: bool = False
+    # The Python with opentelemetry-proto (the tracing setups' OTLP receiver).
+    python: str | None = None
+    python_problem: str | None = None
 
 
 def find_executable(name):
@@ -155,7 +163,18 @@ def check_tools(weft_path):
         _, out = command_output([weft, "version"])
         versions["weft"] = (out or "?").splitlines()[0]
 
-    return Tools(h2load, nginx, envoy, envoy_problem, weft, weft_problem, versions)
+    python, python_problem = check_python()
+    return Tools(h2load, nginx, envoy, envoy_problem, weft, weft_problem, versions,
+                 python=python, python_problem=python_problem)
+
+
+def check_python():
+    python = os.environ.get("WEFT_PYTHON") or str(REPO / ".venv/bin/python")
+    rc, out = command_output([python, "-c", "import grpc, opentelemetry.proto.collector.trace.v1"])
+    if rc != 0:
+        return None, (f"{python} lacks grpcio or opentelemetry-proto: run scripts/test once (it installs them "
+                      "into .venv) or set WEFT_PYTHON")
+    return python, None
 
 
 def check_envoy():
@@ -572,7 +591,35 @@ spec:
 """
 
 
-def weft_mesh_yaml(mtls=False, new_connections=False, telemetry=True):
+TRACING_MESH_CONFIG = f"""\
+extensionProviders:
+- name: otel
+  opentelemetry: {{service: otel-collector.istio-system.svc.cluster.local, port: {OTLP_PORT}}}
+"""
+
+
+def tracing_yaml(percent):
+    """Tracing of every proxy to the OTLP receiver, sampling `percent` of requests."""
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: otel-collector, namespace: istio-system}}
+spec:
+  hosts: [otel-collector.istio-system.svc.cluster.local]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: {OTLP_PORT}, name: grpc-otlp, protocol: GRPC}}]
+  endpoints: [{{address: {OTLP_IP}}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: tracing, namespace: istio-system}}
+spec:
+  tracing: [{{providers: [{{name: otel}}], randomSamplingPercentage: {percent}}}]
+"""
+
+
+def weft_mesh_yaml(mtls=False, new_connections=False, telemetry=True, tracing=None):
     """Istio YAML for local mode: the client's sidecar has an egress listener on
     127.77.2.1:9080; `server` is a ServiceEntry whose endpoint is the server's sidecar
     (ingress on 127.77.3.1:9080, forwarding to the application); 100 more services make
@@ -611,7 +658,7 @@ spec:
   - port: {{number: {PROXY_PORT}, protocol: HTTP, name: http}}
     bind: {PROXY_A_IP}
     captureMode: NONE
-    hosts: ["./*"]
+    hosts: ["./*"{', "istio-system/*"' if tracing is not None else ''}]
 """, f"""\
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -626,6 +673,8 @@ spec:
 """]
     if not telemetry:
         docs.append(TELEMETRY_OFF)
+    if tracing is not None:
+        docs.append(tracing_yaml(tracing))
     if new_connections:
         docs.append("""\
 apiVersion: networking.istio.io/v1
@@ -650,12 +699,17 @@ spec:
     return "---\n".join(docs)
 
 
-def start_weft_control_plane(tools, processes, workdir, state_dir=None, telemetry=True):
+def start_weft_control_plane(tools, processes, workdir, state_dir=None, telemetry=True, tracing=None):
     config_dir = make_dir(workdir / ("weft-mesh-mtls" if state_dir else "weft-mesh"))
     (config_dir / "mesh.yaml").write_text(weft_mesh_yaml(mtls=state_dir is not None,
                                                          new_connections=tools.new_connections,
-                                                         telemetry=telemetry))
-    proc = processes.start("weft-control-plane", weft_control_plane_command(tools.weft, config_dir, state_dir))
+                                                         telemetry=telemetry, tracing=tracing))
+    mesh_config = None
+    if tracing is not None:
+        mesh_config = workdir / "tracing-mesh-config.yaml"
+        mesh_config.write_text(TRACING_MESH_CONFIG)
+    proc = processes.start("weft-control-plane",
+                           weft_control_plane_command(tools.weft, config_dir, state_dir, mesh_config))
     ip, port = XDS_ADDRESS.rsplit(":", 1)
     wait_for_port(ip, int(port), [proc], processes, timeout=30)
     if state_dir:
@@ -668,9 +722,9 @@ def start_weft_control_plane(tools, processes, workdir, state_dir=None, telemetr
     return proc
 
 
-def start_weft_pair(tools, processes, workdir, mtls=False, weft=None, telemetry=True):
+def start_weft_pair(tools, processes, workdir, mtls=False, weft=None, telemetry=True, tracing=None):
     state_dir = make_dir(workdir / "weft-state") if mtls else None
-    control_plane = start_weft_control_plane(tools, processes, workdir, state_dir, telemetry)
+    control_plane = start_weft_control_plane(tools, processes, workdir, state_dir, telemetry, tracing)
     procs = [processes.start(f"weft-{role}", weft_proxy_command(weft or tools.weft, name, ip, state_dir))
              for role, name, ip in (("b", "server", PROXY_B_IP), ("a", "client", PROXY_A_IP))]
     entry = {"h1": (PROXY_A_IP, PROXY_PORT), "h2": (PROXY_A_IP, PROXY_PORT)}
@@ -684,6 +738,27 @@ def start_weft_mtls_pair(tools, processes, workdir):
 
 def start_weft_pair_without_telemetry(tools, processes, workdir):
     return start_weft_pair(tools, processes, workdir, telemetry=False)
+
+
+def tracing_setup(percent):
+    """The weft pair with metrics and tracing at `percent`, exporting to an OTLP receiver
+    (OpenTelemetry's own service definition, in the test suite's Python) that counts the
+    spans and discards them."""
+    def start(tools, processes, workdir):
+        receiver = processes.start("otlp-receiver", [
+            tools.python, str(REPO / "crates/cli/tests/support/otlp_receiver.py"),
+            "--address", OTLP_IP, "--port", str(OTLP_PORT), "--out", str(workdir / "spans.jsonl"), "--discard",
+        ])
+        wait_for_port(OTLP_IP, OTLP_PORT, [receiver], processes, timeout=30)
+        running = start_weft_pair(tools, processes, workdir, tracing=percent)
+        running.others.append(receiver)
+        return running
+
+    def unavailable(tools):
+        return tools.weft_problem or tools.python_problem
+
+    return SetupKind(f"weft-tracing-{percent}", f"weft proxy pair with metrics and tracing at {percent}% (OTLP/gRPC)",
+                     start, unavailable)
 
 
 def provider_setup(provider):
@@ -784,6 +859,8 @@ SETUPS = [
               lambda tools: tools.weft_problem),
     provider_setup("openssl"),
     provider_setup("fips"),
+    tracing_setup(1),
+    tracing_setup(100),
 ]
 
 
@@ -990,6 +1067,8 @@ FIGURES = [
 
 RATIO_PAIRS = [
     ("weft", "envoy"), ("weft", "nginx"), ("envoy", "nginx"), ("weft", "weft-no-telemetry"),
+    ("weft-tracing-1", "weft-no-telemetry"), ("weft-tracing-100", "weft-no-telemetry"),
+    ("weft-tracing-1", "weft"), ("weft-tracing-100", "weft"),
     ("weft-mtls", "envoy-mtls"), ("weft-mtls", "weft"), ("envoy-mtls", "envoy"),
     ("weft-mtls-openssl", "weft-mtls"), ("weft-mtls-fips", "weft-mtls"), ("weft-mtls-openssl", "envoy-mtls"),
 ]

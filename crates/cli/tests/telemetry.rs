@@ -129,3 +129,57 @@ fn envoy_access_logs_follow_the_telemetry_api() {
 fn weft_access_logs_follow_the_telemetry_api() {
     access_logs_follow_the_telemetry_api(Dataplane::Weft, 150);
 }
+
+/// Telemetry metric overrides, as the weft proxy carries them out (Envoy has no Istio
+/// stats filter): on the client side, `istio_requests_total` loses `response_code` (so
+/// a 200 and a 404 count in one series) and gains `request_host` and a header's value;
+/// `istio_request_bytes` is dropped; the other metrics keep Istio's standard labels.
+#[test]
+fn weft_metrics_follow_telemetry_overrides() {
+    let b = 136;
+    let overrides = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides:
+        response_code: {operation: REMOVE}
+        request_host: {value: request.host}
+        tenant: {value: "request.headers['x-tenant']"}
+    - match: {metric: REQUEST_SIZE}
+      disabled: true
+"#;
+    let mut mesh = Mesh::start(b, &[("mesh.yaml", &mesh_yaml(b)), ("telemetry.yaml", overrides)]);
+    mesh.backend("echo-1", &format!("127.{b}.1.1"), 9080, 0);
+    let node = format!("sidecar~127.{b}.2.1~client.default~default.svc.cluster.local");
+    let admin = mesh.proxy(Dataplane::Weft, "client", &node, &[("app", "client")], &format!("127.{b}.2.1"), true);
+    let url = |path: &str| format!("http://127.{b}.2.1:9080{path}");
+    mesh.wait_until("the egress listener", || mesh.curl(&["-H", "Host: echo", &url("/ready")]).status == 200);
+    let metrics = || mesh.get(&format!("http://{admin}/stats/prometheus")).body;
+    let before = metrics();
+    for path in ["/ok", "/status/404"] {
+        mesh.curl(&["-H", "Host: echo", "-H", "x-tenant: blue", &url(path)]);
+    }
+    mesh.wait_until("the requests counted", || metrics() != before);
+    let text = metrics();
+    let count: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("istio_requests_total{") && l.contains("tenant=\"blue\"")).collect();
+    // One series for both requests: the code is gone, the host and tenant are there.
+    assert_eq!(count.len(), 1, "{text}");
+    assert!(count[0].ends_with(" 2"), "{}", count[0]);
+    assert!(!count[0].contains("response_code="), "{}", count[0]);
+    assert!(count[0].contains("request_host=\"echo\""), "{}", count[0]);
+    assert!(count[0].contains("destination_service=\"echo.default.svc.cluster.local\""), "{}", count[0]);
+    assert!(!text.contains("istio_request_bytes_bucket"), "{text}");
+    // The duration keeps Istio's labels, each code its own series.
+    let durations = text
+        .lines()
+        .filter(|l| l.starts_with("istio_request_duration_milliseconds_count{") && l.contains("reporter=\"source\""))
+        .count();
+    assert!(durations >= 2, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("istio_request_duration_milliseconds_count{") && l.contains("response_code=\"404\"")), "{text}");
+}

@@ -44,6 +44,8 @@ pub fn message_to_json<M: Message + prost::Name>(message: &M) -> Value {
 }
 
 /// Istio's certificate service messages (`istio.v1.auth`), as its proto defines them.
+pub mod stats;
+
 pub mod istio_ca {
     use envoy_types::pb::google::protobuf::Struct;
 

@@ -7,6 +7,7 @@ status and attributes as strings.
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from concurrent import futures
@@ -18,9 +19,12 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--address", required=True)
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--out", required=True)
+parser.add_argument("--discard", action="store_true",
+                    help="only count the spans (benchmarks): the count goes to --out at exit")
 args = parser.parse_args()
 
 lock = threading.Lock()
+received = 0
 
 
 def value(v):
@@ -30,6 +34,11 @@ def value(v):
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
+        global received
+        if args.discard:
+            with lock:
+                received += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
         lines = []
         for rs in request.resource_spans:
             resource = {a.key: value(a.value) for a in rs.resource.attributes}
@@ -60,4 +69,15 @@ trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
 server.add_insecure_port(f"{args.address}:{args.port}")
 server.start()
 print(f"OTLP receiver on {args.address}:{args.port}", file=sys.stderr, flush=True)
+
+
+def stop(*_):
+    if args.discard:
+        with open(args.out, "w") as f:
+            f.write(f"{received}\n")
+    server.stop(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
 server.wait_for_termination()

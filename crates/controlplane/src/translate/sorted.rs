@@ -15,7 +15,7 @@ pub(crate) struct SortedStruct {
 /// `google.protobuf.Value`, the kinds the metadata uses.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct SortedValue {
-    #[prost(oneof = "SortedKind", tags = "3, 5, 6")]
+    #[prost(oneof = "SortedKind", tags = "3, 4, 5, 6")]
     pub(crate) kind: Option<SortedKind>,
 }
 
@@ -24,6 +24,8 @@ pub(crate) struct SortedValue {
 pub(crate) enum SortedKind {
     #[prost(string, tag = "3")]
     String(String),
+    #[prost(bool, tag = "4")]
+    Bool(bool),
     #[prost(message, tag = "5")]
     Struct(SortedStruct),
     #[prost(message, tag = "6")]

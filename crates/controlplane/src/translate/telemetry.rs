@@ -26,7 +26,8 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
 use envoy_types::util::pack_any;
 use prost::Message;
-use weft_api::istio::{AccessLogging, LogSelectorMode, TelemetrySpec};
+use weft_api::istio::{AccessLogging, LogSelectorMode, TagOverrideOperation, TelemetrySpec};
+use weft_envoy::stats::{MetricOverride, StatsConfig};
 
 use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
@@ -95,7 +96,7 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
     let tracers = super::tracer::for_proxy(snapshot, proxy);
     for l in listeners {
         let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
-        let stats = if inbound { metrics.server } else { metrics.client };
+        let stats = if inbound { &metrics.server } else { &metrics.client };
         let tracing = if inbound { &tracers.server } else { &tracers.client };
         let applies: Vec<AccessLog> = logs
             .iter()
@@ -106,74 +107,157 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
             })
             .map(access_log)
             .collect();
-        if applies.is_empty() && !stats && tracing.is_none() {
+        if applies.is_empty() && stats.is_none() && tracing.is_none() {
             continue;
         }
         for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.as_mut()) {
             super::listener::edit_hcm(chain, |hcm| {
                 hcm.access_log = applies.clone();
                 hcm.tracing = tracing.clone();
-                if stats {
+                if let Some(config) = stats {
                     // Before the router, which is last.
                     let at = hcm.http_filters.len().saturating_sub(1);
-                    hcm.http_filters.insert(at, stats_filter());
+                    hcm.http_filters.insert(at, stats_filter(config));
                 }
             });
         }
     }
 }
 
-/// Where a proxy reports metrics.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Where a proxy reports metrics, and with which overrides: `None` is off.
+#[derive(Debug, Clone, PartialEq)]
 struct MetricsOn {
-    client: bool,
-    server: bool,
+    client: Option<StatsConfig>,
+    server: Option<StatsConfig>,
 }
 
-/// Istio's stats filter by its name, with an empty configuration (a
-/// `google.protobuf.Struct`, which every xDS client can decode), marked optional:
-/// proxies that lack it, such as Envoy, pass it by.
-fn stats_filter() -> HttpFilter {
+/// Istio's stats filter by its name, its configuration a `google.protobuf.Struct` in
+/// Istio's `stats.PluginConfig` shape (which every xDS client can decode), marked
+/// optional: proxies that lack it, such as Envoy, pass it by.
+fn stats_filter(config: &StatsConfig) -> HttpFilter {
+    use super::sorted::{SortedKind, SortedList, SortedStruct, SortedValue};
+    let text = |s: &str| SortedValue { kind: Some(SortedKind::String(s.to_owned())) };
+    let metrics: Vec<SortedValue> = config
+        .metrics
+        .iter()
+        .map(|m| {
+            let mut fields = std::collections::BTreeMap::new();
+            if !m.name.is_empty() {
+                fields.insert("name".to_owned(), text(&m.name));
+            }
+            if m.drop {
+                fields.insert("drop".to_owned(), SortedValue { kind: Some(SortedKind::Bool(true)) });
+            }
+            if !m.tags_to_remove.is_empty() {
+                let values = m.tags_to_remove.iter().map(|t| text(t)).collect();
+                fields.insert(
+                    "tags_to_remove".to_owned(),
+                    SortedValue { kind: Some(SortedKind::List(SortedList { values })) },
+                );
+            }
+            if !m.dimensions.is_empty() {
+                let dims = SortedStruct { fields: m.dimensions.iter().map(|(k, v)| (k.clone(), text(v))).collect() };
+                fields.insert("dimensions".to_owned(), SortedValue { kind: Some(SortedKind::Struct(dims)) });
+            }
+            SortedValue { kind: Some(SortedKind::Struct(SortedStruct { fields })) }
+        })
+        .collect();
+    let mut fields = std::collections::BTreeMap::new();
+    if !metrics.is_empty() {
+        fields
+            .insert("metrics".to_owned(), SortedValue { kind: Some(SortedKind::List(SortedList { values: metrics })) });
+    }
     HttpFilter {
         name: STATS_FILTER.into(),
         is_optional: true,
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-            envoy_types::pb::google::protobuf::Struct::default(),
-        ))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(envoy_types::pb::google::protobuf::Any {
+            type_url: "type.googleapis.com/google.protobuf.Struct".into(),
+            value: SortedStruct { fields }.encode_to_vec(),
+        })),
         ..Default::default()
     }
 }
 
-/// Whether the proxy reports metrics as a client and as a server: on, unless the most
-/// specific Telemetry with `metrics` turns them off.
+/// The metrics of `proxy` as a client and as a server: on, with the Prometheus
+/// provider's overrides of every Telemetry that applies, root namespace first, then the
+/// workload's namespace, then Telemetries selecting it, each later entry over the earlier
+/// ones (Istio's precedence). A side whose every request metric is dropped reports none.
 fn metrics_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> MetricsOn {
-    let mut on = MetricsOn { client: true, server: true };
-    let Some((r, t)) = most_specific(snapshot, proxy, |t| !t.metrics.is_empty()) else { return on };
-    for m in &t.metrics {
-        let prometheus = m.providers.is_empty() || m.providers.iter().any(|p| p.name.as_deref() == Some("prometheus"));
-        if !prometheus {
-            continue;
+    let mut telemetries = super::policies_for(snapshot, proxy, |spec| match spec {
+        weft_api::Spec::Telemetry(t) => {
+            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
         }
-        for o in &m.overrides {
-            let selector = o.r#match.as_ref();
-            let metric = selector.and_then(|m| m.metric.map(|x| x.as_str())).unwrap_or("ALL_METRICS");
-            if metric != "ALL_METRICS" || selector.is_some_and(|m| m.custom_metric.is_some()) {
-                tracing::warn!(
-                    "Telemetry {}/{}: overrides of single metrics are not supported yet; only ALL_METRICS",
-                    r.namespace(),
-                    r.name()
-                );
+        _ => None,
+    });
+    telemetries.sort_by_key(|(r, t)| std::cmp::Reverse(rank(r, t, proxy)));
+    let (mut client, mut server) = (Vec::new(), Vec::new());
+    for (r, t) in telemetries {
+        for m in &t.metrics {
+            let prometheus =
+                m.providers.is_empty() || m.providers.iter().any(|p| p.name.as_deref() == Some("prometheus"));
+            if !prometheus {
                 continue;
             }
-            let enabled = o.disabled != Some(true);
-            match selector.and_then(|m| m.mode) {
-                Some(LogSelectorMode::Client) => on.client = enabled,
-                Some(LogSelectorMode::Server) => on.server = enabled,
-                _ => on = MetricsOn { client: enabled, server: enabled },
+            for o in &m.overrides {
+                let owner = format!("Telemetry {}/{}", r.namespace(), r.name());
+                let Some(entry) = metric_override(o, &owner) else { continue };
+                let mode = o.r#match.as_ref().and_then(|m| m.mode).unwrap_or(LogSelectorMode::ClientAndServer);
+                if mode != LogSelectorMode::Server {
+                    client.push(entry.clone());
+                }
+                if mode != LogSelectorMode::Client {
+                    server.push(entry);
+                }
             }
         }
     }
-    on
+    let side = |metrics: Vec<MetricOverride>| {
+        let config = StatsConfig { metrics };
+        let all_dropped = weft_envoy::stats::HTTP_METRICS.iter().all(|m| config.for_metric(m).0);
+        (!all_dropped).then_some(config)
+    };
+    MetricsOn { client: side(client), server: side(server) }
+}
+
+/// One Telemetry metrics override in the stats filter's terms; `None` (with a warning)
+/// when it cannot be carried out.
+fn metric_override(o: &weft_api::istio::MetricsOverrides, owner: &str) -> Option<MetricOverride> {
+    let selector = o.r#match.as_ref();
+    let name = match (selector.and_then(|m| m.custom_metric.as_deref()), selector.and_then(|m| m.metric)) {
+        (Some(custom), _) => custom.to_owned(),
+        (None, Some(metric)) => match weft_envoy::stats::metric_name(metric.as_str()) {
+            Some(name) => name.to_owned(),
+            None => {
+                tracing::warn!("{owner}: metric {} is not known; override ignored", metric.as_str());
+                return None;
+            }
+        },
+        (None, None) => String::new(),
+    };
+    let mut entry = MetricOverride { name, drop: o.disabled == Some(true), ..Default::default() };
+    for (tag, t) in &o.tag_overrides {
+        match (t.operation, t.value.as_deref()) {
+            (Some(TagOverrideOperation::Remove), _) => entry.tags_to_remove.push(tag.clone()),
+            (_, Some(value)) => match weft_envoy::stats::parse_attribute(value) {
+                Ok(_) => {
+                    entry.dimensions.insert(tag.clone(), value.to_owned());
+                }
+                Err(e) => tracing::warn!("{owner}: tag {tag}: {e}; the tag is left as it is"),
+            },
+            (_, None) => tracing::warn!("{owner}: tag {tag}: UPSERT needs a value; the tag is left as it is"),
+        }
+    }
+    Some(entry)
+}
+
+/// How specific a Telemetry is for `proxy`: 0 selects its workload, 1 is its namespace's,
+/// 2 the root namespace's.
+pub(super) fn rank(r: &weft_api::Resource, t: &TelemetrySpec, proxy: &ProxyIdentity) -> u8 {
+    match (t.selector.is_some(), r.namespace() == proxy.namespace) {
+        (true, true) => 0,
+        (false, true) => 1,
+        _ => 2,
+    }
 }
 
 /// The access logs of `proxy`'s workload: the most specific Telemetry with
@@ -213,16 +297,10 @@ fn most_specific<'a>(
         }
         _ => None,
     });
-    let rank =
-        |r: &weft_api::Resource, t: &TelemetrySpec| match (t.selector.is_some(), r.namespace() == proxy.namespace) {
-            (true, true) => 0,
-            (false, true) => 1,
-            _ => 2,
-        };
     telemetry
         .into_iter()
         .filter(|(_, t)| relevant(t))
-        .min_by_key(|(r, t)| (rank(r, t), r.namespace().to_owned(), r.name().to_owned()))
+        .min_by_key(|(r, t)| (rank(r, t, proxy), r.namespace().to_owned(), r.name().to_owned()))
 }
 
 /// meshConfig's `accessLogEncoding` and `accessLogFormat`.

@@ -57,11 +57,7 @@ pub(super) fn for_proxy(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Tracers {
         }
         _ => None,
     });
-    telemetries.sort_by_key(|(r, t)| match (t.selector.is_some(), r.namespace() == proxy.namespace) {
-        (true, true) => 2,
-        (false, true) => 1,
-        _ => 0,
-    });
+    telemetries.sort_by_key(|(r, t)| std::cmp::Reverse(super::telemetry::rank(r, t, proxy)));
     for (_, t) in telemetries {
         for entry in &t.tracing {
             let mode = entry.r#match.as_ref().and_then(|m| m.mode).unwrap_or(LogSelectorMode::ClientAndServer);

@@ -50,6 +50,8 @@ pub struct Start {
     host: Option<hyper::header::HeaderValue>,
     /// The access log entry, when the connection manager has access logs.
     log: Option<Box<Entry>>,
+    /// What the metric overrides' added labels read from the request.
+    captured: Option<Box<crate::telemetry::overrides::Captured>>,
 }
 
 /// The approximate size of a header block on the wire.
@@ -91,6 +93,12 @@ impl Start {
             authority: req.uri().authority().cloned(),
             host: req.headers().get(hyper::header::HOST).cloned(),
             log,
+            captured: conn
+                .spec
+                .metric_overrides
+                .as_ref()
+                .filter(|_| conn.spec.metrics)
+                .map(|o| Box::new(o.capture(req, conn.peer, conn.destination))),
         }
     }
 
@@ -162,7 +170,7 @@ impl Start {
                 if response.extensions().get::<UpstreamHost>().is_some() { "via_upstream" } else { "local_reply" };
             entry.upstream_host = response.extensions().get::<UpstreamHost>().map(|h| h.0.to_string());
             entry.cluster = observed.cluster.as_ref().map(|c| c.name.clone());
-            entry.route = observed.route;
+            entry.route = observed.route.clone();
             entry
         });
         let pending = Pending {
@@ -176,6 +184,8 @@ impl Start {
             request_body: observed.request_body,
             log,
             span: observed.span,
+            captured: self.captured,
+            route: observed.route,
             cluster: observed.cluster,
             upstream: response.extensions().get::<UpstreamHost>().map(|h| h.0.clone()),
         };
@@ -198,6 +208,8 @@ struct Pending {
     request_body: Option<Arc<std::sync::atomic::AtomicU64>>,
     log: Option<Box<Entry>>,
     span: Option<crate::trace::Active>,
+    captured: Option<Box<crate::telemetry::overrides::Captured>>,
+    route: Option<String>,
     cluster: Option<Arc<ClusterSpec>>,
     upstream: Option<Arc<str>>,
 }
@@ -230,12 +242,23 @@ impl Pending {
         if !self.spec.metrics {
             return;
         }
-        self.shared.metrics.record(Request {
+        let request = Request {
             labels: self.labels,
             duration,
             request_bytes: self.request_bytes + received,
             response_bytes: self.response_bytes + self.body_bytes,
-        });
+        };
+        match (&self.spec.metric_overrides, &self.captured) {
+            (Some(o), Some(captured)) => {
+                let finished = crate::telemetry::overrides::Finished {
+                    captured,
+                    cluster: self.cluster.as_ref().map(|c| c.name.as_str()),
+                    route: self.route.as_deref(),
+                };
+                self.shared.metrics.record_overridden(request, o, &finished);
+            }
+            _ => self.shared.metrics.record(request),
+        }
     }
 }
 

@@ -151,6 +151,8 @@ pub struct HttpSpec {
     pub access_logs: crate::access_log::AccessLogs,
     /// Whether it reports Istio's metrics (the `istio.stats` filter).
     pub metrics: bool,
+    /// The stats filter's overrides of those metrics, when it has any.
+    pub metric_overrides: Option<Arc<crate::telemetry::overrides::Overrides>>,
     /// Its tracing, if configured.
     pub tracing: Option<Arc<crate::trace::Tracer>>,
     /// Where routes come from.
@@ -424,6 +426,7 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
     let (mut fault, mut cors, mut router, mut metrics) = (false, false, false, false);
     let mut rbac = Vec::new();
     let mut jwt = None;
+    let mut metric_overrides = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let type_url = match &f.config_type {
             Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)) => a.type_url.as_str(),
@@ -438,7 +441,12 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
             }
             (_, "envoy.extensions.filters.http.fault.v3.HTTPFault") => fault = true,
             // Istio's stats filter: this connection manager reports Istio's metrics.
-            ("istio.stats", _) => metrics = true,
+            ("istio.stats", _) => {
+                metrics = true;
+                if let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                    metric_overrides = stats_overrides(any).map_err(|e| ctx(ConfigError::new(format!("HTTP filter istio.stats: {e}"))))?.map(Arc::new);
+                }
+            }
             (_, "envoy.extensions.filters.http.cors.v3.Cors") => cors = true,
             (name, JWT_AUTHN) => {
                 let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
@@ -471,6 +479,7 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
         reporter,
         access_logs: crate::access_log::AccessLogs::from_envoy(&h.access_log).map_err(ctx)?,
         metrics,
+        metric_overrides,
         tracing: match &h.tracing {
             Some(t) => crate::trace::Tracer::from_envoy(t, reporter == Reporter::Destination)
                 .map_err(|e| ctx(e.context("tracing")))?
@@ -516,6 +525,23 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
             .as_ref()
             .map_or(Some(Duration::from_secs(300)), |d| Some(duration(d)).filter(|d| !d.is_zero())),
     })
+}
+
+/// The stats filter's configuration: a `Struct` shaped as Istio's `stats.PluginConfig`.
+fn stats_overrides(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<Option<crate::telemetry::overrides::Overrides>, String> {
+    use envoy_types::pb::google::protobuf::Struct;
+    use prost::Message;
+    if !any.type_url.ends_with("google.protobuf.Struct") {
+        // Another control plane's typed form (`stats.PluginConfig`): Istio's metrics,
+        // without overrides.
+        tracing::debug!("istio.stats configuration {} is not read; metrics keep Istio's defaults", any.type_url);
+        return Ok(None);
+    }
+    let config = Struct::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+    let config = weft_envoy::stats::StatsConfig::from_struct(&config)?;
+    crate::telemetry::overrides::Overrides::compile(&config)
 }
 
 fn compile_tcp(t: &TcpProxy, reporter: Reporter) -> Result<TcpSpec, ConfigError> {

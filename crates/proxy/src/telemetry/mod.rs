@@ -32,6 +32,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use prost::Message;
 
+pub mod overrides;
+
 use crate::config::NodeInfo;
 use crate::reply::Flags;
 
@@ -176,6 +178,17 @@ pub struct Labels {
 impl EncodeLabelSet for Labels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeLabel;
+        self.each(|_, key, value| (key, value).encode(encoder.encode_label()))
+    }
+}
+
+impl Labels {
+    /// Calls `f` with each standard label (its index in Istio's order, its name, its
+    /// value); TCP metrics have no `response_code` or `grpc_response_status`.
+    pub(crate) fn each(
+        &self,
+        mut f: impl FnMut(usize, &'static str, &str) -> Result<(), std::fmt::Error>,
+    ) -> Result<(), std::fmt::Error> {
         let reporter = match self.reporter {
             Reporter::Source => "source",
             Reporter::Destination => "destination",
@@ -211,12 +224,12 @@ impl EncodeLabelSet for Labels {
             ("response_flags", &flags),
             ("connection_security_policy", self.security),
         ];
-        for (key, value) in pairs {
+        for (i, (key, value)) in pairs.into_iter().enumerate() {
             // Istio's TCP metrics have no response code or gRPC status.
             if self.protocol == "tcp" && matches!(key, "response_code" | "grpc_response_status") {
                 continue;
             }
-            (key, value).encode(encoder.encode_label())?;
+            f(i, key, value)?;
         }
         Ok(())
     }
@@ -242,6 +255,31 @@ struct Series {
 }
 
 impl Series {
+    fn encode(&self, family: usize, encoder: prometheus_client::encoding::MetricEncoder<'_>) -> std::fmt::Result {
+        match family {
+            0 => self.requests.encode(encoder),
+            1 => self.duration.encode(encoder),
+            2 => self.request_bytes.encode(encoder),
+            _ => self.response_bytes.encode(encoder),
+        }
+    }
+
+    /// Counts a request in the metrics `families` (bit `i`: `HTTP_METRICS[i]`).
+    fn observe(&self, r: &Request, families: u8) {
+        if families & 1 != 0 {
+            self.requests.inc();
+        }
+        if families & 2 != 0 {
+            self.duration.observe(r.duration.as_secs_f64() * 1000.0);
+        }
+        if families & 4 != 0 {
+            self.request_bytes.observe(r.request_bytes as f64);
+        }
+        if families & 8 != 0 {
+            self.response_bytes.observe(r.response_bytes as f64);
+        }
+    }
+
     fn new() -> Series {
         Series {
             requests: Counter::default(),
@@ -253,14 +291,22 @@ impl Series {
 }
 
 type SeriesMap = std::sync::RwLock<HashMap<Labels, Arc<Series>, foldhash::fast::RandomState>>;
+type OverriddenMap = std::sync::RwLock<HashMap<overrides::Key, Arc<Series>, foldhash::fast::RandomState>>;
 
-/// Encodes the request metrics from their map, as four metric families.
+/// Most series of overridden metrics kept: added labels can take many values (a path, a
+/// header), and a proxy's memory must stay bounded. Requests of new series beyond it are
+/// not counted (`istio_overridden_series_dropped_total` counts them).
+const MAX_OVERRIDDEN_SERIES: usize = 10_000;
+
+/// Encodes the request metrics from their maps (plain and overridden), as four metric
+/// families.
 #[derive(Debug)]
-struct RequestMetrics(Arc<SeriesMap>);
+struct RequestMetrics(Arc<SeriesMap>, Arc<OverriddenMap>);
 
 impl Collector for RequestMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Ok(map) = self.0.read() else { return Ok(()) };
+        let Ok(overridden) = self.1.read() else { return Ok(()) };
         let families: [(&str, &str, MetricType); 4] = [
             ("istio_requests", "Requests, by Istio's standard labels", MetricType::Counter),
             ("istio_request_duration_milliseconds", "Request duration in milliseconds", MetricType::Histogram),
@@ -268,18 +314,16 @@ impl Collector for RequestMetrics {
             ("istio_response_bytes", "Response size (headers and body) in bytes", MetricType::Histogram),
         ];
         for (i, (name, help, kind)) in families.into_iter().enumerate() {
-            if map.is_empty() {
+            let mine = overridden.iter().filter(|(k, _)| k.families & (1 << i) != 0);
+            if map.is_empty() && mine.clone().next().is_none() {
                 continue;
             }
             let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
             for (labels, series) in map.iter() {
-                let family = metric.encode_family(labels)?;
-                match i {
-                    0 => series.requests.encode(family)?,
-                    1 => series.duration.encode(family)?,
-                    2 => series.request_bytes.encode(family)?,
-                    _ => series.response_bytes.encode(family)?,
-                }
+                series.encode(i, metric.encode_family(labels)?)?;
+            }
+            for (key, series) in mine {
+                series.encode(i, metric.encode_family(key)?)?;
             }
         }
         Ok(())
@@ -312,6 +356,8 @@ struct Own {
 pub struct IstioMetrics {
     registry: Registry,
     series: Arc<SeriesMap>,
+    overridden: Arc<OverriddenMap>,
+    overridden_dropped: Counter,
     tcp_sent: Family<Labels, Counter>,
     tcp_received: Family<Labels, Counter>,
     tcp_opened: Family<Labels, Counter>,
@@ -334,7 +380,14 @@ impl IstioMetrics {
         };
         let mut registry = Registry::default();
         let series = Arc::new(SeriesMap::default());
-        registry.register_collector(Box::new(RequestMetrics(series.clone())));
+        let overridden = Arc::new(OverriddenMap::default());
+        registry.register_collector(Box::new(RequestMetrics(series.clone(), overridden.clone())));
+        let overridden_dropped = Counter::default();
+        registry.register(
+            "istio_overridden_series_dropped",
+            "Requests not counted: their overridden metric series would pass the proxy's limit",
+            overridden_dropped.clone(),
+        );
         let (tcp_sent, tcp_received, tcp_opened, tcp_closed) =
             (Family::default(), Family::default(), Family::default(), Family::default());
         registry.register(
@@ -352,6 +405,8 @@ impl IstioMetrics {
         IstioMetrics {
             registry,
             series,
+            overridden,
+            overridden_dropped,
             tcp_sent,
             tcp_received,
             tcp_opened,
@@ -413,13 +468,30 @@ impl IstioMetrics {
             Some(s) => s,
             None => {
                 let Ok(mut map) = self.series.write() else { return };
-                map.entry(r.labels).or_insert_with(|| Arc::new(Series::new())).clone()
+                map.entry(r.labels.clone()).or_insert_with(|| Arc::new(Series::new())).clone()
             }
         };
-        series.requests.inc();
-        series.duration.observe(r.duration.as_secs_f64() * 1000.0);
-        series.request_bytes.observe(r.request_bytes as f64);
-        series.response_bytes.observe(r.response_bytes as f64);
+        series.observe(&r, 0b1111);
+    }
+
+    /// Counts a finished HTTP request under metric overrides.
+    pub fn record_overridden(&self, r: Request, o: &overrides::Overrides, finished: &overrides::Finished<'_>) {
+        for group in o.groups() {
+            let key = overrides::Key::new(group, &r.labels, finished);
+            let found = self.overridden.read().ok().and_then(|map| map.get(&key).cloned());
+            let series = match found {
+                Some(s) => s,
+                None => {
+                    let Ok(mut map) = self.overridden.write() else { return };
+                    if map.len() >= MAX_OVERRIDDEN_SERIES && !map.contains_key(&key) {
+                        self.overridden_dropped.inc();
+                        continue;
+                    }
+                    map.entry(key).or_insert_with(|| Arc::new(Series::new())).clone()
+                }
+            };
+            series.observe(&r, group.families);
+        }
     }
 
     /// Counts a TCP connection opening.

@@ -134,9 +134,21 @@ fn weft_access_logs_follow_the_telemetry_api() {
 /// stats filter): on the client side, `istio_requests_total` loses `response_code` (so
 /// a 200 and a 404 count in one series) and gains `request_host` and a header's value;
 /// `istio_request_bytes` is dropped; the other metrics keep Istio's standard labels.
+/// TCP metrics follow too: `istio_tcp_sent_bytes_total` is dropped, and every client
+/// metric gains the destination port.
 #[test]
 fn weft_metrics_follow_telemetry_overrides() {
-    let b = 136;
+    metrics_follow_telemetry_overrides(Dataplane::Weft, 136);
+}
+
+/// Envoy, which has no Istio stats filter, takes the same configuration (the optional
+/// filter, the TCP chain's metadata) and carries the traffic.
+#[test]
+fn envoy_accepts_telemetry_overrides() {
+    metrics_follow_telemetry_overrides(Dataplane::Envoy, 36);
+}
+
+fn metrics_follow_telemetry_overrides(kind: Dataplane, b: u8) {
     let overrides = r#"
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
@@ -152,13 +164,40 @@ spec:
         tenant: {value: "request.headers['x-tenant']"}
     - match: {metric: REQUEST_SIZE}
       disabled: true
+    - match: {metric: TCP_SENT_BYTES}
+      disabled: true
+    - match: {mode: CLIENT}
+      tagOverrides:
+        destination_port: {value: string(destination.port)}
 "#;
-    let mut mesh = Mesh::start(b, &[("mesh.yaml", &mesh_yaml(b)), ("telemetry.yaml", overrides)]);
+    let tcp = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo-tcp}
+spec:
+  hosts: [echo-tcp.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9100, name: tcp, protocol: TCP, targetPort: 9080}]
+  workloadSelector: {labels: {app: echo}}
+"#;
+    let egress = format!("    bind: 127.{b}.2.1\n    hosts: [\"./*\"]\n");
+    let yaml = mesh_yaml(b)
+        .replace(&egress, &format!("{egress}  - port: {{number: 9100, protocol: TCP, name: tcp}}\n{egress}"))
+        + tcp;
+    let mut mesh = Mesh::start(b, &[("mesh.yaml", &yaml), ("telemetry.yaml", overrides)]);
     mesh.backend("echo-1", &format!("127.{b}.1.1"), 9080, 0);
     let node = format!("sidecar~127.{b}.2.1~client.default~default.svc.cluster.local");
-    let admin = mesh.proxy(Dataplane::Weft, "client", &node, &[("app", "client")], &format!("127.{b}.2.1"), true);
+    let admin = mesh.proxy(kind, "client", &node, &[("app", "client")], &format!("127.{b}.2.1"), true);
     let url = |path: &str| format!("http://127.{b}.2.1:9080{path}");
     mesh.wait_until("the egress listener", || mesh.curl(&["-H", "Host: echo", &url("/ready")]).status == 200);
+    if kind == Dataplane::Envoy {
+        mesh.wait_synced(1);
+        let tcp = mesh.curl(&["-H", "Host: echo", &format!("http://127.{b}.2.1:9100/over-tcp")]);
+        assert_eq!(tcp.status, 200, "{}", tcp.body);
+        return;
+    }
     let metrics = || mesh.get(&format!("http://{admin}/stats/prometheus")).body;
     let before = metrics();
     for path in ["/ok", "/status/404"] {
@@ -182,4 +221,19 @@ spec:
         .count();
     assert!(durations >= 2, "{text}");
     assert!(text.lines().any(|l| l.starts_with("istio_request_duration_milliseconds_count{") && l.contains("response_code=\"404\"")), "{text}");
+    assert!(count[0].contains("destination_port=\"9080\""), "{}", count[0]);
+
+    // A TCP connection through the egress listener on 9100.
+    let before = metrics();
+    assert_eq!(mesh.curl(&["-H", "Host: echo", &format!("http://127.{b}.2.1:9100/over-tcp")]).status, 200);
+    mesh.wait_until("the TCP connection counted", || {
+        metrics().contains("istio_tcp_connections_closed_total{") && metrics() != before
+    });
+    let text = metrics();
+    let opened =
+        text.lines().find(|l| l.starts_with("istio_tcp_connections_opened_total{")).unwrap_or_else(|| panic!("{text}"));
+    assert!(opened.contains("destination_port=\"9100\""), "{opened}");
+    assert!(opened.contains("destination_service=\"echo-tcp.default.svc.cluster.local\""), "{opened}");
+    assert!(text.contains("istio_tcp_received_bytes_total{"), "{text}");
+    assert!(!text.contains("istio_tcp_sent_bytes_total{"), "{text}");
 }

@@ -22,6 +22,14 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 pub const HTTP_METRICS: [&str; 4] =
     ["requests_total", "request_duration_milliseconds", "request_bytes", "response_bytes"];
 
+/// Istio's TCP metrics, by their names in the configuration.
+pub const TCP_METRICS: [&str; 4] = [
+    "tcp_sent_bytes_total",
+    "tcp_received_bytes_total",
+    "tcp_connections_opened_total",
+    "tcp_connections_closed_total",
+];
+
 /// Istio's standard labels of the request metrics, in the order they are written.
 pub const STANDARD_LABELS: [&str; 25] = [
     "reporter",
@@ -75,8 +83,9 @@ pub fn metric_name(telemetry: &str) -> Option<&'static str> {
 pub struct MetricOverride {
     /// The metric (`requests_total`), or empty for all.
     pub name: String,
-    /// The metric is not reported.
-    pub drop: bool,
+    /// The metric is not reported (`Some(true)`), or reported again after an earlier
+    /// entry dropped it (`Some(false)`); `None` leaves it as it was.
+    pub drop: Option<bool>,
     /// Standard labels left out.
     pub tags_to_remove: Vec<String>,
     /// Labels added or replaced, by attribute expression.
@@ -110,7 +119,7 @@ impl StatsConfig {
             }
             match entry.fields.get("drop").and_then(|v| v.kind.as_ref()) {
                 None => {}
-                Some(Kind::BoolValue(b)) => m.drop = *b,
+                Some(Kind::BoolValue(b)) => m.drop = Some(*b),
                 Some(_) => return Err(format!("metrics[{i}].drop must be a boolean")),
             }
             match entry.fields.get("tags_to_remove").and_then(|v| v.kind.as_ref()) {
@@ -141,7 +150,9 @@ impl StatsConfig {
     pub fn for_metric(&self, metric: &str) -> (bool, Vec<String>, BTreeMap<String, String>) {
         let (mut drop, mut removed, mut added) = (false, Vec::<String>::new(), BTreeMap::new());
         for m in self.metrics.iter().filter(|m| m.name.is_empty() || m.name == metric) {
-            drop = m.drop;
+            if let Some(d) = m.drop {
+                drop = d;
+            }
             for t in &m.tags_to_remove {
                 added.remove(t);
                 if !removed.contains(t) {
@@ -274,16 +285,18 @@ mod tests {
                     dimensions: [("destination_port".to_owned(), "destination.port".to_owned())].into(),
                     ..Default::default()
                 },
-                MetricOverride { name: "request_bytes".into(), drop: true, ..Default::default() },
+                MetricOverride { name: "request_bytes".into(), drop: Some(true), ..Default::default() },
+                // An entry that says nothing of dropping leaves it dropped.
+                MetricOverride { tags_to_remove: vec!["response_flags".into()], ..Default::default() },
             ],
         };
         let (drop, removed, added) = config.for_metric("requests_total");
         assert!(!drop);
-        assert_eq!(removed, ["request_protocol"]);
+        assert_eq!(removed, ["request_protocol", "response_flags"]);
         assert_eq!(added.keys().collect::<Vec<_>>(), ["destination_port"]);
         let (drop, removed, added) = config.for_metric("response_bytes");
         assert!(!drop && added.is_empty());
-        assert_eq!(removed, ["request_protocol", "destination_port"]);
+        assert_eq!(removed, ["request_protocol", "destination_port", "response_flags"]);
         assert!(config.for_metric("request_bytes").0);
     }
 }

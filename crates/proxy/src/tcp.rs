@@ -52,7 +52,15 @@ pub async fn proxy<I>(
         return;
     };
     let labels = labels(&shared, &spec, &upstream.spec.service, peer_certificate);
-    shared.metrics.tcp_opened(&labels);
+    let finished = crate::telemetry::overrides::Finished {
+        captured: None,
+        source: peer,
+        destination,
+        cluster: Some(cluster),
+        route: None,
+    };
+    let overrides = spec.metric_overrides.as_deref().map(|o| (o, &finished));
+    shared.metrics.tcp_opened(&labels, overrides);
     let (mut sent, mut received) = (0, 0);
     let set = upstream.hosts_full();
     let attempt = async {
@@ -106,7 +114,7 @@ pub async fn proxy<I>(
         }
         host.active.fetch_sub(1, Ordering::Relaxed);
     }
-    shared.metrics.tcp_closed(&labels, sent, received);
+    shared.metrics.tcp_closed(&labels, sent, received, overrides);
     stats.cx_active.fetch_sub(1, Ordering::Relaxed);
 }
 

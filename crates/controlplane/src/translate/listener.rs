@@ -29,7 +29,7 @@ use crate::snapshot::Snapshot;
 
 /// Network filter names.
 pub(super) const HCM: &str = "envoy.filters.network.http_connection_manager";
-const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+pub(super) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 
 /// The listeners `proxy` needs.
 pub fn listeners_for(snapshot: &Snapshot, proxy: &ProxyIdentity, requested: &[String]) -> Vec<Listener> {

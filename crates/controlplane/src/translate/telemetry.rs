@@ -96,7 +96,8 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
     let tracers = super::tracer::for_proxy(snapshot, proxy);
     for l in listeners {
         let inbound = l.traffic_direction == TrafficDirection::Inbound as i32;
-        let stats = if inbound { &metrics.server } else { &metrics.client };
+        let config = if inbound { &metrics.server } else { &metrics.client };
+        let stats = http_metrics_on(config).then_some(config);
         let tracing = if inbound { &tracers.server } else { &tracers.client };
         let applies: Vec<AccessLog> = logs
             .iter()
@@ -107,10 +108,19 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
             })
             .map(access_log)
             .collect();
-        if applies.is_empty() && stats.is_none() && tracing.is_none() {
-            continue;
-        }
         for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.as_mut()) {
+            // Envoy refuses unknown network filters, so the TCP metrics' overrides ride
+            // in the chain's metadata, where the weft proxy reads them.
+            if !config.metrics.is_empty() && chain.filters.iter().any(|f| f.name == super::listener::TCP_PROXY) {
+                chain
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .typed_filter_metadata
+                    .insert(STATS_FILTER.into(), stats_struct(config));
+            }
+            if applies.is_empty() && stats.is_none() && tracing.is_none() {
+                continue;
+            }
             super::listener::edit_hcm(chain, |hcm| {
                 hcm.access_log = applies.clone();
                 hcm.tracing = tracing.clone();
@@ -124,17 +134,34 @@ pub(super) fn apply(snapshot: &Snapshot, proxy: &ProxyIdentity, listeners: &mut 
     }
 }
 
-/// Where a proxy reports metrics, and with which overrides: `None` is off.
+/// The overrides of a proxy's metrics as a client and as a server.
 #[derive(Debug, Clone, PartialEq)]
 struct MetricsOn {
-    client: Option<StatsConfig>,
-    server: Option<StatsConfig>,
+    client: StatsConfig,
+    server: StatsConfig,
+}
+
+/// Whether any request metric is left: a side whose every one is dropped gets no stats
+/// filter.
+fn http_metrics_on(config: &StatsConfig) -> bool {
+    !weft_envoy::stats::HTTP_METRICS.iter().all(|m| config.for_metric(m).0)
 }
 
 /// Istio's stats filter by its name, its configuration a `google.protobuf.Struct` in
 /// Istio's `stats.PluginConfig` shape (which every xDS client can decode), marked
 /// optional: proxies that lack it, such as Envoy, pass it by.
 fn stats_filter(config: &StatsConfig) -> HttpFilter {
+    HttpFilter {
+        name: STATS_FILTER.into(),
+        is_optional: true,
+        config_type: Some(http_filter::ConfigType::TypedConfig(stats_struct(config))),
+        ..Default::default()
+    }
+}
+
+/// The stats configuration as a `google.protobuf.Struct`, encoded in order so that the
+/// same configuration always gives the same bytes.
+fn stats_struct(config: &StatsConfig) -> envoy_types::pb::google::protobuf::Any {
     use super::sorted::{SortedKind, SortedList, SortedStruct, SortedValue};
     let text = |s: &str| SortedValue { kind: Some(SortedKind::String(s.to_owned())) };
     let metrics: Vec<SortedValue> = config
@@ -145,8 +172,8 @@ fn stats_filter(config: &StatsConfig) -> HttpFilter {
             if !m.name.is_empty() {
                 fields.insert("name".to_owned(), text(&m.name));
             }
-            if m.drop {
-                fields.insert("drop".to_owned(), SortedValue { kind: Some(SortedKind::Bool(true)) });
+            if let Some(drop) = m.drop {
+                fields.insert("drop".to_owned(), SortedValue { kind: Some(SortedKind::Bool(drop)) });
             }
             if !m.tags_to_remove.is_empty() {
                 let values = m.tags_to_remove.iter().map(|t| text(t)).collect();
@@ -167,21 +194,16 @@ fn stats_filter(config: &StatsConfig) -> HttpFilter {
         fields
             .insert("metrics".to_owned(), SortedValue { kind: Some(SortedKind::List(SortedList { values: metrics })) });
     }
-    HttpFilter {
-        name: STATS_FILTER.into(),
-        is_optional: true,
-        config_type: Some(http_filter::ConfigType::TypedConfig(envoy_types::pb::google::protobuf::Any {
-            type_url: "type.googleapis.com/google.protobuf.Struct".into(),
-            value: SortedStruct { fields }.encode_to_vec(),
-        })),
-        ..Default::default()
+    envoy_types::pb::google::protobuf::Any {
+        type_url: "type.googleapis.com/google.protobuf.Struct".into(),
+        value: SortedStruct { fields }.encode_to_vec(),
     }
 }
 
 /// The metrics of `proxy` as a client and as a server: on, with the Prometheus
 /// provider's overrides of every Telemetry that applies, root namespace first, then the
 /// workload's namespace, then Telemetries selecting it, each later entry over the earlier
-/// ones (Istio's precedence). A side whose every request metric is dropped reports none.
+/// ones (Istio's precedence).
 fn metrics_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> MetricsOn {
     let mut telemetries = super::policies_for(snapshot, proxy, |spec| match spec {
         weft_api::Spec::Telemetry(t) => {
@@ -211,12 +233,7 @@ fn metrics_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> MetricsOn {
             }
         }
     }
-    let side = |metrics: Vec<MetricOverride>| {
-        let config = StatsConfig { metrics };
-        let all_dropped = weft_envoy::stats::HTTP_METRICS.iter().all(|m| config.for_metric(m).0);
-        (!all_dropped).then_some(config)
-    };
-    MetricsOn { client: side(client), server: side(server) }
+    MetricsOn { client: StatsConfig { metrics: client }, server: StatsConfig { metrics: server } }
 }
 
 /// One Telemetry metrics override in the stats filter's terms; `None` (with a warning)
@@ -234,7 +251,7 @@ fn metric_override(o: &weft_api::istio::MetricsOverrides, owner: &str) -> Option
         },
         (None, None) => String::new(),
     };
-    let mut entry = MetricOverride { name, drop: o.disabled == Some(true), ..Default::default() };
+    let mut entry = MetricOverride { name, drop: o.disabled, ..Default::default() };
     for (tag, t) in &o.tag_overrides {
         match (t.operation, t.value.as_deref()) {
             (Some(TagOverrideOperation::Remove), _) => entry.tags_to_remove.push(tag.clone()),

@@ -98,7 +98,7 @@ impl Start {
                 .metric_overrides
                 .as_ref()
                 .filter(|_| conn.spec.metrics)
-                .map(|o| Box::new(o.capture(req, conn.peer, conn.destination))),
+                .map(|o| Box::new(o.capture(req))),
         }
     }
 
@@ -185,6 +185,8 @@ impl Start {
             log,
             span: observed.span,
             captured: self.captured,
+            source: conn.peer,
+            destination: conn.destination,
             route: observed.route,
             cluster: observed.cluster,
             upstream: response.extensions().get::<UpstreamHost>().map(|h| h.0.clone()),
@@ -209,6 +211,8 @@ struct Pending {
     log: Option<Box<Entry>>,
     span: Option<crate::trace::Active>,
     captured: Option<Box<crate::telemetry::overrides::Captured>>,
+    source: std::net::SocketAddr,
+    destination: std::net::SocketAddr,
     route: Option<String>,
     cluster: Option<Arc<ClusterSpec>>,
     upstream: Option<Arc<str>>,
@@ -251,7 +255,9 @@ impl Pending {
         match (&self.spec.metric_overrides, &self.captured) {
             (Some(o), Some(captured)) => {
                 let finished = crate::telemetry::overrides::Finished {
-                    captured,
+                    captured: Some(captured),
+                    source: self.source,
+                    destination: self.destination,
                     cluster: self.cluster.as_ref().map(|c| c.name.as_str()),
                     route: self.route.as_deref(),
                 };

@@ -237,6 +237,8 @@ pub struct TcpSpec {
     pub clusters: Vec<(String, u32)>,
     /// Close after this long without data either way.
     pub idle_timeout: Option<Duration>,
+    /// Overrides of Istio's TCP metrics, when the chain has any.
+    pub metric_overrides: Option<Arc<crate::telemetry::overrides::Overrides>>,
 }
 
 impl ListenerSpec {
@@ -399,7 +401,21 @@ fn compile_chain(c: &FilterChain, secrets: &Secrets, reporter: Reporter) -> Resu
     let kind = if any.type_url.ends_with(HCM) {
         ChainKind::Http(Arc::new(compile_hcm(&unpack(any, HCM)?, reporter)?))
     } else if any.type_url.ends_with(TCP_PROXY) {
-        ChainKind::Tcp(Arc::new(compile_tcp(&unpack(any, TCP_PROXY)?, reporter)?))
+        let mut tcp = compile_tcp(&unpack(any, TCP_PROXY)?, reporter)?;
+        // Istio's stats filter has no place in a TCP chain Envoy would accept: its
+        // configuration rides in the chain's metadata.
+        if let Some(any) = c.metadata.as_ref().and_then(|m| m.typed_filter_metadata.get("istio.stats")) {
+            let error = |e: String| ConfigError::new(format!("filter chain {}: istio.stats: {e}", c.name));
+            tcp.metric_overrides = match stats_config(any).map_err(error)? {
+                Some(config) => {
+                    crate::telemetry::overrides::Overrides::compile(&config, &weft_envoy::stats::TCP_METRICS)
+                        .map_err(error)?
+                        .map(Arc::new)
+                }
+                None => None,
+            };
+        }
+        ChainKind::Tcp(Arc::new(tcp))
     } else {
         return Err(ConfigError::new(format!("network filter {} ({}) is not supported", last.name, any.type_url)));
     };
@@ -527,10 +543,20 @@ fn compile_hcm(h: &HttpConnectionManager, reporter: Reporter) -> Result<HttpSpec
     })
 }
 
-/// The stats filter's configuration: a `Struct` shaped as Istio's `stats.PluginConfig`.
+/// The stats filter's overrides of the request metrics.
 fn stats_overrides(
     any: &envoy_types::pb::google::protobuf::Any,
 ) -> Result<Option<crate::telemetry::overrides::Overrides>, String> {
+    match stats_config(any)? {
+        Some(config) => crate::telemetry::overrides::Overrides::compile(&config, &weft_envoy::stats::HTTP_METRICS),
+        None => Ok(None),
+    }
+}
+
+/// The stats filter's configuration: a `Struct` shaped as Istio's `stats.PluginConfig`.
+fn stats_config(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<Option<weft_envoy::stats::StatsConfig>, String> {
     use envoy_types::pb::google::protobuf::Struct;
     use prost::Message;
     if !any.type_url.ends_with("google.protobuf.Struct") {
@@ -540,8 +566,7 @@ fn stats_overrides(
         return Ok(None);
     }
     let config = Struct::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
-    let config = weft_envoy::stats::StatsConfig::from_struct(&config)?;
-    crate::telemetry::overrides::Overrides::compile(&config)
+    weft_envoy::stats::StatsConfig::from_struct(&config).map(Some)
 }
 
 fn compile_tcp(t: &TcpProxy, reporter: Reporter) -> Result<TcpSpec, ConfigError> {
@@ -564,5 +589,6 @@ fn compile_tcp(t: &TcpProxy, reporter: Reporter) -> Result<TcpSpec, ConfigError>
             .idle_timeout
             .as_ref()
             .map_or(Some(DEFAULT_TCP_IDLE), |d| Some(duration(d)).filter(|d| !d.is_zero())),
+        metric_overrides: None,
     })
 }

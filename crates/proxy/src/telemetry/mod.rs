@@ -26,7 +26,6 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -254,6 +253,12 @@ struct Series {
     response_bytes: Histogram,
 }
 
+impl Default for Series {
+    fn default() -> Series {
+        Series::new()
+    }
+}
+
 impl Series {
     fn encode(&self, family: usize, encoder: prometheus_client::encoding::MetricEncoder<'_>) -> std::fmt::Result {
         match family {
@@ -297,6 +302,78 @@ type OverriddenMap = std::sync::RwLock<HashMap<overrides::Key, Arc<Series>, fold
 /// header), and a proxy's memory must stay bounded. Requests of new series beyond it are
 /// not counted (`istio_overridden_series_dropped_total` counts them).
 const MAX_OVERRIDDEN_SERIES: usize = 10_000;
+
+/// The series of `key` in `map`, created if new (unless the map holds `limit` already).
+fn series_in<K, S>(
+    map: &std::sync::RwLock<HashMap<K, Arc<S>, foldhash::fast::RandomState>>,
+    key: &K,
+    limit: Option<usize>,
+) -> Option<Arc<S>>
+where
+    K: std::hash::Hash + Eq + Clone,
+    S: Default,
+{
+    if let Some(found) = map.read().ok()?.get(key) {
+        return Some(found.clone());
+    }
+    let mut map = map.write().ok()?;
+    if let Some(found) = map.get(key) {
+        return Some(found.clone());
+    }
+    if limit.is_some_and(|l| map.len() >= l) {
+        return None;
+    }
+    Some(map.entry(key.clone()).or_default().clone())
+}
+
+/// The four TCP metrics of one label set.
+#[derive(Debug, Default)]
+struct TcpSeries {
+    sent: Counter,
+    received: Counter,
+    opened: Counter,
+    closed: Counter,
+}
+
+type TcpMap = std::sync::RwLock<HashMap<Labels, Arc<TcpSeries>, foldhash::fast::RandomState>>;
+type TcpOverriddenMap = std::sync::RwLock<HashMap<overrides::Key, Arc<TcpSeries>, foldhash::fast::RandomState>>;
+
+/// Encodes the TCP metrics from their maps (plain and overridden), as four families.
+#[derive(Debug)]
+struct TcpMetrics(Arc<TcpMap>, Arc<TcpOverriddenMap>);
+
+impl Collector for TcpMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(map) = self.0.read() else { return Ok(()) };
+        let Ok(overridden) = self.1.read() else { return Ok(()) };
+        let families: [(&str, &str); 4] = [
+            ("istio_tcp_sent_bytes", "Bytes sent to the downstream during TCP connections"),
+            ("istio_tcp_received_bytes", "Bytes received from the downstream during TCP connections"),
+            ("istio_tcp_connections_opened", "TCP connections opened"),
+            ("istio_tcp_connections_closed", "TCP connections closed"),
+        ];
+        for (i, (name, help)) in families.into_iter().enumerate() {
+            let mine = overridden.iter().filter(|(k, _)| k.families & (1 << i) != 0);
+            if map.is_empty() && mine.clone().next().is_none() {
+                continue;
+            }
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let counter = |s: &TcpSeries| match i {
+                0 => s.sent.get(),
+                1 => s.received.get(),
+                2 => s.opened.get(),
+                _ => s.closed.get(),
+            };
+            for (labels, series) in map.iter() {
+                ConstCounter::new(counter(series)).encode(metric.encode_family(labels)?)?;
+            }
+            for (key, series) in mine {
+                ConstCounter::new(counter(series)).encode(metric.encode_family(key)?)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Encodes the request metrics from their maps (plain and overridden), as four metric
 /// families.
@@ -358,10 +435,8 @@ pub struct IstioMetrics {
     series: Arc<SeriesMap>,
     overridden: Arc<OverriddenMap>,
     overridden_dropped: Counter,
-    tcp_sent: Family<Labels, Counter>,
-    tcp_received: Family<Labels, Counter>,
-    tcp_opened: Family<Labels, Counter>,
-    tcp_closed: Family<Labels, Counter>,
+    tcp: Arc<TcpMap>,
+    tcp_overridden: Arc<TcpOverriddenMap>,
     own: Own,
     peers: Mutex<HashMap<HeaderValue, Arc<Workload>>>,
     hosts: Mutex<HashMap<String, Arc<Service>>>,
@@ -388,29 +463,15 @@ impl IstioMetrics {
             "Requests not counted: their overridden metric series would pass the proxy's limit",
             overridden_dropped.clone(),
         );
-        let (tcp_sent, tcp_received, tcp_opened, tcp_closed) =
-            (Family::default(), Family::default(), Family::default(), Family::default());
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent to the downstream during TCP connections",
-            tcp_sent.clone(),
-        );
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from the downstream during TCP connections",
-            tcp_received.clone(),
-        );
-        registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
-        registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        let (tcp, tcp_overridden) = (Arc::new(TcpMap::default()), Arc::new(TcpOverriddenMap::default()));
+        registry.register_collector(Box::new(TcpMetrics(tcp.clone(), tcp_overridden.clone())));
         IstioMetrics {
             registry,
             series,
             overridden,
             overridden_dropped,
-            tcp_sent,
-            tcp_received,
-            tcp_opened,
-            tcp_closed,
+            tcp,
+            tcp_overridden,
             own,
             peers: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
@@ -463,47 +524,77 @@ impl IstioMetrics {
 
     /// Counts a finished HTTP request.
     pub fn record(&self, r: Request) {
-        let found = self.series.read().ok().and_then(|map| map.get(&r.labels).cloned());
-        let series = match found {
-            Some(s) => s,
-            None => {
-                let Ok(mut map) = self.series.write() else { return };
-                map.entry(r.labels.clone()).or_insert_with(|| Arc::new(Series::new())).clone()
-            }
-        };
-        series.observe(&r, 0b1111);
+        if let Some(series) = series_in(&self.series, &r.labels, None) {
+            series.observe(&r, 0b1111);
+        }
     }
 
     /// Counts a finished HTTP request under metric overrides.
     pub fn record_overridden(&self, r: Request, o: &overrides::Overrides, finished: &overrides::Finished<'_>) {
         for group in o.groups() {
             let key = overrides::Key::new(group, &r.labels, finished);
-            let found = self.overridden.read().ok().and_then(|map| map.get(&key).cloned());
-            let series = match found {
-                Some(s) => s,
+            match series_in(&self.overridden, &key, Some(MAX_OVERRIDDEN_SERIES)) {
+                Some(series) => series.observe(&r, group.families),
                 None => {
-                    let Ok(mut map) = self.overridden.write() else { return };
-                    if map.len() >= MAX_OVERRIDDEN_SERIES && !map.contains_key(&key) {
-                        self.overridden_dropped.inc();
-                        continue;
-                    }
-                    map.entry(key).or_insert_with(|| Arc::new(Series::new())).clone()
+                    self.overridden_dropped.inc();
                 }
-            };
-            series.observe(&r, group.families);
+            }
         }
     }
 
-    /// Counts a TCP connection opening.
-    pub fn tcp_opened(&self, labels: &Labels) {
-        self.tcp_opened.get_or_create(labels).inc();
+    /// Counts a TCP connection opening, under `overrides` when its chain has them.
+    pub fn tcp_opened(&self, labels: &Labels, overrides: Option<(&overrides::Overrides, &overrides::Finished<'_>)>) {
+        self.tcp_each(labels, overrides, |series, families| {
+            if families & 4 != 0 {
+                series.opened.inc();
+            }
+        });
     }
 
     /// Counts a TCP connection closing, with the bytes it carried.
-    pub fn tcp_closed(&self, labels: &Labels, sent: u64, received: u64) {
-        self.tcp_sent.get_or_create(labels).inc_by(sent);
-        self.tcp_received.get_or_create(labels).inc_by(received);
-        self.tcp_closed.get_or_create(labels).inc();
+    pub fn tcp_closed(
+        &self,
+        labels: &Labels,
+        sent: u64,
+        received: u64,
+        overrides: Option<(&overrides::Overrides, &overrides::Finished<'_>)>,
+    ) {
+        self.tcp_each(labels, overrides, |series, families| {
+            if families & 1 != 0 {
+                series.sent.inc_by(sent);
+            }
+            if families & 2 != 0 {
+                series.received.inc_by(received);
+            }
+            if families & 8 != 0 {
+                series.closed.inc();
+            }
+        });
+    }
+
+    /// Calls `f` with each series a TCP connection counts in, and the metrics it counts
+    /// there (bit `i`: `TCP_METRICS[i]`).
+    fn tcp_each(
+        &self,
+        labels: &Labels,
+        overrides: Option<(&overrides::Overrides, &overrides::Finished<'_>)>,
+        mut f: impl FnMut(&TcpSeries, u8),
+    ) {
+        let Some((o, finished)) = overrides else {
+            if let Some(series) = series_in(&self.tcp, labels, None) {
+                f(&series, 0b1111);
+            }
+            return;
+        };
+        for group in o.groups() {
+            let key = overrides::Key::new(group, labels, finished);
+            match series_in(&self.tcp_overridden, &key, Some(MAX_OVERRIDDEN_SERIES)) {
+                Some(series) => f(&series, group.families),
+                None => {
+                    self.overridden_dropped.inc();
+                }
+            };
+        }
     }
 
     /// The Prometheus text of Istio's metrics followed by the proxy's own counters

@@ -1,10 +1,11 @@
 //! Istio's metric overrides — the Telemetry API's `metrics.overrides`, carried by the
-//! `istio.stats` filter's configuration: a request metric dropped, standard labels
-//! removed, labels added or replaced from request attributes.
+//! `istio.stats` filter's configuration (for TCP, the filter chain's `istio.stats`
+//! metadata): a metric dropped, standard labels removed, labels added or replaced from
+//! attributes of the request or connection.
 //!
-//! The four request metrics are recorded in groups that share one rule (usually all four
-//! share one): each group keys its series by the labels it writes, so that requests that
-//! differ only in a removed label count in the same series.
+//! The four request metrics (or the four TCP metrics) are recorded in groups that share
+//! one rule (usually all four share one): each group keys its series by the labels it
+//! writes, so that requests that differ only in a removed label count in the same series.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use hyper::HeaderMap;
 use hyper::header::HeaderName;
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
-use weft_envoy::stats::{Attribute, HTTP_METRICS, STANDARD_LABELS, StatsConfig, parse_attribute};
+use weft_envoy::stats::{Attribute, STANDARD_LABELS, StatsConfig, parse_attribute};
 
 use super::Labels;
 
@@ -27,7 +28,7 @@ pub struct Overrides {
 /// Request metrics that share a rule.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Group {
-    /// Bit `i`: the metric `HTTP_METRICS[i]`.
+    /// Bit `i`: the `i`th of the four metrics (`HTTP_METRICS` or `TCP_METRICS`).
     pub(super) families: u8,
     rule: Rule,
 }
@@ -41,12 +42,13 @@ struct Rule {
 }
 
 impl Overrides {
-    /// The overrides in `config`; `None` when it changes nothing, so that requests take
-    /// the plain path. An expression that cannot be evaluated is an error.
-    pub fn compile(config: &StatsConfig) -> Result<Option<Overrides>, String> {
+    /// The overrides in `config` of the four `metrics`; `None` when it changes nothing,
+    /// so that requests take the plain path. An expression that cannot be evaluated is an
+    /// error.
+    pub fn compile(config: &StatsConfig, metrics: &[&str; 4]) -> Result<Option<Overrides>, String> {
         let mut groups: Vec<Group> = Vec::new();
         let mut trivial = true;
-        for (i, metric) in HTTP_METRICS.iter().enumerate() {
+        for (i, metric) in metrics.iter().enumerate() {
             let (drop, removed, added) = config.for_metric(metric);
             if drop {
                 trivial = false;
@@ -96,12 +98,7 @@ impl Overrides {
     }
 
     /// What the added labels need from the request, taken as it arrives.
-    pub fn capture(
-        &self,
-        req: &hyper::Request<hyper::body::Incoming>,
-        source: SocketAddr,
-        destination: SocketAddr,
-    ) -> Captured {
+    pub fn capture(&self, req: &hyper::Request<hyper::body::Incoming>) -> Captured {
         let mut headers = HeaderMap::new();
         for name in &self.headers {
             if let Some(v) = req.headers().get(name) {
@@ -118,8 +115,6 @@ impl Overrides {
                 _ => "HTTP/1.1",
             },
             headers,
-            source,
-            destination,
         }
     }
 }
@@ -132,15 +127,17 @@ pub struct Captured {
     host: String,
     protocol: &'static str,
     headers: HeaderMap,
-    source: SocketAddr,
-    destination: SocketAddr,
 }
 
 /// What a finished request offers the added labels.
 #[derive(Debug)]
 pub struct Finished<'a> {
-    /// The request's side.
-    pub captured: &'a Captured,
+    /// The request's side (none for TCP).
+    pub captured: Option<&'a Captured>,
+    /// The client.
+    pub source: SocketAddr,
+    /// Where the client connected to.
+    pub destination: SocketAddr,
     /// The cluster, if it reached one.
     pub cluster: Option<&'a str>,
     /// The route, if one matched.
@@ -148,28 +145,33 @@ pub struct Finished<'a> {
 }
 
 fn evaluate(a: &Attribute, labels: &Labels, f: &Finished<'_>) -> String {
-    let c = f.captured;
-    let header = |name: &str| c.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let header = |name: &str| {
+        f.captured.and_then(|c| c.headers.get(name)).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    };
+    let request = |part: fn(&Captured) -> String| f.captured.map(part).unwrap_or_default();
     match a {
         Attribute::Literal(s) => s.clone(),
-        Attribute::RequestHost => c.host.clone(),
-        Attribute::RequestMethod => c.method.clone(),
-        Attribute::RequestPath => c.path.clone(),
-        Attribute::RequestUrlPath => c.path.split('?').next().unwrap_or("").to_owned(),
-        Attribute::RequestScheme => {
-            Some(header("x-forwarded-proto")).filter(|s| !s.is_empty()).unwrap_or_else(|| "http".into())
-        }
-        Attribute::RequestProtocol => c.protocol.to_owned(),
+        Attribute::RequestHost => request(|c| c.host.clone()),
+        Attribute::RequestMethod => request(|c| c.method.clone()),
+        Attribute::RequestPath => request(|c| c.path.clone()),
+        Attribute::RequestUrlPath => request(|c| c.path.split('?').next().unwrap_or("").to_owned()),
+        Attribute::RequestScheme => match (f.captured, header("x-forwarded-proto")) {
+            (None, _) => String::new(),
+            (Some(_), s) if s.is_empty() => "http".into(),
+            (Some(_), s) => s,
+        },
+        Attribute::RequestProtocol => request(|c| c.protocol.to_owned()),
         Attribute::RequestUserAgent => header("user-agent"),
         Attribute::RequestReferer => header("referer"),
         Attribute::RequestId => header("x-request-id"),
         Attribute::RequestHeader(name) => header(name),
-        Attribute::ResponseCode => labels.code.to_string(),
+        Attribute::ResponseCode if f.captured.is_some() => labels.code.to_string(),
+        Attribute::ResponseCode => String::new(),
         Attribute::ResponseGrpcStatus => labels.grpc_status.map(|g| g.to_string()).unwrap_or_default(),
-        Attribute::SourceAddress => c.source.to_string(),
-        Attribute::SourcePort => c.source.port().to_string(),
-        Attribute::DestinationAddress => c.destination.to_string(),
-        Attribute::DestinationPort => c.destination.port().to_string(),
+        Attribute::SourceAddress => f.source.to_string(),
+        Attribute::SourcePort => f.source.port().to_string(),
+        Attribute::DestinationAddress => f.destination.to_string(),
+        Attribute::DestinationPort => f.destination.port().to_string(),
         Attribute::ClusterName => f.cluster.unwrap_or("").to_owned(),
         Attribute::RouteName => f.route.unwrap_or("").to_owned(),
     }
@@ -214,7 +216,7 @@ impl EncodeLabelSet for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_envoy::stats::MetricOverride;
+    use weft_envoy::stats::{HTTP_METRICS, MetricOverride, TCP_METRICS};
 
     fn config(entries: Vec<MetricOverride>) -> StatsConfig {
         StatsConfig { metrics: entries }
@@ -222,9 +224,9 @@ mod tests {
 
     #[test]
     fn nothing_overridden_is_the_plain_path() {
-        assert_eq!(Overrides::compile(&StatsConfig::default()), Ok(None));
+        assert_eq!(Overrides::compile(&StatsConfig::default(), &HTTP_METRICS), Ok(None));
         let removes_nothing = MetricOverride { tags_to_remove: vec!["no_such_label".into()], ..Default::default() };
-        assert_eq!(Overrides::compile(&config(vec![removes_nothing])), Ok(None));
+        assert_eq!(Overrides::compile(&config(vec![removes_nothing]), &HTTP_METRICS), Ok(None));
     }
 
     #[test]
@@ -235,8 +237,8 @@ mod tests {
             dimensions: [("request_host".to_owned(), "request.host".to_owned())].into(),
             ..Default::default()
         };
-        let dropped = MetricOverride { name: "request_bytes".into(), drop: true, ..Default::default() };
-        let o = Overrides::compile(&config(vec![all, count, dropped]))
+        let dropped = MetricOverride { name: "request_bytes".into(), drop: Some(true), ..Default::default() };
+        let o = Overrides::compile(&config(vec![all, count, dropped]), &HTTP_METRICS)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("trivial"));
         let families: Vec<u8> = o.groups().iter().map(|g| g.families).collect();
@@ -251,6 +253,10 @@ mod tests {
             dimensions: [("x".to_owned(), "filter_state['a']".to_owned())].into(),
             ..Default::default()
         };
-        assert!(Overrides::compile(&config(vec![bad])).is_err());
+        assert!(Overrides::compile(&config(vec![bad]), &HTTP_METRICS).is_err());
+        // Every TCP metric dropped: nothing is recorded.
+        let off = MetricOverride { drop: Some(true), ..Default::default() };
+        let o = Overrides::compile(&config(vec![off]), &TCP_METRICS).unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.is_some_and(|o| o.groups().is_empty()));
     }
 }

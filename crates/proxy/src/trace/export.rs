@@ -25,8 +25,10 @@ use crate::body::{Body, BoxError};
 
 /// How often buffered spans are sent (Envoy's `tracing.opentelemetry.flush_interval_ms`).
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-/// A batch this large is sent at once (Envoy's `tracing.opentelemetry.min_flush_spans`).
-const MIN_FLUSH_SPANS: usize = 5;
+/// A batch this large is sent at once. Envoy sends every 5 spans; weft waits for 64,
+/// which costs a busy proxy a tenth of the export calls (and CPU) while keeping each
+/// batch small enough not to stall the requests it shares a thread with.
+const MIN_FLUSH_SPANS: usize = 64;
 
 /// Where spans of one tracer configuration go.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

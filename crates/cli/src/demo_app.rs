@@ -1,10 +1,13 @@
-//! `weft demo-app`: a small HTTP application for examples and tests, in the spirit of
-//! Istio's httpbin and echo apps. Every answer names the app and its version and echoes
-//! the request (method, path, headers, the caller's identity as its sidecar forwarded
-//! it); `/status/CODE`, `/delay/MS` (or `?status=CODE&delay=MS` on any path) and
-//! `/headers` do what they say; with `--call`
+//! `weft demo-app`: a small HTTP and gRPC application for examples and tests, in the
+//! spirit of Istio's httpbin and echo apps. Every answer names the app and its version
+//! and echoes the request (method, path, headers, the caller's identity as its sidecar
+//! forwarded it); `/status/CODE`, `/delay/MS` (or `?status=CODE&delay=MS` on any path)
+//! and `/headers` do what they say; with `--call`
 //! it calls other services first (through its sidecar) and includes their answers,
 //! forwarding Bookinfo's tracing and user headers, to build a call chain.
+//!
+//! On the same port it speaks gRPC: `weft.demo.v1.Echo/Echo` (see [`grpc`]) and the
+//! standard health service `grpc.health.v1.Health`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
@@ -54,6 +58,9 @@ pub struct DemoAppArgs {
     calls: Vec<String>,
 }
 
+/// A response body of either protocol.
+type AnyBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 struct App {
     name: String,
     version: String,
@@ -77,15 +84,23 @@ pub fn run(args: DemoAppArgs) -> anyhow::Result<ExitCode> {
             calls,
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
+        let grpc = grpc::routes(&app.name, &app.version).await;
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, peer)) = accepted else { continue };
                     let app = app.clone();
+                    let grpc = grpc.clone();
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let app = app.clone();
-                            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+                            let mut grpc = grpc.clone();
+                            async move {
+                                if grpc::is_grpc(&req) {
+                                    return Ok::<_, Infallible>(grpc::serve(&mut grpc, req, peer).await);
+                                }
+                                Ok(app.handle(req, peer).await.map(|b| b.map_err(|never| match never {}).boxed_unsync()))
+                            }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(stream), service)
@@ -174,6 +189,160 @@ impl App {
             }
             Ok(Err(e)) => json!({"host": host, "error": e.to_string()}),
             Err(_) => json!({"host": host, "error": "timed out"}),
+        }
+    }
+}
+
+pub mod grpc {
+    //! The gRPC side: `weft.demo.v1.Echo/Echo` answers an `EchoRequest { string message = 1; }`
+    //! with an `EchoResponse { string message = 1; string name = 2; string version = 3;
+    //! map<string, string> metadata = 4; string caller = 5; string peer = 6; }`: the
+    //! message, the app, the request metadata and the caller's identity as its sidecar
+    //! forwarded it. Metadata `x-echo-status: CODE` makes it answer that gRPC status
+    //! instead. `grpc.health.v1.Health` reports the echo service serving.
+
+    use std::collections::BTreeMap;
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use http_body_util::BodyExt;
+    use hyper::Request;
+    use hyper::body::Incoming;
+
+    use super::AnyBody;
+
+    /// `weft.demo.v1.EchoRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EchoRequest {
+        /// Echoed back.
+        #[prost(string, tag = "1")]
+        pub message: String,
+    }
+
+    /// `weft.demo.v1.EchoResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EchoResponse {
+        /// The request's message.
+        #[prost(string, tag = "1")]
+        pub message: String,
+        /// The app's name.
+        #[prost(string, tag = "2")]
+        pub name: String,
+        /// The app's version.
+        #[prost(string, tag = "3")]
+        pub version: String,
+        /// The request's metadata (its headers).
+        #[prost(btree_map = "string, string", tag = "4")]
+        pub metadata: BTreeMap<String, String>,
+        /// `x-forwarded-client-cert`, the caller's identity as its sidecar forwarded it.
+        #[prost(string, tag = "5")]
+        pub caller: String,
+        /// The connection's peer address.
+        #[prost(string, tag = "6")]
+        pub peer: String,
+    }
+
+    /// Whether a request is gRPC.
+    pub fn is_grpc(req: &Request<Incoming>) -> bool {
+        req.headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"))
+    }
+
+    /// The echo and health services.
+    pub async fn routes(name: &str, version: &str) -> tonic::service::Routes {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<Echo>().await;
+        let echo = Echo(Arc::new((name.to_owned(), version.to_owned())));
+        tonic::service::Routes::new(echo).add_service(health)
+    }
+
+    /// Serves one gRPC request.
+    pub async fn serve(
+        routes: &mut tonic::service::Routes,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> hyper::Response<AnyBody> {
+        req.extensions_mut().insert(Peer(peer));
+        let req = req.map(tonic::body::Body::new);
+        let response = match tower_service::Service::call(routes, req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        response.map(|b| b.map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
+    }
+
+    #[derive(Clone, Copy)]
+    struct Peer(SocketAddr);
+
+    /// `weft.demo.v1.Echo`, named and version.
+    #[derive(Clone)]
+    struct Echo(Arc<(String, String)>);
+
+    impl tonic::server::NamedService for Echo {
+        const NAME: &'static str = "weft.demo.v1.Echo";
+    }
+
+    type Call = Pin<Box<dyn Future<Output = Result<hyper::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+    impl tower_service::Service<Request<tonic::body::Body>> for Echo {
+        type Response = hyper::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = Call;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<tonic::body::Body>) -> Call {
+            let app = self.0.clone();
+            if req.uri().path() != "/weft.demo.v1.Echo/Echo" {
+                return Box::pin(async { Ok(tonic::Status::unimplemented("no such method").into_http()) });
+            }
+            let peer = req.extensions().get::<Peer>().map(|p| p.0.to_string()).unwrap_or_default();
+            Box::pin(async move {
+                let mut grpc =
+                    tonic::server::Grpc::new(tonic_prost::ProstCodec::<EchoResponse, EchoRequest>::default());
+                Ok(grpc.unary(Unary { app, peer }, req).await)
+            })
+        }
+    }
+
+    struct Unary {
+        app: Arc<(String, String)>,
+        peer: String,
+    }
+
+    impl tonic::server::UnaryService<EchoRequest> for Unary {
+        type Response = EchoResponse;
+        type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<EchoResponse>, tonic::Status>> + Send>>;
+
+        fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
+            let (name, version) = (self.app.0.clone(), self.app.1.clone());
+            let peer = self.peer.clone();
+            Box::pin(async move {
+                let metadata: BTreeMap<String, String> = request
+                    .metadata()
+                    .clone()
+                    .into_headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                    .collect();
+                if let Some(code) = metadata.get("x-echo-status").and_then(|c| c.parse::<i32>().ok()) {
+                    let code = tonic::Code::from_i32(code);
+                    if code != tonic::Code::Ok {
+                        return Err(tonic::Status::new(code, format!("{name} answered {code:?} as asked")));
+                    }
+                }
+                let caller = metadata.get("x-forwarded-client-cert").cloned().unwrap_or_default();
+                let message = request.into_inner().message;
+                Ok(tonic::Response::new(EchoResponse { message, name, version, metadata, caller, peer }))
+            })
         }
     }
 }

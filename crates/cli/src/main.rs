@@ -2,6 +2,7 @@
 
 mod agent;
 mod demo_app;
+mod netns;
 mod output;
 mod proxy;
 mod status;

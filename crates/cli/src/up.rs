@@ -4,6 +4,11 @@
 //! proxy per Gateway selector. It shows what started and where, supervises the
 //! processes (a crashed one is reported and restarted), and on Ctrl-C or SIGTERM stops
 //! everything, letting the proxies drain.
+//!
+//! By default each sidecar is configured as Istio configures a VM's without iptables
+//! (Sidecar `captureMode: NONE`, explicit listeners). With `--capture iptables` (root,
+//! Linux) each workload runs in a network namespace of its own behind iptables rules
+//! that capture its traffic, as in a pod (see [`crate::netns`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -37,9 +42,24 @@ pub struct UpArgs {
     /// Where the CA, tokens and logs are kept (default: $XDG_DATA_HOME/weft or ~/.local/share/weft).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// The control plane's address (ports 15010, 15012, 15014).
+    /// The control plane's address (ports 15010, 15012, 15014); with `--capture
+    /// iptables`, where the workloads' namespaces reach the host (169.254.78.1).
     #[arg(long, default_value = "127.0.0.1")]
     control_plane_ip: IpAddr,
+    /// How traffic reaches the sidecars: `none`, explicit listeners (Istio's Sidecar
+    /// `captureMode: NONE`); `iptables`, each workload in its own network namespace with
+    /// Istio's capture rules, its application unchanged (needs root).
+    #[arg(long, value_enum, default_value = "none")]
+    capture: Capture,
+}
+
+/// `--capture`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capture {
+    /// Explicit listeners.
+    None,
+    /// iptables rules in a network namespace per workload.
+    Iptables,
 }
 
 /// One process `weft up` runs.
@@ -60,6 +80,8 @@ struct Workload {
     namespace: String,
     name: String,
     address: String,
+    /// The first port of a service that selects it (for the summary).
+    port: Option<u32>,
     labels: BTreeMap<String, String>,
     service_account: String,
     command: Option<String>,
@@ -106,6 +128,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 namespace: r.namespace().to_owned(),
                 name: r.name().to_owned(),
                 address: we.address.clone().unwrap_or_default(),
+                port: parsed.resources.iter().find_map(|s| match &s.spec {
+                    Spec::ServiceEntry(se) if s.namespace() == r.namespace() => {
+                        let selector = se.workload_selector.as_ref()?;
+                        let selects = !selector.labels.is_empty()
+                            && selector.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v));
+                        selects.then(|| se.ports.first().and_then(|p| p.number)).flatten()
+                    }
+                    _ => None,
+                }),
                 labels: we.labels.clone(),
                 service_account: we
                     .service_account
@@ -122,8 +153,42 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     }
+    let (ip, topology) = match args.capture {
+        Capture::None => (args.control_plane_ip, None),
+        Capture::Iptables => {
+            crate::netns::check_capable()?;
+            let pairs: Vec<(String, String)> = workloads.iter().map(|w| (w.name.clone(), w.address.clone())).collect();
+            let addresses = crate::netns::addresses(&pairs)?;
+            let mut services: Vec<String> = parsed
+                .resources
+                .iter()
+                .filter_map(|r| match &r.spec {
+                    Spec::ServiceEntry(se) => Some(
+                        se.hosts
+                            .iter()
+                            .map(|h| weft_controlplane::registry::resolve_host(h, r.namespace()))
+                            .collect::<Vec<_>>(),
+                    ),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            services.sort();
+            services.dedup();
+            let topology = crate::netns::Topology::create(&addresses, &services)?;
+            println!(
+                "✔ network namespaces   {} (one per workload, Istio's iptables capture rules), reached from this host",
+                topology.namespaces.join(", ")
+            );
+            (IpAddr::V4(crate::netns::HOST_IP), Some(topology))
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    runtime.block_on(up(args.control_plane_ip, &config, &state, workloads, gateways))
+    let result = runtime.block_on(up(ip, &config, &state, workloads, gateways, topology.as_ref()));
+    // Stopped processes first, then their namespaces.
+    drop(runtime);
+    drop(topology);
+    result
 }
 
 fn exe() -> PathBuf {
@@ -198,6 +263,7 @@ async fn up(
     state: &Path,
     workloads: Vec<Workload>,
     gateways: BTreeMap<String, BTreeMap<String, String>>,
+    topology: Option<&crate::netns::Topology>,
 ) -> anyhow::Result<ExitCode> {
     let logs = state.join("logs");
     let s = |p: &Path| p.to_string_lossy().into_owned();
@@ -233,20 +299,36 @@ async fn up(
     processes.push(cp);
 
     let root = state.join("ca/root-cert.pem");
-    for w in &workloads {
+    for (i, w) in workloads.iter().enumerate() {
         if let Some(command) = &w.command {
             let mut words = command.split_whitespace().map(str::to_owned);
             let first = words.next().unwrap_or_default();
             let program = if first == "weft" { exe() } else { PathBuf::from(first) };
-            let mut app = Process::new(format!("app {}", w.name), program, words.collect(), None);
+            let args: Vec<String> = words.collect();
+            let (program, args) = match topology {
+                Some(t) => t.command(i, false, &program.to_string_lossy(), &args),
+                None => (program, args),
+            };
+            let mut app = Process::new(format!("app {}", w.name), program, args, None);
             app.start(&logs)?;
             processes.push(app);
         }
-        let token = state.join("tokens").join(&w.namespace).join(format!("{}.token", w.name));
+        let mut token = state.join("tokens").join(&w.namespace).join(format!("{}.token", w.name));
         if !wait_file(&token).await {
             anyhow::bail!("no bootstrap token for {} at {}", w.name, token.display());
         }
-        let admin = format!("{}:15000", w.address);
+        let mut root = root.clone();
+        if topology.is_some() {
+            // A captured sidecar runs as its own uid: it gets copies it can read.
+            (token, root) = proxy_readable(state, &w.name, &token, &root)?;
+        }
+        // Captured, the admin port stays inside the namespace; readiness is on 15020.
+        let admin = if topology.is_some() { "127.0.0.1:15000".to_owned() } else { format!("{}:15000", w.address) };
+        let ready = if topology.is_some() {
+            format!("http://{}:15020/healthz/ready", w.address)
+        } else {
+            format!("http://{admin}/ready")
+        };
         scrape_targets.push(format!("{}:15020", w.address));
         let mut args: Vec<String> = vec![
             "proxy".into(),
@@ -277,8 +359,14 @@ async fn up(
             args.push("--label".into());
             args.push(format!("{k}={v}"));
         }
-        let mut sidecar =
-            Process::new(format!("sidecar {}", w.name), exe(), args, Some(format!("http://{admin}/ready")));
+        let (program, args) = match topology {
+            Some(t) => {
+                args.extend(["--interception-mode".to_owned(), "REDIRECT".to_owned()]);
+                t.command(i, true, &exe().to_string_lossy(), &args)
+            }
+            None => (exe(), args),
+        };
+        let mut sidecar = Process::new(format!("sidecar {}", w.name), program, args, Some(ready));
         sidecar.start(&logs)?;
         processes.push(sidecar);
     }
@@ -332,7 +420,7 @@ async fn up(
         let ready = wait_ready(url).await;
         println!("{} {:<20} {}", if ready { "✔" } else { "✘" }, p.label, url.trim_end_matches("/ready"));
     }
-    summary(&workloads, !gateways.is_empty());
+    summary(&workloads, !gateways.is_empty(), topology.is_some());
     let prometheus = state.join("prometheus.yml");
     match std::fs::write(&prometheus, prometheus_config(&scrape_targets)) {
         Ok(()) => println!(
@@ -386,7 +474,27 @@ fn prometheus_config(targets: &[String]) -> String {
     )
 }
 
-fn summary(workloads: &[Workload], gateway: bool) {
+/// Copies of a workload's token and the mesh root that the sidecar's uid can read.
+fn proxy_readable(state: &Path, name: &str, token: &Path, root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = state.join("capture").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let uid = Some(crate::netns::PROXY_UID);
+    std::os::unix::fs::chown(&dir, uid, uid)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut out = Vec::new();
+    for (from, file) in [(token, "token"), (root, "root-cert.pem")] {
+        let to = dir.join(file);
+        std::fs::copy(from, &to)?;
+        std::os::unix::fs::chown(&to, uid, uid)?;
+        out.push(to);
+    }
+    let root = out.pop().unwrap_or_default();
+    let token = out.pop().unwrap_or_default();
+    Ok((token, root))
+}
+
+fn summary(workloads: &[Workload], gateway: bool, captured: bool) {
     println!("\n{:<16} {:<14} {:<10} APP", "WORKLOAD", "ADDRESS", "VERSION");
     for w in workloads {
         println!(
@@ -399,5 +507,11 @@ fn summary(workloads: &[Workload], gateway: bool) {
     }
     if gateway {
         println!("\nTry:  curl http://127.0.0.1:8080/productpage");
+    }
+    if captured && let Some((w, port)) = workloads.iter().find_map(|w| w.port.map(|p| (w, p))) {
+        println!(
+            "\nTry:  curl http://{}:{port}/   ({}: its application is unchanged; iptables sends the request through its sidecar)",
+            w.address, w.name
+        );
     }
 }

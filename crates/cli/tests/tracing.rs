@@ -308,6 +308,10 @@ fn spans_form_one_trace(kind: Dataplane, b: u8) {
     assert_eq!(reply.status, 200);
     let seen = backend_headers(&reply)["traceparent"].as_str().unwrap_or_default().to_owned();
     assert!(seen.starts_with(&format!("00-{parent}-")) && seen.ends_with("-00"), "{seen}");
+    // Spans go in batches, each proxy's buffer whole: once a later forced request's
+    // spans have all arrived, any span of the requests above would have too.
+    assert_eq!(chain.call(&["x-client-trace-id: marker"], "/marker").status, 200);
+    chain.trace_of("/marker");
     let all = chain.spans();
     for path in ["/garbled", "/unsampled", "/not-sampled", "/parent-sampled"] {
         assert!(!all.iter().any(|s| url_ends(s, path)), "{path} must make no span: {all:#?}");

@@ -133,6 +133,9 @@ impl StatsConfig {
                 None => {}
                 Some(Kind::StructValue(d)) => {
                     for (k, v) in &d.fields {
+                        if !is_label_name(k) {
+                            return Err(format!("metrics[{i}].dimensions: {k:?} is not a Prometheus label name"));
+                        }
                         let expression = text(v)?;
                         parse_attribute(&expression).map_err(|e| format!("metrics[{i}].dimensions.{k}: {e}"))?;
                         m.dimensions.insert(k.clone(), expression);
@@ -224,7 +227,16 @@ pub fn parse_attribute(expression: &str) -> Result<Attribute, String> {
     if let Some(rest) = e.strip_prefix("request.headers[").and_then(|r| r.strip_suffix(']'))
         && let Some(name) = quoted(rest.trim())
     {
-        return Ok(Attribute::RequestHeader(name.to_ascii_lowercase()));
+        let name = name.to_ascii_lowercase();
+        // HTTP/2's pseudo-headers, as Envoy names them.
+        return match name.as_str() {
+            ":authority" | "host" => Ok(Attribute::RequestHost),
+            ":path" => Ok(Attribute::RequestPath),
+            ":method" => Ok(Attribute::RequestMethod),
+            ":scheme" => Ok(Attribute::RequestScheme),
+            _ if is_header_name(&name) => Ok(Attribute::RequestHeader(name)),
+            _ => Err(format!("{expression:?}: {name:?} is not a header name")),
+        };
     }
     Ok(match e {
         "request.host" => Attribute::RequestHost,
@@ -253,6 +265,18 @@ pub fn parse_attribute(expression: &str) -> Result<Attribute, String> {
     })
 }
 
+/// Whether `s` can name a Prometheus label: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A header name a request can carry: HTTP token characters, lower case.
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 fn quoted(s: &str) -> Option<&str> {
     let inner = s.strip_prefix('\'').and_then(|r| r.strip_suffix('\''));
     inner.or_else(|| s.strip_prefix('"').and_then(|r| r.strip_suffix('"')))
@@ -269,6 +293,10 @@ mod tests {
         assert_eq!(parse_attribute("request.headers['X-Tenant']"), Ok(Attribute::RequestHeader("x-tenant".into())));
         assert_eq!(parse_attribute("'fixed'"), Ok(Attribute::Literal("fixed".into())));
         assert!(parse_attribute("request.headers['a'] + 'b'").is_err());
+        assert_eq!(parse_attribute("request.headers[':authority']"), Ok(Attribute::RequestHost));
+        assert!(parse_attribute("request.headers['a b']").is_err());
+        assert!(is_label_name("request_host") && is_label_name("_x1"));
+        assert!(!is_label_name("x-tenant") && !is_label_name("1abc") && !is_label_name(""));
         assert!(parse_attribute("upstream_peer.labels['app']").is_err());
     }
 

@@ -219,12 +219,21 @@ fn prometheus(shared: &Shared) -> Response<Body> {
     }
     own.push(Stat::from_envoy("cluster_manager.active_clusters", data.clusters.len() as u64));
     own.push(Stat::from_envoy("listener_manager.total_listeners_active", data.listeners.len() as u64));
+    own.extend(tracing_stats(shared).into_iter().map(|(name, value)| Stat::from_envoy(name, value)));
     let mut response = text(StatusCode::OK, shared.metrics.prometheus(own));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
+}
+
+/// Spans exported and dropped, as Envoy's OpenTelemetry tracer counts them.
+fn tracing_stats(shared: &Shared) -> [(&'static str, u64); 2] {
+    [
+        ("tracing.opentelemetry.spans_sent", shared.spans.sent.load(Ordering::Relaxed)),
+        ("tracing.opentelemetry.spans_dropped", shared.spans.dropped.load(Ordering::Relaxed)),
+    ]
 }
 
 fn cluster_stats(u: &crate::upstream::Upstream) -> [(&'static str, u64); 14] {
@@ -258,6 +267,7 @@ fn stats(shared: &Shared) -> Vec<(String, u64)> {
     }
     out.push(("cluster_manager.active_clusters".into(), data.clusters.len() as u64));
     out.push(("listener_manager.total_listeners_active".into(), data.listeners.len() as u64));
+    out.extend(tracing_stats(shared).into_iter().map(|(name, value)| (name.to_owned(), value)));
     out.sort();
     out
 }

@@ -248,14 +248,18 @@ fn operation(route: &Route, virtual_service: &str, port: u32) -> String {
         Some(route_match::PathSpecifier::SafeRegex(r)) => r.regex.clone(),
         _ => "/*".to_owned(),
     };
-    let host = match &route.action {
+    // One destination: its host and port, from the cluster's name.
+    let destination = match &route.action {
         Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(c)),
             ..
-        })) => c.split('|').nth(3).filter(|h| c.starts_with("outbound|") && !h.is_empty()),
+        })) => super::cluster::parse_cluster_name(c).filter(|(_, _, host)| !host.is_empty()),
         _ => None,
     };
-    format!("{}:{port}{path}", host.unwrap_or(virtual_service))
+    match destination {
+        Some((destination_port, _, host)) => format!("{host}:{destination_port}{path}"),
+        None => format!("{virtual_service}:{port}{path}"),
+    }
 }
 
 /// Envoy routes for a VirtualService's http rules on one port. A rule with several

@@ -253,6 +253,10 @@ fn metric_override(o: &weft_api::istio::MetricsOverrides, owner: &str) -> Option
     };
     let mut entry = MetricOverride { name, drop: o.disabled, ..Default::default() };
     for (tag, t) in &o.tag_overrides {
+        if !weft_envoy::stats::is_label_name(tag) {
+            tracing::warn!("{owner}: tag {tag:?} is not a Prometheus label name; override ignored");
+            continue;
+        }
         match (t.operation, t.value.as_deref()) {
             (Some(TagOverrideOperation::Remove), _) => entry.tags_to_remove.push(tag.clone()),
             (_, Some(value)) => match weft_envoy::stats::parse_attribute(value) {

@@ -264,6 +264,10 @@ pub async fn forward(
     if exchange {
         observed.peer = conn.shared.metrics.take_peer(response.headers_mut());
     }
+    if let Some(span) = observed.span.as_mut() {
+        let operation = m.route.decorator.as_ref().filter(|d| d.propagate).map(|d| d.operation.as_str());
+        span.on_response(operation, response.headers_mut());
+    }
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {

@@ -192,7 +192,7 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
         if !req.headers().contains_key("x-request-id") {
             req.headers_mut().insert("x-request-id", forward::request_id());
         }
-        observed.span = tracer.begin(&mut req, conn.peer, &conn.shared.config.node);
+        observed.span = tracer.begin(&mut req, conn.peer, conn.tls, &conn.shared.config.node);
     }
     // Metrics, access logs and spans, when the connection manager has them.
     let start =
@@ -223,6 +223,16 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
         *last = tokio::time::Instant::now();
     }
     Ok(response)
+}
+
+/// `HTTP/1.1`, `HTTP/2`, as Envoy names protocols.
+pub fn protocol_name(version: hyper::Version) -> &'static str {
+    match version {
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// The request's authority: `:authority` (HTTP/2) or `Host`.

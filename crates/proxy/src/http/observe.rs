@@ -74,11 +74,7 @@ impl Start {
             Box::new(Entry {
                 start: Some(SystemTime::now()),
                 request: conn.spec.access_logs.capture(req),
-                protocol: match req.version() {
-                    hyper::Version::HTTP_2 => "HTTP/2",
-                    hyper::Version::HTTP_10 => "HTTP/1.0",
-                    _ => "HTTP/1.1",
-                },
+                protocol: crate::http::protocol_name(req.version()),
                 local: Some(conn.destination),
                 remote: Some(conn.peer),
                 sni: conn.sni.clone(),

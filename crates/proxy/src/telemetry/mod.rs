@@ -251,6 +251,9 @@ struct Series {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+    /// The metrics that have counted something (bit `i`: `HTTP_METRICS[i]`); only those
+    /// are written, so a metric an override drops shows no empty series.
+    families: std::sync::atomic::AtomicU8,
 }
 
 impl Default for Series {
@@ -271,6 +274,9 @@ impl Series {
 
     /// Counts a request in the metrics `families` (bit `i`: `HTTP_METRICS[i]`).
     fn observe(&self, r: &Request, families: u8) {
+        if self.families.load(std::sync::atomic::Ordering::Relaxed) & families != families {
+            self.families.fetch_or(families, std::sync::atomic::Ordering::Relaxed);
+        }
         if families & 1 != 0 {
             self.requests.inc();
         }
@@ -291,7 +297,12 @@ impl Series {
             duration: Histogram::new(DURATION_BUCKETS),
             request_bytes: size_histogram(),
             response_bytes: size_histogram(),
+            families: std::sync::atomic::AtomicU8::new(0),
         }
+    }
+
+    fn counts(&self, family: usize) -> bool {
+        self.families.load(std::sync::atomic::Ordering::Relaxed) & (1 << family) != 0
     }
 }
 
@@ -333,6 +344,20 @@ struct TcpSeries {
     received: Counter,
     opened: Counter,
     closed: Counter,
+    /// The metrics that have counted something (bit `i`: `TCP_METRICS[i]`).
+    families: std::sync::atomic::AtomicU8,
+}
+
+impl TcpSeries {
+    fn mark(&self, families: u8) {
+        if self.families.load(std::sync::atomic::Ordering::Relaxed) & families != families {
+            self.families.fetch_or(families, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self, family: usize) -> bool {
+        self.families.load(std::sync::atomic::Ordering::Relaxed) & (1 << family) != 0
+    }
 }
 
 type TcpMap = std::sync::RwLock<HashMap<Labels, Arc<TcpSeries>, foldhash::fast::RandomState>>;
@@ -353,8 +378,9 @@ impl Collector for TcpMetrics {
             ("istio_tcp_connections_closed", "TCP connections closed"),
         ];
         for (i, (name, help)) in families.into_iter().enumerate() {
-            let mine = overridden.iter().filter(|(k, _)| k.families & (1 << i) != 0);
-            if map.is_empty() && mine.clone().next().is_none() {
+            let plain = map.iter().filter(|(_, s)| s.counts(i));
+            let mine = overridden.iter().filter(|(_, s)| s.counts(i));
+            if plain.clone().next().is_none() && mine.clone().next().is_none() {
                 continue;
             }
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -364,7 +390,7 @@ impl Collector for TcpMetrics {
                 2 => s.opened.get(),
                 _ => s.closed.get(),
             };
-            for (labels, series) in map.iter() {
+            for (labels, series) in plain {
                 ConstCounter::new(counter(series)).encode(metric.encode_family(labels)?)?;
             }
             for (key, series) in mine {
@@ -391,12 +417,13 @@ impl Collector for RequestMetrics {
             ("istio_response_bytes", "Response size (headers and body) in bytes", MetricType::Histogram),
         ];
         for (i, (name, help, kind)) in families.into_iter().enumerate() {
-            let mine = overridden.iter().filter(|(k, _)| k.families & (1 << i) != 0);
-            if map.is_empty() && mine.clone().next().is_none() {
+            let plain = map.iter().filter(|(_, s)| s.counts(i));
+            let mine = overridden.iter().filter(|(_, s)| s.counts(i));
+            if plain.clone().next().is_none() && mine.clone().next().is_none() {
                 continue;
             }
             let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-            for (labels, series) in map.iter() {
+            for (labels, series) in plain {
                 series.encode(i, metric.encode_family(labels)?)?;
             }
             for (key, series) in mine {
@@ -532,6 +559,14 @@ impl IstioMetrics {
     /// Counts a finished HTTP request under metric overrides.
     pub fn record_overridden(&self, r: Request, o: &overrides::Overrides, finished: &overrides::Finished<'_>) {
         for group in o.groups() {
+            // A group that keeps Istio's labels counts with the plain series, so that the
+            // same labels never make two series.
+            if group.is_plain() {
+                if let Some(series) = series_in(&self.series, &r.labels, None) {
+                    series.observe(&r, group.families);
+                }
+                continue;
+            }
             let key = overrides::Key::new(group, &r.labels, finished);
             match series_in(&self.overridden, &key, Some(MAX_OVERRIDDEN_SERIES)) {
                 Some(series) => series.observe(&r, group.families),
@@ -582,14 +617,25 @@ impl IstioMetrics {
     ) {
         let Some((o, finished)) = overrides else {
             if let Some(series) = series_in(&self.tcp, labels, None) {
+                series.mark(0b1111);
                 f(&series, 0b1111);
             }
             return;
         };
         for group in o.groups() {
+            if group.is_plain() {
+                if let Some(series) = series_in(&self.tcp, labels, None) {
+                    series.mark(group.families);
+                    f(&series, group.families);
+                }
+                continue;
+            }
             let key = overrides::Key::new(group, labels, finished);
             match series_in(&self.tcp_overridden, &key, Some(MAX_OVERRIDDEN_SERIES)) {
-                Some(series) => f(&series, group.families),
+                Some(series) => {
+                    series.mark(group.families);
+                    f(&series, group.families)
+                }
                 None => {
                     self.overridden_dropped.inc();
                 }

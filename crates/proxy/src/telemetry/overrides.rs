@@ -33,6 +33,13 @@ pub(super) struct Group {
     rule: Rule,
 }
 
+impl Group {
+    /// Whether the group writes Istio's standard labels unchanged.
+    pub(super) fn is_plain(&self) -> bool {
+        self.rule.removed == 0 && self.rule.added.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct Rule {
     /// Bit `i`: standard label `STANDARD_LABELS[i]` is not written.
@@ -78,7 +85,7 @@ impl Overrides {
         for g in &groups {
             for (_, a) in &g.rule.added {
                 let name = match a {
-                    Attribute::RequestHeader(h) => HeaderName::from_bytes(h.as_bytes()).map_err(|e| e.to_string())?,
+                    Attribute::RequestHeader(h) => crate::model::route::header_name(h).map_err(|e| e.to_string())?,
                     Attribute::RequestUserAgent => hyper::header::USER_AGENT,
                     Attribute::RequestReferer => hyper::header::REFERER,
                     Attribute::RequestId => HeaderName::from_static("x-request-id"),
@@ -109,11 +116,7 @@ impl Overrides {
             method: req.method().as_str().to_owned(),
             path: req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
             host: crate::http::authority(req).unwrap_or_default(),
-            protocol: match req.version() {
-                hyper::Version::HTTP_2 => "HTTP/2",
-                hyper::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
+            protocol: crate::http::protocol_name(req.version()),
             headers,
         }
     }
@@ -177,10 +180,10 @@ fn evaluate(a: &Attribute, labels: &Labels, f: &Finished<'_>) -> String {
     }
 }
 
-/// The series key of a group: the labels it writes.
+/// The series key of a group: the labels it writes. Groups that write the same labels
+/// share series (each series knows which metrics it counts).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Key {
-    pub(super) families: u8,
     labels: Box<[(&'static str, Arc<str>)]>,
     added: Box<[(Arc<str>, Arc<str>)]>,
 }
@@ -196,7 +199,7 @@ impl Key {
         });
         let added =
             group.rule.added.iter().map(|(k, a)| (k.clone(), Arc::from(evaluate(a, labels, finished)))).collect();
-        Key { families: group.families, labels: kept.into_boxed_slice(), added }
+        Key { labels: kept.into_boxed_slice(), added }
     }
 }
 

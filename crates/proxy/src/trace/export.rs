@@ -68,7 +68,8 @@ impl Exporter {
             return;
         }
         buffer.push(span);
-        if buffer.len() >= MIN_FLUSH_SPANS {
+        // A buffer smaller than a batch is sent when full.
+        if buffer.len() >= MIN_FLUSH_SPANS.min(target.max_cache.max(1)) {
             self.wake.notify_one();
         }
     }
@@ -77,7 +78,7 @@ impl Exporter {
         let Ok(mut buffers) = self.buffers.lock() else { return Vec::new() };
         let ready: Vec<Arc<Target>> = buffers
             .iter()
-            .filter(|(_, b)| !b.is_empty() && (all || b.len() >= MIN_FLUSH_SPANS))
+            .filter(|(t, b)| !b.is_empty() && (all || b.len() >= MIN_FLUSH_SPANS.min(t.max_cache.max(1))))
             .map(|(t, _)| t.clone())
             .collect();
         ready.into_iter().filter_map(|t| buffers.remove_entry(&t)).collect()

@@ -57,6 +57,12 @@ enum Tag {
     Fixed(String),
     /// A request header, with a default when absent.
     Header(HeaderName, Option<String>),
+    /// `:authority`.
+    Authority,
+    /// `:path`.
+    Path,
+    /// `:method`.
+    Method,
 }
 
 impl Tracer {
@@ -135,7 +141,11 @@ impl Tracer {
         {
             headers.insert("x-request-id", v);
         }
-        reason != Reason::NotTraceable
+        // As Envoy, the decision is what the id carries: an id that is not a UUID holds
+        // none, and its request is not traced.
+        let carried =
+            headers.get("x-request-id").and_then(|v| v.to_str().ok()).map_or(Reason::NotTraceable, Reason::of);
+        carried != Reason::NotTraceable
     }
 
     /// Decides whether the request is traced and starts this hop's span; `None` when
@@ -144,6 +154,7 @@ impl Tracer {
         self: &Arc<Tracer>,
         req: &mut hyper::Request<hyper::body::Incoming>,
         peer: std::net::SocketAddr,
+        tls: bool,
         node: &crate::config::NodeInfo,
     ) -> Option<Active> {
         let decided = self.decide(req.headers_mut());
@@ -162,16 +173,18 @@ impl Tracer {
         } else {
             None
         };
+        let named = caller_named.is_some();
         if !sampled {
-            return Some(Active { tracer: self.clone(), outgoing, detail: None });
+            return Some(Active { tracer: self.clone(), outgoing, named, detail: None });
         }
         let headers = req.headers();
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let host = crate::http::authority(req).unwrap_or_default();
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let scheme = text("x-forwarded-proto").unwrap_or("http");
-        let mut url = format!("{scheme}://{host}{path}");
-        truncate(&mut url, self.max_path);
+        // Envoy's original URI: the path cut to the limit, after the scheme and host.
+        let mut path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        truncate(&mut path, self.max_path);
+        let scheme = text("x-forwarded-proto").unwrap_or(if tls { "https" } else { "http" });
+        let url = format!("{scheme}://{host}{path}");
         let mut attributes = vec![
             string_attribute("node_id", &node.id),
             string_attribute("zone", ""),
@@ -180,14 +193,7 @@ impl Tracer {
             string_attribute("http.method", req.method().as_str()),
             string_attribute("downstream_cluster", text("x-envoy-downstream-service-cluster").unwrap_or("-")),
             string_attribute("user_agent", text("user-agent").unwrap_or("-")),
-            string_attribute(
-                "http.protocol",
-                match req.version() {
-                    hyper::Version::HTTP_2 => "HTTP/2",
-                    hyper::Version::HTTP_10 => "HTTP/1.0",
-                    _ => "HTTP/1.1",
-                },
-            ),
+            string_attribute("http.protocol", crate::http::protocol_name(req.version())),
             string_attribute("peer.address", &peer.ip().to_string()),
             string_attribute("component", "proxy"),
         ];
@@ -198,19 +204,21 @@ impl Tracer {
             let value = match tag {
                 Tag::Fixed(v) => Some(v.as_str()),
                 Tag::Header(h, default) => headers.get(h).and_then(|v| v.to_str().ok()).or(default.as_deref()),
+                Tag::Authority => Some(host.as_str()),
+                Tag::Path => Some(path.as_str()),
+                Tag::Method => Some(req.method().as_str()),
             };
             if let Some(v) = value {
                 attributes.push(string_attribute(name, v));
             }
         }
-        let named = caller_named.is_some();
         let name = match caller_named {
             Some(n) => n,
             None if self.ingress => "ingress".to_owned(),
             None => format!("egress {host}"),
         };
-        let detail = Detail { start: SystemTime::now(), name, named, attributes };
-        Some(Active { tracer: self.clone(), outgoing, detail: Some(Box::new(detail)) })
+        let detail = Detail { start: SystemTime::now(), name, attributes };
+        Some(Active { tracer: self.clone(), outgoing, named, detail: Some(Box::new(detail)) })
     }
 }
 
@@ -260,6 +268,9 @@ impl Reason {
 pub struct Active {
     tracer: Arc<Tracer>,
     outgoing: Outgoing,
+    /// Set when the caller's decorator named the span (inbound), which the route's does
+    /// not change and the response does not carry back.
+    named: bool,
     /// What a sampled span reports; unsampled spans only pass their context on.
     detail: Option<Box<Detail>>,
 }
@@ -268,8 +279,6 @@ pub struct Active {
 struct Detail {
     start: SystemTime,
     name: String,
-    /// Set when the caller's decorator named the span, which the route's does not change.
-    named: bool,
     attributes: Vec<KeyValue>,
 }
 
@@ -301,9 +310,28 @@ impl Active {
     /// Names the span after the route's decorator (unless the caller's named it).
     pub fn decorate(&mut self, operation: &str) {
         if let Some(d) = self.detail.as_mut()
-            && !d.named
+            && !self.named
         {
             operation.clone_into(&mut d.name);
+        }
+    }
+
+    /// The decorator header on the response, as Envoy handles it: outbound, the
+    /// server's sidecar named the operation, which renames this span, and the header
+    /// goes no further; inbound, the route's `operation` goes back to the caller's
+    /// sidecar unless the caller named it.
+    pub fn on_response(&mut self, operation: Option<&str>, headers: &mut HeaderMap) {
+        if self.egress() {
+            if let Some(v) = headers.remove("x-envoy-decorator-operation")
+                && let (Ok(name), Some(d)) = (v.to_str(), self.detail.as_mut())
+                && !name.is_empty()
+            {
+                name.clone_into(&mut d.name);
+            }
+        } else if !self.named
+            && let Some(v) = operation.and_then(|op| HeaderValue::from_str(op).ok())
+        {
+            headers.insert("x-envoy-decorator-operation", v);
         }
     }
 
@@ -353,7 +381,8 @@ impl Active {
             span_id: o.span_id.to_be_bytes().to_vec(),
             trace_state: o.trace_state.as_ref().and_then(|s| s.to_str().ok()).unwrap_or("").to_owned(),
             parent_span_id: o.parent_span_id.map(|p| p.to_be_bytes().to_vec()).unwrap_or_default(),
-            flags: 0x101,
+            // Sampled; whether the parent is remote is known (it is, when there is one).
+            flags: if o.parent_span_id.is_some() { 0x301 } else { 0x101 },
             name: detail.name,
             kind: if client { SpanKind::Client } else { SpanKind::Server } as i32,
             start_time_unix_nano: unix_nanos(detail.start),
@@ -369,11 +398,10 @@ impl Active {
     }
 }
 
-/// Writes the context (and, outbound on a sampled trace, the route's decorator) into
-/// the upstream request.
+/// Writes the context (and, outbound, the route's decorator) into the upstream request.
 pub fn inject(active: &Active, operation: Option<&str>, headers: &mut HeaderMap) {
     active.outgoing.inject(headers);
-    if let Some(op) = operation.filter(|_| active.egress() && active.detail.is_some())
+    if let Some(op) = operation.filter(|_| active.egress())
         && let Ok(v) = HeaderValue::from_str(op)
     {
         headers.insert("x-envoy-decorator-operation", v);
@@ -386,10 +414,19 @@ fn custom_tag(t: &CustomTag) -> Result<(String, Tag), ConfigError> {
         Some(custom_tag::Type::Environment(e)) => {
             Tag::Fixed(std::env::var(&e.name).ok().unwrap_or_else(|| e.default_value.clone()))
         }
-        Some(custom_tag::Type::RequestHeader(h)) => Tag::Header(
-            crate::model::route::header_name(&h.name)?,
-            Some(h.default_value.clone()).filter(|d| !d.is_empty()),
-        ),
+        Some(custom_tag::Type::RequestHeader(h)) => match h.name.to_ascii_lowercase().as_str() {
+            ":authority" | "host" => Tag::Authority,
+            ":path" => Tag::Path,
+            ":method" => Tag::Method,
+            name => match crate::model::route::header_name(name) {
+                Ok(name) => Tag::Header(name, Some(h.default_value.clone()).filter(|d| !d.is_empty())),
+                Err(e) => {
+                    // One bad tag is not worth refusing the listener over.
+                    tracing::warn!("custom tag {}: {e}; left out", t.tag);
+                    Tag::Fixed(h.default_value.clone())
+                }
+            },
+        },
         _ => {
             return Err(ConfigError::new(format!(
                 "custom tag {}: only literal, environment and request_header tags are supported",
@@ -433,4 +470,80 @@ fn nonzero_u128() -> u128 {
 
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracer(random: f64, overall: f64) -> Tracer {
+        Tracer {
+            target: Arc::new(Target {
+                cluster: "c".into(),
+                authority: "c".into(),
+                service_name: "s".into(),
+                max_cache: 8,
+            }),
+            random,
+            client: 100.0,
+            overall,
+            ingress: true,
+            tags: Vec::new(),
+            max_path: 256,
+        }
+    }
+
+    fn with_id(id: &str, extra: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_str(id).unwrap_or_else(|e| panic!("{e}")));
+        for (k, v) in extra {
+            h.insert(*k, HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")));
+        }
+        h
+    }
+
+    const ID: &str = "12345678-aaaa-4bbb-8ccc-1234567890ab";
+
+    #[test]
+    fn the_decision_is_packed_into_the_request_id() {
+        // 0x12345678 % 10000 = 9896: sampled at 99%, not at 98%.
+        let mut h = with_id(ID, &[]);
+        assert!(tracer(99.0, 100.0).decide(&mut h));
+        assert_eq!(h["x-request-id"], "12345678-aaaa-9bbb-8ccc-1234567890ab");
+        let mut h = with_id(ID, &[]);
+        assert!(!tracer(98.0, 100.0).decide(&mut h));
+        assert_eq!(h["x-request-id"], ID);
+        // A decision already in the id stands, whatever this hop's percentage.
+        let mut h = with_id("12345678-aaaa-9bbb-8ccc-1234567890ab", &[]);
+        assert!(tracer(0.0, 100.0).decide(&mut h));
+        // x-client-trace-id forces a trace (reason 'b'); overall sampling caps it.
+        let mut h = with_id(ID, &[("x-client-trace-id", "x")]);
+        assert!(tracer(0.0, 100.0).decide(&mut h));
+        assert_eq!(h["x-request-id"], "12345678-aaaa-bbbb-8ccc-1234567890ab");
+        let mut h = with_id(ID, &[("x-client-trace-id", "x")]);
+        assert!(!tracer(0.0, 50.0).decide(&mut h));
+        assert_eq!(h["x-request-id"], "12345678-aaaa-4bbb-8ccc-1234567890ab");
+        // An id that is not a UUID holds no decision: not traced.
+        let mut h = with_id("12345678", &[]);
+        assert!(!tracer(100.0, 100.0).decide(&mut h));
+        let mut h = with_id("not-hex-at-all", &[]);
+        assert!(!tracer(100.0, 100.0).decide(&mut h));
+    }
+
+    #[test]
+    fn reasons_read_the_version_digit() {
+        assert_eq!(Reason::of("12345678-aaaa-abbb-8ccc-1234567890ab"), Reason::ServiceForced);
+        assert_eq!(Reason::of("12345678-aaaa-4bbb-8ccc-1234567890ab"), Reason::NotTraceable);
+        assert_eq!(Reason::of("short"), Reason::NotTraceable);
+        // Multi-byte text of UUID length is not cut inside a character.
+        let odd = "ééééééééééééééééé-x";
+        assert_eq!(Reason::Sampling.pack(odd), None);
+    }
+
+    #[test]
+    fn long_paths_are_cut_on_a_character_boundary() {
+        let mut s = "/é".repeat(10);
+        truncate(&mut s, 5);
+        assert_eq!(s, "/é/");
+    }
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod demo_app;
+mod migrate;
 mod netns;
 mod output;
 mod proxy;
@@ -64,6 +65,9 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Migrate an OpenShift Service Mesh 2 control plane: `weft migrate smcp FILE...`
+    /// writes the OpenShift Service Mesh 3 Istio resource and reports what blocks the move.
+    Migrate(migrate::MigrateArgs),
     /// Print the version, the git commit and the TLS crypto provider.
     Version {
         /// Output format.
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy::run(*args),
         Command::Agent(args) => agent::run(args),
         Command::Up(args) => up::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::ProxyStatus { control_plane, output } => {
             let syncz = status::fetch(control_plane, "/debug/syncz")?;

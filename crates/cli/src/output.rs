@@ -103,6 +103,14 @@ fn print_value(format: Format, value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `value` as YAML text (one document, without the `---` line).
+pub fn yaml_text(value: &Value) -> anyhow::Result<String> {
+    let mut text = String::new();
+    saphyr::YamlEmitter::new(&mut text).dump(&to_yaml(value))?;
+    let body = text.strip_prefix("---\n").unwrap_or(&text);
+    Ok(format!("{body}\n"))
+}
+
 fn to_yaml(value: &Value) -> saphyr::Yaml<'static> {
     use saphyr::{Scalar, Yaml};
     match value {

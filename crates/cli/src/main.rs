@@ -126,6 +126,20 @@ struct ControlPlaneArgs {
     /// Run in FIPS mode: refuse to start unless the TLS crypto provider runs in FIPS mode.
     #[arg(long)]
     fips: bool,
+    /// The control-plane revision this one is (Istio's naming: `1-24-0`, no dots). It
+    /// serves only proxies whose `istio.io/rev` label names it; without it, the default
+    /// revision's proxies (no label, or `default`).
+    #[arg(long, value_parser = revision_name)]
+    revision: Option<String>,
+}
+
+/// A revision name: a DNS label (lower-case letters, digits, `-`), as Istio requires.
+fn revision_name(s: &str) -> Result<String, String> {
+    if weft_api::cel::is_dns_label(s) && s.len() <= 63 && !s.chars().any(|c| c.is_ascii_uppercase()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a revision name: lower-case letters, digits and '-' (1-24-0), no dots"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -256,6 +270,7 @@ fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
             }
             _ => None,
         },
+        revision: args.revision,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(weft_controlplane::server::run(config, async {

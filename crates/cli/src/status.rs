@@ -87,10 +87,11 @@ pub fn proxy_status(syncz: &Value) -> String {
                 state(types, EDS).to_owned(),
                 state(types, RDS).to_owned(),
                 p["protocol"].as_str().unwrap_or("").to_owned(),
+                p["revision"].as_str().filter(|r| !r.is_empty()).unwrap_or("default").to_owned(),
             ]
         })
         .collect();
-    table(&["NAME", "CDS", "LDS", "EDS", "RDS", "PROTOCOL"], &rows)
+    table(&["NAME", "CDS", "LDS", "EDS", "RDS", "PROTOCOL", "REVISION"], &rows)
 }
 
 /// `weft proxy-config KIND` from a config-dump summary.

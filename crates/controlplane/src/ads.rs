@@ -38,6 +38,8 @@ pub struct ProxySync {
     pub proxy: String,
     /// `sotw` or `delta`.
     pub protocol: &'static str,
+    /// The control-plane revision the proxy asked for (empty: the default).
+    pub revision: String,
     /// Seconds since the epoch when the stream opened.
     pub connected_at: u64,
     /// Per type URL.
@@ -97,6 +99,8 @@ pub struct Ads {
     status: Arc<SyncStatus>,
     metrics: Arc<Metrics>,
     cache: Arc<TranslationCache>,
+    /// The revision this control plane serves (`None`: the default one).
+    revision: Option<Arc<str>>,
 }
 
 impl Ads {
@@ -108,7 +112,16 @@ impl Ads {
             metrics,
             cache: Arc::new(TranslationCache::default()),
             pushes: Arc::new(Semaphore::new(PUSH_CONCURRENCY)),
+            revision: None,
         }
+    }
+
+    /// Serves only the proxies of `revision` (Istio's `--revision`): those whose
+    /// `istio.io/rev` label (or `REVISION` metadata) names it. Without one, the control
+    /// plane is the default revision's, which serves proxies that name none or `default`.
+    pub fn with_revision(mut self, revision: Option<String>) -> Self {
+        self.revision = revision.filter(|r| !r.is_empty() && r != "default").map(Arc::from);
+        self
     }
 
     /// The tonic service.
@@ -255,6 +268,7 @@ struct Stream_ {
     metrics: Arc<Metrics>,
     cache: Arc<TranslationCache>,
     pushes: Arc<Semaphore>,
+    revision: Option<Arc<str>>,
     /// This stream's push slot, held while a response is unacknowledged.
     slot: Option<OwnedSemaphorePermit>,
     proxy: Option<ProxyIdentity>,
@@ -274,6 +288,7 @@ impl Stream_ {
             metrics: ads.metrics.clone(),
             cache: ads.cache.clone(),
             pushes: ads.pushes.clone(),
+            revision: ads.revision.clone(),
             slot: None,
             proxy: None,
             peer: None,
@@ -313,6 +328,18 @@ impl Stream_ {
             return Ok(());
         }
         let mut proxy = ProxyIdentity::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A proxy is served by its own revision's control plane only.
+        let asked =
+            if proxy.revision.is_empty() || proxy.revision == "default" { None } else { Some(&*proxy.revision) };
+        if asked != self.revision.as_deref() {
+            let serves = self.revision.as_deref().unwrap_or("default");
+            tracing::warn!(proxy = %proxy.id, revision = asked.unwrap_or("default"), serves, "a proxy of another revision connected");
+            return Err(Status::failed_precondition(format!(
+                "proxy {} belongs to revision {:?}; this control plane serves revision {serves:?}",
+                proxy.id,
+                asked.unwrap_or("default")
+            )));
+        }
         // Over mTLS the certificate, not the node, says who the workload is.
         if let Some(peer) = &self.peer {
             let sa_ok = proxy.service_account.is_empty() || proxy.service_account == peer.service_account;
@@ -330,8 +357,10 @@ impl Stream_ {
         tracing::info!(proxy = %proxy.id, protocol = self.protocol, "proxy connected");
         let connected_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let (id, protocol, identity) = (proxy.id.clone(), self.protocol, proxy.clone());
+        let revision = proxy.revision.clone();
         self.status.update(self.id, |s| {
             s.proxy = id;
+            s.revision = revision;
             s.identity = Some(identity);
             s.protocol = protocol;
             s.connected_at = connected_at;

@@ -38,6 +38,8 @@ pub struct Config {
     pub security: Option<Security>,
     /// Mesh-wide settings (Istio's MeshConfig).
     pub mesh: crate::mesh::MeshConfig,
+    /// The control-plane revision served (`--revision`; none: the default).
+    pub revision: Option<String>,
 }
 
 /// The CA and the secure port (15012: xDS and Istio's certificate service over TLS).
@@ -123,14 +125,16 @@ pub async fn run(
     tokio::spawn(debug::serve(debug_listener, rx.clone(), status.clone(), metrics.clone()));
 
     if let Some(security) = &config.security {
-        let secure = secure_server(security.clone(), rx.clone(), status.clone(), metrics.clone()).await?;
+        let secure =
+            secure_server(security.clone(), config.revision.clone(), rx.clone(), status.clone(), metrics.clone())
+                .await?;
         tokio::spawn(async move {
             if let Err(e) = secure.await {
                 tracing::error!("secure port failed: {e}");
             }
         });
     }
-    let ads = Ads::new(rx, status, metrics);
+    let ads = Ads::new(rx, status, metrics).with_revision(config.revision.clone());
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(ads.into_service())
@@ -143,6 +147,7 @@ pub async fn run(
 /// service), bound and ready to be awaited.
 async fn secure_server(
     security: Security,
+    revision: Option<String>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     status: Arc<SyncStatus>,
     metrics: Arc<Metrics>,
@@ -177,7 +182,7 @@ async fn secure_server(
         .identity(tonic::transport::Identity::from_pem(chain, key))
         .client_ca_root(tonic::transport::Certificate::from_pem(ca.root_pem()))
         .client_auth_optional(true);
-    let ads = Ads::new(snapshots, status, metrics);
+    let ads = Ads::new(snapshots, status, metrics).with_revision(revision);
     let server = tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -93,6 +93,7 @@ async fn workloads_get_certificates_for_their_own_identity_only() {
             trust_domain: "cluster.local".into(),
         }),
         mesh: Default::default(),
+        revision: None,
     };
     tokio::spawn(run(config, std::future::pending()));
     for _ in 0..200 {

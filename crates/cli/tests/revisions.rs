@@ -1,0 +1,112 @@
+//! Control-plane revisions, as Istio's: a control plane started with `--revision 1-24-0`
+//! serves only proxies whose `istio.io/rev` label names that revision, the default one
+//! only proxies that name none; a proxy that reaches the wrong one is refused with the
+//! reason, and `weft proxy-status` shows each proxy's revision.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::mesh::Mesh;
+
+const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.34.1.1}]
+"#;
+
+/// The proxies a control plane serves, with the revision each asked for.
+fn listed(mesh: &Mesh, debug: &str) -> Vec<(String, String)> {
+    let syncz: serde_json::Value =
+        serde_json::from_str(&mesh.get(&format!("{debug}/debug/syncz")).body).unwrap_or_default();
+    syncz
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| (p["proxy"].as_str().unwrap_or("").to_owned(), p["revision"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+#[test]
+fn each_revision_serves_its_own_proxies() {
+    let b = 34;
+    let mut mesh = Mesh::start(b, &[("mesh.yaml", CONFIG)]);
+    // The canary revision beside the default control plane, on the same configuration.
+    let config = mesh.config_path().to_string_lossy().into_owned();
+    let canary = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["control-plane", "-f", &config, "--revision", "1-24-0"])
+        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    mesh.adopt("canary-control-plane", canary);
+    let canary_debug = format!("http://127.{b}.0.2:15014");
+    mesh.wait_until("the canary control plane", || mesh.get(&format!("{canary_debug}/ready")).status == 200);
+
+    // A proxy of the canary revision is served by the canary control plane...
+    let node = |ip: &str, name: &str| format!("sidecar~{ip}~{name}.default~default.svc.cluster.local");
+    let canary_xds = format!("127.{b}.0.2:15010");
+    mesh.weft_proxy_with(
+        "on-canary",
+        &node(&format!("127.{b}.2.1"), "on-canary"),
+        "default",
+        &[("app", "a"), ("istio.io/rev", "1-24-0")],
+        &format!("127.{b}.2.1"),
+        "delta",
+        &["--xds-address", &canary_xds],
+    );
+    // ...and a proxy without a revision by the default one.
+    mesh.weft_proxy(
+        "on-default",
+        &node(&format!("127.{b}.2.2"), "on-default"),
+        "default",
+        &[("app", "b")],
+        &format!("127.{b}.2.2"),
+        "delta",
+    );
+
+    let default_debug = format!("http://127.{b}.0.1:15014");
+    mesh.wait_until("each proxy on its control plane", || {
+        listed(&mesh, &canary_debug).len() == 1 && listed(&mesh, &default_debug).len() == 1
+    });
+    assert_eq!(listed(&mesh, &canary_debug), [(node(&format!("127.{b}.2.1"), "on-canary"), "1-24-0".to_owned())]);
+    assert_eq!(listed(&mesh, &default_debug), [(node(&format!("127.{b}.2.2"), "on-default"), String::new())]);
+
+    // weft proxy-status names the revision.
+    let status = common::run(&["proxy-status", "--control-plane", &format!("127.{b}.0.2:15014")]);
+    let text = common::stdout(&status);
+    let row = text.lines().find(|l| l.contains("on-canary")).unwrap_or_else(|| panic!("{text}"));
+    assert!(text.lines().next().is_some_and(|h| h.contains("REVISION")), "{text}");
+    assert!(row.trim_end().ends_with("1-24-0"), "{row}");
+
+    // A canary proxy that reaches the default control plane is refused, with the reason.
+    let log = mesh.config_dir.path().join("wrong.log");
+    let wrong = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "proxy",
+            "--xds-address",
+            &format!("127.{b}.0.1:15010"),
+            "--node-id",
+            &node(&format!("127.{b}.2.3"), "wrong"),
+        ])
+        .args(["--label", "istio.io/rev=1-24-0", "--admin-address", &format!("127.{b}.2.3:15000")])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    mesh.adopt("wrong", wrong);
+    mesh.wait_until("the refusal", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("belongs to revision \\\"1-24-0\\\"")
+            || std::fs::read_to_string(&log).unwrap_or_default().contains("belongs to revision \"1-24-0\"")
+    });
+    assert_ne!(mesh.get(&format!("http://127.{b}.2.3:15000/ready")).status, 200);
+    assert_eq!(listed(&mesh, &default_debug).len(), 1, "the refused proxy is not served");
+}

@@ -7,6 +7,7 @@ mod netns;
 mod output;
 mod proxy;
 mod status;
+mod tag;
 mod up;
 
 use std::path::PathBuf;
@@ -65,6 +66,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Revision tags: stable names (`prod-stable`) for control-plane revisions.
+    Tag(tag::TagArgs),
     /// Migrate an OpenShift Service Mesh 2 control plane: `weft migrate smcp FILE...`
     /// writes the OpenShift Service Mesh 3 Istio resource and reports what blocks the move.
     Migrate(migrate::MigrateArgs),
@@ -134,7 +137,7 @@ struct ControlPlaneArgs {
 }
 
 /// A revision name: a DNS label (lower-case letters, digits, `-`), as Istio requires.
-fn revision_name(s: &str) -> Result<String, String> {
+pub(crate) fn revision_name(s: &str) -> Result<String, String> {
     if weft_api::cel::is_dns_label(s) && s.len() <= 63 && !s.chars().any(|c| c.is_ascii_uppercase()) {
         Ok(s.to_owned())
     } else {
@@ -209,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(args),
         Command::Up(args) => up::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Tag(args) => tag::run(args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::ProxyStatus { control_plane, output } => {
             let syncz = status::fetch(control_plane, "/debug/syncz")?;

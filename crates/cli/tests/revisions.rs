@@ -110,3 +110,70 @@ fn each_revision_serves_its_own_proxies() {
     assert_ne!(mesh.get(&format!("http://127.{b}.2.3:15000/ready")).status, 200);
     assert_eq!(listed(&mesh, &default_debug).len(), 1, "the refused proxy is not served");
 }
+
+fn weft(args: &[&str]) -> String {
+    let out = common::run(args);
+    assert!(out.status.success(), "{args:?}: {}", common::stderr(&out));
+    common::stdout(&out)
+}
+
+/// `weft tag`: a stable name for a revision. Workloads labelled with the tag belong to
+/// the revision it points to; re-pointing it moves them (the old revision's control plane
+/// lets them go, saying where they belong now); removing it leaves them to no one.
+#[test]
+fn a_tag_moves_the_workloads_that_use_it() {
+    let b = 33;
+    let mut mesh =
+        Mesh::start_with(b, &[("mesh.yaml", &CONFIG.replace("127.34.", "127.33."))], &["--revision", "1-23-0"]);
+    let dir = mesh.config_path().to_string_lossy().into_owned();
+    let canary = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["control-plane", "-f", &dir, "--revision", "1-24-0"])
+        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    mesh.adopt("canary-control-plane", canary);
+    let (old_debug, new_debug) = (format!("http://127.{b}.0.1:15014"), format!("http://127.{b}.0.2:15014"));
+    mesh.wait_until("the canary control plane", || mesh.get(&format!("{new_debug}/ready")).status == 200);
+
+    assert!(
+        weft(&["tag", "set", "prod-stable", "--revision", "1-23-0", "-f", &dir])
+            .contains("prod-stable → revision 1-23-0")
+    );
+    let node = format!("sidecar~127.{b}.2.1~stable.default~default.svc.cluster.local");
+    let labels = [("app", "stable"), ("istio.io/rev", "prod-stable")];
+    mesh.weft_proxy("stable", &node, "default", &labels, &format!("127.{b}.2.1"), "delta");
+    assert_eq!(listed(&mesh, &old_debug), [(node.clone(), "prod-stable".to_owned())]);
+    let list = weft(&["tag", "list", "-f", &dir]);
+    assert!(list.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["prod-stable", "1-23-0"]), "{list}");
+
+    // Re-pointed: the old revision lets the proxy go, and says where it belongs.
+    weft(&["tag", "set", "prod-stable", "--revision", "1-24-0", "-f", &dir]);
+    mesh.wait_until("the old revision to let the proxy go", || listed(&mesh, &old_debug).is_empty());
+    mesh.wait_until("the proxy to hear why", || {
+        let log = mesh.log("stable");
+        log.contains("1-24-0") && log.contains("prod-stable")
+    });
+    // The new revision takes it.
+    let moved = format!("sidecar~127.{b}.2.2~stable.default~default.svc.cluster.local");
+    mesh.weft_proxy_with(
+        "stable-moved",
+        &moved,
+        "default",
+        &labels,
+        &format!("127.{b}.2.2"),
+        "delta",
+        &["--xds-address", &format!("127.{b}.0.2:15010")],
+    );
+    assert_eq!(listed(&mesh, &new_debug), [(moved, "prod-stable".to_owned())]);
+
+    // Removed: nobody serves the tag any more.
+    weft(&["tag", "remove", "prod-stable", "-f", &dir]);
+    mesh.wait_until("the tag's proxies to be let go", || listed(&mesh, &new_debug).is_empty());
+    assert!(!weft(&["tag", "list", "-f", &dir]).contains("prod-stable"));
+    let missing = common::run(&["tag", "remove", "prod-stable", "-f", &dir]);
+    assert!(!missing.status.success());
+    let bad = common::run(&["tag", "set", "prod.stable", "--revision", "1-24-0", "-f", &dir]);
+    assert!(!bad.status.success() && common::stderr(&bad).contains("not a revision name"), "{}", common::stderr(&bad));
+}

@@ -322,6 +322,23 @@ impl Stream_ {
         format!("{}-{}", self.id, self.nonce)
     }
 
+    /// Whether this control plane serves `proxy`'s revision (through a tag, when its
+    /// `istio.io/rev` names one); the refusal says why.
+    fn check_revision(&self, snapshot: &Snapshot, proxy: &ProxyIdentity) -> Result<(), Status> {
+        let asked = if proxy.revision.is_empty() { "default" } else { proxy.revision.as_str() };
+        let resolved = snapshot.resolve_revision(asked);
+        let serves = self.revision.as_deref().unwrap_or("default");
+        if resolved == serves {
+            return Ok(());
+        }
+        tracing::warn!(proxy = %proxy.id, revision = asked, resolved, serves, "a proxy of another revision");
+        let through = if resolved == asked { String::new() } else { format!(" (tag {asked:?})") };
+        Err(Status::failed_precondition(format!(
+            "proxy {} belongs to revision {resolved:?}{through}; this control plane serves revision {serves:?}",
+            proxy.id
+        )))
+    }
+
     /// Reads the proxy's identity from the first request's node.
     fn identify(&mut self, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Result<(), Status> {
         if self.proxy.is_some() {
@@ -329,17 +346,8 @@ impl Stream_ {
         }
         let mut proxy = ProxyIdentity::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A proxy is served by its own revision's control plane only.
-        let asked =
-            if proxy.revision.is_empty() || proxy.revision == "default" { None } else { Some(&*proxy.revision) };
-        if asked != self.revision.as_deref() {
-            let serves = self.revision.as_deref().unwrap_or("default");
-            tracing::warn!(proxy = %proxy.id, revision = asked.unwrap_or("default"), serves, "a proxy of another revision connected");
-            return Err(Status::failed_precondition(format!(
-                "proxy {} belongs to revision {:?}; this control plane serves revision {serves:?}",
-                proxy.id,
-                asked.unwrap_or("default")
-            )));
-        }
+        let snapshot = self.snapshots.borrow().clone();
+        self.check_revision(&snapshot, &proxy)?;
         // Over mTLS the certificate, not the node, says who the workload is.
         if let Some(peer) = &self.peer {
             let sa_ok = proxy.service_account.is_empty() || proxy.service_account == peer.service_account;
@@ -456,6 +464,14 @@ impl Stream_ {
                 changed = snapshots.changed() => {
                     if changed.is_err() { break; }
                     let snapshot = snapshots.borrow_and_update().clone();
+                    // A re-pointed tag moves its proxies to another revision: this stream
+                    // ends, with the reason, and the proxy goes to its new control plane.
+                    if let Some(proxy) = &self.proxy
+                        && let Err(status) = self.check_revision(&snapshot, proxy)
+                    {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
                     for t in type_url::PUSH_ORDER {
                         if self.watches.contains_key(*t) && !P::push(&mut self, &snapshot, t, &tx).await { break; }
                     }

@@ -223,6 +223,22 @@ impl Snapshot {
         selected.or_else(|| unselected(&proxy.namespace)).or_else(|| unselected(ROOT_NAMESPACE)).map(|(_, s)| *s)
     }
 
+    /// The revision `name` stands for: the target of the revision tag (sail operator's
+    /// `IstioRevisionTag`, `spec.targetRef.name`) of that name, else `name` itself.
+    /// Proxies without a revision ask for `default`.
+    pub fn resolve_revision<'a>(&'a self, name: &'a str) -> &'a str {
+        self.resources
+            .iter()
+            .filter(|r| {
+                r.kind == "IstioRevisionTag" && r.api_version.starts_with("sailoperator.io/") && r.name() == name
+            })
+            .find_map(|r| match &r.spec {
+                weft_api::Spec::Other(raw) => raw.pointer("/spec/targetRef/name").and_then(|v| v.as_str()),
+                _ => None,
+            })
+            .unwrap_or(name)
+    }
+
     /// The proxy as translation should see it: a sidecar whose node carries no labels or
     /// service account takes them from its WorkloadEntry (matched by name, then by
     /// address, in its namespace), as Istio does for VMs.

@@ -177,3 +177,130 @@ fn a_tag_moves_the_workloads_that_use_it() {
     let bad = common::run(&["tag", "set", "prod.stable", "--revision", "1-24-0", "-f", &dir]);
     assert!(!bad.status.success() && common::stderr(&bad).contains("not a revision name"), "{}", common::stderr(&bad));
 }
+
+/// Two revisions share the root of trust (one `--state-dir`, one CA): a workload on the
+/// default revision calls one on the canary over mutual TLS, STRICT, each with the
+/// certificate its own control plane issued.
+#[test]
+fn workloads_on_two_revisions_talk_mutual_tls() {
+    let b = 32;
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: server}}
+spec:
+  hosts: [server.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: server}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: server-v1}}
+spec:
+  address: 127.{b}.1.1
+  serviceAccount: server
+  labels: {{app: server, security.istio.io/tlsMode: istio, istio.io/rev: 1-24-0}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client-v1}}
+spec:
+  address: 127.{b}.2.1
+  serviceAccount: client
+  labels: {{app: client, security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: server}}
+spec:
+  workloadSelector: {{labels: {{app: server}}}}
+  ingress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:18{b}1
+  egress: [{{hosts: ["./*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    bind: 127.{b}.2.1
+    hosts: ["./*"]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec: {{mtls: {{mode: STRICT}}}}
+"#
+    );
+    let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let mut mesh = Mesh::start_with(
+        b,
+        &[("mesh.yaml", &yaml)],
+        &["--secure-address", &format!("127.{b}.0.1:15012"), "--state-dir", &state_dir],
+    );
+    let token = |workload: &str| format!("{state_dir}/tokens/default/{workload}.token");
+    mesh.wait_until("the CA", || std::path::Path::new(&token("server-v1")).exists());
+    // The canary revision, on the same state: the same CA.
+    let config = mesh.config_path().to_string_lossy().into_owned();
+    let canary = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["control-plane", "-f", &config, "--revision", "1-24-0", "--state-dir", &state_dir])
+        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
+        .args(["--secure-address", &format!("127.{b}.0.2:15012")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    mesh.adopt("canary-control-plane", canary);
+    let canary_debug = format!("http://127.{b}.0.2:15014");
+    mesh.wait_until("the canary control plane", || mesh.get(&format!("{canary_debug}/ready")).status == 200);
+
+    mesh.backend("server-app", "127.0.0.1", 18000 + u16::from(b) * 10 + 1, 0);
+    let root = format!("{state_dir}/ca/root-cert.pem");
+    let server_token = token("server-v1");
+    mesh.weft_proxy_with(
+        "server-sidecar",
+        &format!("sidecar~127.{b}.1.1~server-v1.default~default.svc.cluster.local"),
+        "default",
+        &[("app", "server"), ("security.istio.io/tlsMode", "istio"), ("istio.io/rev", "1-24-0")],
+        &format!("127.{b}.1.1"),
+        "delta",
+        &[
+            "--xds-address",
+            &format!("127.{b}.0.2:15010"),
+            "--ca-address",
+            &format!("127.{b}.0.2:15012"),
+            "--ca-root-cert",
+            &root,
+            "--token-file",
+            &server_token,
+            "--service-account",
+            "server",
+        ],
+    );
+    mesh.weft_sidecar(
+        "client-sidecar",
+        "default",
+        "client-v1",
+        "client",
+        &format!("127.{b}.2.1"),
+        &state_dir,
+        "client-v1",
+        &[],
+    );
+    assert_eq!(listed(&mesh, &canary_debug).len(), 1, "the server's sidecar is the canary's");
+
+    let reply = mesh.curl(&[&format!("http://127.{b}.2.1:9080/"), "-H", "host: server"]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let xfcc = reply.json()["headers"]["x-forwarded-client-cert"].as_str().unwrap_or("").to_owned();
+    assert!(xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/server"), "{xfcc}");
+    assert!(xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/client"), "{xfcc}");
+    // STRICT: plaintext to the canary workload is refused.
+    assert_eq!(mesh.get(&format!("http://127.{b}.1.1:9080/")).status, 0);
+}

@@ -47,18 +47,8 @@ enum Action {
 /// The tags defined under `dir`: (tag, revision, file).
 fn tags(dir: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
     let parsed = weft_config::load(&[dir.to_path_buf()])?;
-    Ok(parsed
-        .resources
-        .iter()
-        .filter(|r| r.kind == "IstioRevisionTag" && r.api_version.starts_with("sailoperator.io/"))
-        .filter_map(|r| match &r.spec {
-            weft_api::Spec::Other(raw) => Some((
-                r.name().to_owned(),
-                raw.pointer("/spec/targetRef/name").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
-                PathBuf::from(&*r.origin.file),
-            )),
-            _ => None,
-        })
+    Ok(weft_controlplane::snapshot::revision_tags(&parsed.resources)
+        .map(|(r, target)| (r.name().to_owned(), target.to_owned(), PathBuf::from(&*r.origin.file)))
         .collect())
 }
 

@@ -82,6 +82,8 @@ struct Workload {
     address: String,
     /// The first port of a service that selects it (for the summary).
     port: Option<u32>,
+    /// Its `istio.io/rev` label: the revision (or tag) whose control plane serves it.
+    rev_label: Option<String>,
     labels: BTreeMap<String, String>,
     service_account: String,
     command: Option<String>,
@@ -138,6 +140,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     _ => None,
                 }),
                 labels: we.labels.clone(),
+                rev_label: we.labels.get("istio.io/rev").cloned(),
                 service_account: we
                     .service_account
                     .clone()
@@ -184,7 +187,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let result = runtime.block_on(up(ip, &config, &state, workloads, gateways, topology.as_ref()));
+    let result = runtime.block_on(up(ip, &config, &state, workloads, gateways, topology.as_ref(), &parsed.resources));
     // Stopped processes first, then their namespaces.
     drop(runtime);
     drop(topology);
@@ -264,42 +267,33 @@ async fn up(
     workloads: Vec<Workload>,
     gateways: BTreeMap<String, BTreeMap<String, String>>,
     topology: Option<&crate::netns::Topology>,
+    resources: &[weft_api::Resource],
 ) -> anyhow::Result<ExitCode> {
     let logs = state.join("logs");
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    let (xds, secure, debug) = (format!("{ip}:15010"), format!("{ip}:15012"), format!("{ip}:15014"));
     let mut processes = Vec::new();
     let mut scrape_targets: Vec<String> = Vec::new();
-    let mut cp = Process::new(
-        "control-plane".into(),
-        exe(),
-        [
-            "control-plane",
-            "-f",
-            &s(config),
-            "--xds-address",
-            &xds,
-            "--debug-address",
-            &debug,
-            "--secure-address",
-            &secure,
-            "--state-dir",
-            &s(state),
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        Some(format!("http://{debug}/ready")),
-    );
-    cp.start(&logs)?;
-    if !wait_ready(&format!("http://{debug}/ready")).await {
-        cp.stop().await;
-        anyhow::bail!("the control plane did not become ready; see {}", logs.join("control-plane.log").display());
+    // One control plane per revision the workloads belong to (through their
+    // istio.io/rev label and the revision tags), the default one first; they share the
+    // state directory, so the CA and its root of trust.
+    let mut planes: Vec<Plane> = vec![Plane::at(ip, 0, "default")];
+    let mut revisions: Vec<String> =
+        workloads.iter().map(|w| resolve_revision(resources, w.rev_label.as_deref())).collect();
+    for r in &revisions {
+        if !planes.iter().any(|p| p.revision == *r) {
+            planes.push(Plane::at(ip, planes.len(), r));
+        }
     }
-    println!("✔ control plane        xDS {xds}, CA and secure xDS {secure}, debug http://{debug}");
-    processes.push(cp);
+    for plane in &planes {
+        processes.push(plane.start(config, state, &logs).await?);
+    }
+    let (xds, secure) = (planes[0].xds.clone(), planes[0].secure.clone());
 
     let root = state.join("ca/root-cert.pem");
+    let mut sidecars: Vec<usize> = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
+        let plane = planes.iter().find(|p| p.revision == revisions[i]).unwrap_or(&planes[0]);
+        let (xds, secure) = (plane.xds.clone(), plane.secure.clone());
         if let Some(command) = &w.command {
             let mut words = command.split_whitespace().map(str::to_owned);
             let first = words.next().unwrap_or_default();
@@ -368,6 +362,7 @@ async fn up(
         };
         let mut sidecar = Process::new(format!("sidecar {}", w.name), program, args, Some(ready));
         sidecar.start(&logs)?;
+        sidecars.push(processes.len());
         processes.push(sidecar);
     }
     for (i, (key, selector)) in gateways.iter().enumerate() {
@@ -415,7 +410,7 @@ async fn up(
         gw.start(&logs)?;
         processes.push(gw);
     }
-    for p in &processes[1..] {
+    for p in &processes[planes.len()..] {
         let Some(url) = &p.ready_url else { continue };
         let ready = wait_ready(url).await;
         println!("{} {:<20} {}", if ready { "✔" } else { "✘" }, p.label, url.trim_end_matches("/ready"));
@@ -432,11 +427,47 @@ async fn up(
     println!("\nLogs: {}. Ctrl-C stops the mesh.", logs.display());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = 0u32;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             () = tokio::time::sleep(Duration::from_millis(500)) => {
+                tick += 1;
+                // Every 2 s: a re-pointed revision tag moves its workloads, as re-injection
+                // does in Kubernetes: the sidecar restarts against its new control plane.
+                if tick.is_multiple_of(4)
+                    && let Ok(now) = weft_config::load(std::slice::from_ref(&config.to_path_buf()))
+                {
+                    for (i, w) in workloads.iter().enumerate() {
+                        let revision = resolve_revision(&now.resources, w.rev_label.as_deref());
+                        if revision == revisions[i] {
+                            continue;
+                        }
+                        if !planes.iter().any(|p| p.revision == revision) {
+                            let plane = Plane::at(ip, planes.len(), &revision);
+                            processes.push(plane.start(config, state, &logs).await?);
+                            planes.push(plane);
+                        }
+                        let Some(plane) = planes.iter().find(|p| p.revision == revision) else { continue };
+                        let sidecar = &mut processes[sidecars[i]];
+                        println!("↻ sidecar {} moves from revision {} to {revision} (its control plane {})", w.name, revisions[i], plane.xds);
+                        sidecar.stop().await;
+                        let from = revisions[i].clone();
+                        let old = planes.iter().find(|p| p.revision == from).map(|p| (p.xds.clone(), p.secure.clone()));
+                        if let Some((old_xds, old_secure)) = old {
+                            for a in &mut sidecar.args {
+                                if *a == old_xds {
+                                    a.clone_from(&plane.xds);
+                                } else if *a == old_secure {
+                                    a.clone_from(&plane.secure);
+                                }
+                            }
+                        }
+                        sidecar.start(&logs)?;
+                        revisions[i] = revision;
+                    }
+                }
                 let now = tokio::time::Instant::now();
                 for p in &mut processes {
                     let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
@@ -463,6 +494,70 @@ async fn up(
     }
     println!("✔ stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One control plane `weft up` runs, for one revision: the default one on the usual
+/// ports, the others 100 ports further each.
+struct Plane {
+    revision: String,
+    xds: String,
+    secure: String,
+    debug: String,
+}
+
+impl Plane {
+    fn at(ip: IpAddr, index: usize, revision: &str) -> Plane {
+        let port = |p: usize| format!("{ip}:{}", p + 100 * index);
+        Plane { revision: revision.to_owned(), xds: port(15010), secure: port(15012), debug: port(15014) }
+    }
+
+    async fn start(&self, config: &Path, state: &Path, logs: &Path) -> anyhow::Result<Process> {
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let mut args: Vec<String> = [
+            "control-plane",
+            "-f",
+            &s(config),
+            "--xds-address",
+            &self.xds,
+            "--debug-address",
+            &self.debug,
+            "--secure-address",
+            &self.secure,
+            "--state-dir",
+            &s(state),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let label = if self.revision == "default" {
+            "control-plane".to_owned()
+        } else {
+            args.extend(["--revision".to_owned(), self.revision.clone()]);
+            format!("control-plane {}", self.revision)
+        };
+        let ready = format!("http://{}/ready", self.debug);
+        let mut cp = Process::new(label.clone(), exe(), args, Some(ready.clone()));
+        cp.start(logs)?;
+        if !wait_ready(&ready).await {
+            cp.stop().await;
+            anyhow::bail!(
+                "{label} did not become ready; see {}",
+                logs.join(format!("{}.log", label.replace(' ', "-"))).display()
+            );
+        }
+        println!(
+            "✔ {label:<20} revision {}: xDS {}, CA and secure xDS {}, debug http://{}",
+            self.revision, self.xds, self.secure, self.debug
+        );
+        Ok(cp)
+    }
+}
+
+/// The revision a workload's `istio.io/rev` label stands for: through the revision tag
+/// of that name (an `IstioRevisionTag`), else the label itself; no label is `default`
+/// (or what a `default` tag points to).
+fn resolve_revision(resources: &[weft_api::Resource], label: Option<&str>) -> String {
+    let asked = label.filter(|l| !l.is_empty()).unwrap_or("default");
+    weft_controlplane::snapshot::resolve_revision(resources, asked).to_owned()
 }
 
 /// A Prometheus configuration that scrapes every proxy of the mesh, as Istio's

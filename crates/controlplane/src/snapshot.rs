@@ -227,16 +227,7 @@ impl Snapshot {
     /// `IstioRevisionTag`, `spec.targetRef.name`) of that name, else `name` itself.
     /// Proxies without a revision ask for `default`.
     pub fn resolve_revision<'a>(&'a self, name: &'a str) -> &'a str {
-        self.resources
-            .iter()
-            .filter(|r| {
-                r.kind == "IstioRevisionTag" && r.api_version.starts_with("sailoperator.io/") && r.name() == name
-            })
-            .find_map(|r| match &r.spec {
-                weft_api::Spec::Other(raw) => raw.pointer("/spec/targetRef/name").and_then(|v| v.as_str()),
-                _ => None,
-            })
-            .unwrap_or(name)
+        resolve_revision(&self.resources, name)
     }
 
     /// The proxy as translation should see it: a sidecar whose node carries no labels or
@@ -332,4 +323,22 @@ fn endpoint_only_change(previous: &Snapshot, next: &Snapshot) -> Option<Endpoint
         }
     }
     Some(EndpointChange { since: previous.version, hosts })
+}
+
+/// The revision tags among `resources` (sail operator's `IstioRevisionTag`): each tag's
+/// resource and the revision it points to (`spec.targetRef.name`).
+pub fn revision_tags(resources: &[weft_api::Resource]) -> impl Iterator<Item = (&weft_api::Resource, &str)> {
+    resources
+        .iter()
+        .filter(|r| r.kind == "IstioRevisionTag" && r.api_version.starts_with("sailoperator.io/"))
+        .filter_map(|r| match &r.spec {
+            weft_api::Spec::Other(raw) => raw.pointer("/spec/targetRef/name").and_then(|v| v.as_str()).map(|t| (r, t)),
+            _ => None,
+        })
+}
+
+/// The revision `name` stands for among `resources`: the target of the revision tag of
+/// that name, else `name` itself.
+pub fn resolve_revision<'a>(resources: &'a [weft_api::Resource], name: &'a str) -> &'a str {
+    revision_tags(resources).find(|(r, _)| r.name() == name).map_or(name, |(_, target)| target)
 }

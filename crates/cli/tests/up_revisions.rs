@@ -1,0 +1,151 @@
+//! `weft up` with revisions: a workload labelled `istio.io/rev: prod-stable` belongs to
+//! the revision the tag points to; `weft up` runs one control plane per revision (sharing
+//! the CA), and re-pointing the tag with `weft tag set` moves the workload: its sidecar
+//! restarts against the new revision's control plane, and traffic goes on.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: echo-v1
+  annotations: {weft.io/command: "weft demo-app --listen 127.0.0.1:19201 --name echo"}
+spec:
+  address: 127.0.20.1
+  serviceAccount: echo
+  labels: {app: echo, istio.io/rev: prod-stable, security.istio.io/tlsMode: istio}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client-v1}
+spec:
+  address: 127.0.20.2
+  serviceAccount: client
+  labels: {app: client, security.istio.io/tlsMode: istio}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: echo}
+spec:
+  workloadSelector: {labels: {app: echo}}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:19201
+  egress: [{hosts: ["./*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: client}
+spec:
+  workloadSelector: {labels: {app: client}}
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.21.2
+    hosts: ["./*"]
+"#;
+
+/// Sends SIGTERM to `weft up` when the test ends, however it ends.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
+    }
+}
+
+fn served_by(debug: &str) -> Vec<String> {
+    let out = Command::new("curl").args(["-s", "--max-time", "5", &format!("http://{debug}/debug/syncz")]).output();
+    let syncz: serde_json::Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    syncz.as_array().into_iter().flatten().filter_map(|p| p["proxy"].as_str().map(str::to_owned)).collect()
+}
+
+fn wait(what: &str, output: &dyn Fn() -> String, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < common::mesh::STARTUP, "timed out waiting for {what}:\n{}", output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(config.join("mesh.yaml"), MESH).unwrap_or_else(|e| panic!("{e}"));
+    let config_dir = config.to_string_lossy().into_owned();
+    let tag = |revision: &str| {
+        let out = common::run(&["tag", "set", "prod-stable", "--revision", revision, "-f", &config_dir]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    };
+    tag("1-23-0");
+
+    let state = dir.path().join("state").to_string_lossy().into_owned();
+    let out_path = dir.path().join("up.out");
+    let out = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}"));
+    let mut up = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["up", "-f", &config_dir, "--state-dir", &state, "--control-plane-ip", "127.0.3.1"])
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stop = StopOnDrop(up.id());
+    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    wait("weft up", &output, || output().contains("Ctrl-C stops the mesh"));
+    let shown = output();
+    assert!(!shown.contains('✘'), "{shown}");
+    // The default revision on the usual ports, 1-23-0 100 ports further.
+    assert!(shown.contains("revision default: xDS 127.0.3.1:15010"), "{shown}");
+    assert!(shown.contains("revision 1-23-0: xDS 127.0.3.1:15110"), "{shown}");
+    let echo = "sidecar~127.0.20.1~echo-v1.default~default.svc.cluster.local";
+    assert_eq!(served_by("127.0.3.1:15114"), [echo]);
+    let call = || {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Host: echo",
+                "http://127.0.21.2:9080/",
+            ])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    wait("the client to reach echo", &output, || call() == "200");
+
+    // Re-point the tag: echo's sidecar moves to 1-24-0, which weft up starts.
+    tag("1-24-0");
+    wait("the move", &output, || output().contains("sidecar echo-v1 moves from revision 1-23-0 to 1-24-0"));
+    assert!(output().contains("revision 1-24-0: xDS 127.0.3.1:15210"), "{}", output());
+    wait("the new revision to serve echo", &output, || served_by("127.0.3.1:15214") == [echo]);
+    assert!(served_by("127.0.3.1:15114").is_empty());
+    // Mutual TLS still works across revisions: the CA is shared.
+    wait("traffic through the moved sidecar", &output, || call() == "200");
+
+    drop(stop);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while up.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "weft up did not stop:\n{}", output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(output().contains("✔ stopped"), "{}", output());
+}

@@ -140,7 +140,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     _ => None,
                 }),
                 labels: we.labels.clone(),
-                rev_label: we.labels.get("istio.io/rev").cloned(),
+                // The workload's own label, else its namespace's (as Istio's injection).
+                rev_label: we.labels.get("istio.io/rev").cloned().or_else(|| {
+                    parsed.resources.iter().find_map(|n| match n.spec {
+                        Spec::Namespace if n.name() == r.namespace() => {
+                            n.meta.labels.as_ref().and_then(|l| l.get("istio.io/rev")).cloned()
+                        }
+                        _ => None,
+                    })
+                }),
                 service_account: we
                     .service_account
                     .clone()
@@ -352,6 +360,9 @@ async fn up(
         for (k, v) in &w.labels {
             args.push("--label".into());
             args.push(format!("{k}={v}"));
+        }
+        if let Some(rev) = &w.rev_label {
+            args.extend(["--revision".to_owned(), rev.clone()]);
         }
         let (program, args) = match topology {
             Some(t) => {

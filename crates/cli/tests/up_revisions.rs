@@ -1,7 +1,8 @@
 //! `weft up` with revisions: a workload labelled `istio.io/rev: prod-stable` belongs to
 //! the revision the tag points to; `weft up` runs one control plane per revision (sharing
 //! the CA), and re-pointing the tag with `weft tag set` moves the workload: its sidecar
-//! restarts against the new revision's control plane, and traffic goes on.
+//! restarts against the new revision's control plane, and traffic goes on. A namespace's
+//! `istio.io/rev` label gives its workloads that revision, as Istio's injection does.
 
 mod common;
 
@@ -36,6 +37,19 @@ spec:
   address: 127.0.20.2
   serviceAccount: client
   labels: {app: client, security.istio.io/tlsMode: istio}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: batch
+  labels: {istio.io/rev: 2-0-0}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: worker-v1, namespace: batch}
+spec:
+  address: 127.0.20.3
+  labels: {app: worker}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -111,8 +125,11 @@ fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
     // The default revision on the usual ports, 1-23-0 100 ports further.
     assert!(shown.contains("revision default: xDS 127.0.3.1:15010"), "{shown}");
     assert!(shown.contains("revision 1-23-0: xDS 127.0.3.1:15110"), "{shown}");
+    assert!(shown.contains("revision 2-0-0: xDS 127.0.3.1:15210"), "{shown}");
     let echo = "sidecar~127.0.20.1~echo-v1.default~default.svc.cluster.local";
     assert_eq!(served_by("127.0.3.1:15114"), [echo]);
+    // The namespace's label: worker-v1 is 2-0-0's.
+    assert_eq!(served_by("127.0.3.1:15214"), ["sidecar~127.0.20.3~worker-v1.batch~batch.svc.cluster.local"]);
     let call = || {
         let out = Command::new("curl")
             .args([
@@ -135,8 +152,8 @@ fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
     // Re-point the tag: echo's sidecar moves to 1-24-0, which weft up starts.
     tag("1-24-0");
     wait("the move", &output, || output().contains("sidecar echo-v1 moves from revision 1-23-0 to 1-24-0"));
-    assert!(output().contains("revision 1-24-0: xDS 127.0.3.1:15210"), "{}", output());
-    wait("the new revision to serve echo", &output, || served_by("127.0.3.1:15214") == [echo]);
+    assert!(output().contains("revision 1-24-0: xDS 127.0.3.1:15310"), "{}", output());
+    wait("the new revision to serve echo", &output, || served_by("127.0.3.1:15314") == [echo]);
     assert!(served_by("127.0.3.1:15114").is_empty());
     // Mutual TLS still works across revisions: the CA is shared.
     wait("traffic through the moved sidecar", &output, || call() == "200");

@@ -304,3 +304,113 @@ spec: {{mtls: {{mode: STRICT}}}}
     // STRICT: plaintext to the canary workload is refused.
     assert_eq!(mesh.get(&format!("http://127.{b}.1.1:9080/")).status, 0);
 }
+
+/// Several control planes in one mesh, one per tenant: each sees only the namespaces its
+/// meshConfig `discoverySelectors` pick (their configuration and their proxies), refuses
+/// the other tenant's proxies, and lets a proxy go when its namespace stops being picked.
+#[test]
+fn tenants_control_planes_see_only_their_namespaces() {
+    let b = 31;
+    let config = format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: a, labels: {{tenant: a}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: b, labels: {{tenant: b}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc-a, namespace: a}}
+spec:
+  hosts: [svc-a.a.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.{b}.1.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc-b, namespace: b}}
+spec:
+  hosts: [svc-b.b.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.{b}.1.2}}]
+"#
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mesh_config = |tenant: &str| {
+        let path = dir.path().join(format!("tenant-{tenant}.yaml"));
+        std::fs::write(&path, format!("discoverySelectors:\n- matchLabels: {{tenant: {tenant}}}\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        path.to_string_lossy().into_owned()
+    };
+    let (config_a, config_b) = (mesh_config("a"), mesh_config("b"));
+    let mut mesh = Mesh::start_with(b, &[("mesh.yaml", &config)], &["--mesh-config", &config_a]);
+    let watched = mesh.config_path().to_string_lossy().into_owned();
+    let tenant_b = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["control-plane", "-f", &watched, "--mesh-config", &config_b])
+        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    mesh.adopt("tenant-b-control-plane", tenant_b);
+    let (debug_a, debug_b) = (format!("http://127.{b}.0.1:15014"), format!("http://127.{b}.0.2:15014"));
+    mesh.wait_until("tenant b's control plane", || mesh.get(&format!("{debug_b}/ready")).status == 200);
+
+    let node = |ns: &str, n: u8| format!("sidecar~127.{b}.2.{n}~w{n}.{ns}~{ns}.svc.cluster.local");
+    mesh.weft_proxy("in-a", &node("a", 1), "a", &[("app", "w")], &format!("127.{b}.2.1"), "delta");
+    mesh.weft_proxy_with(
+        "in-b",
+        &node("b", 2),
+        "b",
+        &[("app", "w")],
+        &format!("127.{b}.2.2"),
+        "delta",
+        &["--xds-address", &format!("127.{b}.0.2:15010")],
+    );
+    // Each sees its own services only.
+    let clusters = |debug: &str, proxy: &str| -> Vec<String> {
+        let dump: serde_json::Value =
+            serde_json::from_str(&mesh.get(&format!("{debug}/debug/config_dump?proxyID={proxy}")).body)
+                .unwrap_or_default();
+        dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["dynamic_active_clusters"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["cluster"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let seen_a = clusters(&debug_a, &node("a", 1));
+    assert!(seen_a.contains(&"outbound|9080||svc-a.a.svc.cluster.local".to_owned()), "{seen_a:?}");
+    assert!(!seen_a.iter().any(|c| c.contains("svc-b")), "{seen_a:?}");
+    let seen_b = clusters(&debug_b, &node("b", 2));
+    assert!(seen_b.contains(&"outbound|9080||svc-b.b.svc.cluster.local".to_owned()), "{seen_b:?}");
+    assert!(!seen_b.iter().any(|c| c.contains("svc-a")), "{seen_b:?}");
+
+    // Tenant b's proxy at tenant a's control plane is refused.
+    let log = mesh.config_dir.path().join("stray.log");
+    let stray = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy", "--xds-address", &format!("127.{b}.0.1:15010"), "--node-id", &node("b", 3), "--namespace", "b"])
+        .args(["--admin-address", &format!("127.{b}.2.3:15000")])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    mesh.adopt("stray", stray);
+    mesh.wait_until("the refusal", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("not among this control plane's discoverySelectors")
+    });
+    assert_eq!(listed(&mesh, &debug_a).len(), 1);
+
+    // Namespace a moves to tenant b: tenant a's control plane lets its proxy go.
+    mesh.write_config("mesh.yaml", &config.replace("name: a, labels: {tenant: a}", "name: a, labels: {tenant: b}"));
+    mesh.wait_until("tenant a to let the proxy go", || listed(&mesh, &debug_a).is_empty());
+}

@@ -322,9 +322,17 @@ impl Stream_ {
         format!("{}-{}", self.id, self.nonce)
     }
 
-    /// Whether this control plane serves `proxy`'s revision (through a tag, when its
-    /// `istio.io/rev` names one); the refusal says why.
-    fn check_revision(&self, snapshot: &Snapshot, proxy: &ProxyIdentity) -> Result<(), Status> {
+    /// Whether this control plane serves `proxy`: its revision (through a tag, when its
+    /// `istio.io/rev` names one) and its namespace (the discovery selectors); the refusal
+    /// says why.
+    fn check_served(&self, snapshot: &Snapshot, proxy: &ProxyIdentity) -> Result<(), Status> {
+        if !snapshot.sees_namespace(&proxy.namespace) {
+            tracing::warn!(proxy = %proxy.id, namespace = %proxy.namespace, "a proxy of a namespace this control plane does not see");
+            return Err(Status::failed_precondition(format!(
+                "proxy {}: namespace {} is not among this control plane's discoverySelectors",
+                proxy.id, proxy.namespace
+            )));
+        }
         let asked = if proxy.revision.is_empty() { "default" } else { proxy.revision.as_str() };
         let resolved = snapshot.resolve_revision(asked);
         let serves = self.revision.as_deref().unwrap_or("default");
@@ -345,9 +353,10 @@ impl Stream_ {
             return Ok(());
         }
         let mut proxy = ProxyIdentity::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // A proxy is served by its own revision's control plane only.
+        // A proxy is served by its own revision's control plane only, and by one that
+        // sees its namespace.
         let snapshot = self.snapshots.borrow().clone();
-        self.check_revision(&snapshot, &proxy)?;
+        self.check_served(&snapshot, &proxy)?;
         // Over mTLS the certificate, not the node, says who the workload is.
         if let Some(peer) = &self.peer {
             let sa_ok = proxy.service_account.is_empty() || proxy.service_account == peer.service_account;
@@ -467,7 +476,7 @@ impl Stream_ {
                     // A re-pointed tag moves its proxies to another revision: this stream
                     // ends, with the reason, and the proxy goes to its new control plane.
                     if let Some(proxy) = &self.proxy
-                        && let Err(status) = self.check_revision(&snapshot, proxy)
+                        && let Err(status) = self.check_served(&snapshot, proxy)
                     {
                         let _ = tx.send(Err(status)).await;
                         break;

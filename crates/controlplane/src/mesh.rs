@@ -4,7 +4,8 @@
 //! (`accessLogFile`, `accessLogEncoding`, `accessLogFormat`, `defaultProviders`,
 //! `extensionProviders` with `envoyFileAccessLog`), tracing (`enableTracing`,
 //! `defaultConfig.tracing.sampling`, `defaultProviders.tracing`, `extensionProviders`
-//! with `opentelemetry`). Every other field is accepted and reported as not acted on.
+//! with `opentelemetry`), `discoverySelectors`. Every other field is accepted and
+//! reported as not acted on.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,11 +43,57 @@ pub struct MeshConfig {
     pub extension_providers: Vec<ExtensionProvider>,
     /// Whether proxies trace requests when no Telemetry says (default true).
     pub enable_tracing: Option<bool>,
+    /// The namespaces this control plane sees (any selector matching a namespace's
+    /// labels); none: every namespace. Its proxies and configuration come only from them.
+    #[serde(default)]
+    pub discovery_selectors: Vec<LabelSelector>,
     /// Proxy defaults; weft reads `tracing.sampling`.
     pub default_config: Option<ProxyDefaults>,
     /// Everything else, not acted on.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// A Kubernetes label selector.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Labels that must all be present with these values.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Requirements that must all hold.
+    #[serde(default)]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequirement {
+    /// The label.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: String,
+    /// The values of `In` and `NotIn`.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy the selector (an empty one matches everything).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
 }
 
 /// `defaultConfig`, Istio's ProxyConfig for every proxy.

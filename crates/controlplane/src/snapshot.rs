@@ -88,7 +88,7 @@ impl Snapshot {
 
     /// The snapshot after `previous`, noting whether only endpoints moved.
     pub fn next(previous: &Snapshot, version: u64, resources: Vec<Resource>) -> Self {
-        let mut next = Snapshot::new(version, resources);
+        let mut next = Snapshot::new(version, discovered(resources, &previous.mesh));
         next.endpoint_change = endpoint_only_change(previous, &next);
         next.trust_domain = previous.trust_domain.clone();
         next.mesh = previous.mesh.clone();
@@ -148,12 +148,26 @@ impl Snapshot {
     /// The Sidecar resource that configures `proxy`: one in its namespace whose selector
     /// matches it, else its namespace's selector-less one, else the root namespace's.
     /// The same snapshot under other mesh-wide settings (its trust domain, if set, wins).
-    pub fn with_mesh(mut self, mesh: crate::mesh::MeshConfig) -> Self {
+    pub fn with_mesh(self, mesh: crate::mesh::MeshConfig) -> Self {
+        // What the discovery selectors leave out is not seen at all.
+        let mut next = if mesh.discovery_selectors.is_empty() {
+            self
+        } else {
+            let trust_domain = self.trust_domain.clone();
+            let mut s = Snapshot::new(self.version, discovered(self.resources, &mesh));
+            s.trust_domain = trust_domain;
+            s
+        };
         if let Some(td) = &mesh.trust_domain {
-            self.trust_domain = td.clone();
+            next.trust_domain = td.clone();
         }
-        self.mesh = std::sync::Arc::new(mesh);
-        self
+        next.mesh = std::sync::Arc::new(mesh);
+        next
+    }
+
+    /// Whether this control plane sees namespace `ns` (meshConfig's discoverySelectors).
+    pub fn sees_namespace(&self, ns: &str) -> bool {
+        sees(&self.resources, &self.mesh, ns)
     }
 
     /// The same snapshot in another trust domain.
@@ -341,4 +355,36 @@ pub fn revision_tags(resources: &[weft_api::Resource]) -> impl Iterator<Item = (
 /// that name, else `name` itself.
 pub fn resolve_revision<'a>(resources: &'a [weft_api::Resource], name: &'a str) -> &'a str {
     revision_tags(resources).find(|(r, _)| r.name() == name).map_or(name, |(_, target)| target)
+}
+
+/// Kinds that belong to no namespace.
+const CLUSTER_SCOPED: &[&str] = &["Namespace", "IstioRevisionTag", "Istio", "IstioRevision", "GatewayClass"];
+
+/// Whether a namespace is among those meshConfig's `discoverySelectors` pick, by the
+/// labels of its Namespace resource (and Kubernetes' `kubernetes.io/metadata.name`). The
+/// root namespace is always seen.
+fn sees(resources: &[Resource], mesh: &crate::mesh::MeshConfig, ns: &str) -> bool {
+    if mesh.discovery_selectors.is_empty() || ns == ROOT_NAMESPACE {
+        return true;
+    }
+    let mut labels = resources
+        .iter()
+        .find(|r| matches!(r.spec, Spec::Namespace) && r.name() == ns)
+        .and_then(|r| r.meta.labels.clone())
+        .unwrap_or_default();
+    labels.insert("kubernetes.io/metadata.name".into(), ns.to_owned());
+    mesh.discovery_selectors.iter().any(|s| s.matches(&labels))
+}
+
+/// The resources a control plane with `mesh` sees: those of the namespaces its
+/// discovery selectors pick, and the cluster-scoped ones.
+fn discovered(resources: Vec<Resource>, mesh: &crate::mesh::MeshConfig) -> Vec<Resource> {
+    if mesh.discovery_selectors.is_empty() {
+        return resources;
+    }
+    let keep: Vec<bool> = resources
+        .iter()
+        .map(|r| CLUSTER_SCOPED.contains(&r.kind.as_str()) || sees(&resources, mesh, r.namespace()))
+        .collect();
+    resources.into_iter().zip(keep).filter_map(|(r, k)| k.then_some(r)).collect()
 }

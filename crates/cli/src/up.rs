@@ -556,8 +556,16 @@ impl Plane {
             );
         }
         println!(
-            "✔ {label:<20} revision {}: xDS {}, CA and secure xDS {}, debug http://{}",
-            self.revision, self.xds, self.secure, self.debug
+            "✔ {:<20} revision {}: xDS {}, CA and secure xDS {}, debug http://{}",
+            if self.revision == "default" {
+                "control plane".to_owned()
+            } else {
+                format!("control plane {}", self.revision)
+            },
+            self.revision,
+            self.xds,
+            self.secure,
+            self.debug
         );
         Ok(cp)
     }

@@ -317,7 +317,7 @@ fn routes_as_the_istio_yaml_says(kind: Dataplane, b: u8) {
     let row = status.lines().find(|l| l.starts_with(&client_id)).unwrap_or_else(|| panic!("{status}"));
     assert_eq!(
         row.split_whitespace().skip(1).collect::<Vec<_>>(),
-        ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "delta"],
+        ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "delta", "default"],
         "{status}"
     );
     let routes = common::stdout(&common::run(&["proxy-config", "routes", &client_id, "--control-plane", &debug]));

@@ -427,10 +427,8 @@ fn migrate(docs: &[Doc], args: &SmcpArgs) -> anyhow::Result<Migration> {
         }
     }
     set(&mut proxy, "autoInject", "proxy.injection.autoInject");
-    if let Some(levels) = spec("proxy.logging.componentLevels").and_then(Value::as_object) {
-        let joined: Vec<String> =
-            levels.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect();
-        proxy.insert("componentLogLevel".into(), Value::String(joined.join(",")));
+    if let Some(levels) = spec("proxy.logging.componentLevels").and_then(log_levels) {
+        proxy.insert("componentLogLevel".into(), Value::String(levels));
     }
     if let Some(level) = spec("proxy.logging.level") {
         proxy.insert("logLevel".into(), level.clone());
@@ -441,10 +439,8 @@ fn migrate(docs: &[Doc], args: &SmcpArgs) -> anyhow::Result<Migration> {
     set(&mut global, "network", "cluster.network");
     set(&mut global, "meshNetworks", "cluster.multiCluster.meshNetworks");
     set(&mut global, "logAsJson", "general.logging.logAsJSON");
-    if let Some(levels) = spec("general.logging.componentLevels").and_then(Value::as_object) {
-        let joined: Vec<String> =
-            levels.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect();
-        global.insert("logging".into(), json!({"level": joined.join(",")}));
+    if let Some(levels) = spec("general.logging.componentLevels").and_then(log_levels) {
+        global.insert("logging".into(), json!({ "level": levels }));
     }
     if let Some(v) = spec("general.validationMessages") {
         global.insert("istiod".into(), json!({"enableAnalysis": v}));
@@ -545,6 +541,12 @@ fn migrate(docs: &[Doc], args: &SmcpArgs) -> anyhow::Result<Migration> {
             .into(),
     );
     Ok(m)
+}
+
+/// Per-component log levels as Istio writes them: `ads:debug,default:info`.
+fn log_levels(levels: &Value) -> Option<String> {
+    let map = levels.as_object()?;
+    Some(map.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
 }
 
 /// The member roll as discovery selectors: member names as a label every member (and the

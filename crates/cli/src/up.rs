@@ -439,6 +439,8 @@ async fn up(
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = 0u32;
+    let config_paths = [config.to_path_buf()];
+    let mut seen = weft_controlplane::server::fingerprint(&config_paths);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -447,9 +449,11 @@ async fn up(
                 tick += 1;
                 // Every 2 s: a re-pointed revision tag moves its workloads, as re-injection
                 // does in Kubernetes: the sidecar restarts against its new control plane.
-                if tick.is_multiple_of(4)
-                    && let Ok(now) = weft_config::load(std::slice::from_ref(&config.to_path_buf()))
-                {
+                let changed = tick.is_multiple_of(4) && {
+                    let now = weft_controlplane::server::fingerprint(&config_paths);
+                    std::mem::replace(&mut seen, now) != seen
+                };
+                if changed && let Ok(now) = weft_config::load(&config_paths) {
                     for (i, w) in workloads.iter().enumerate() {
                         let revision = resolve_revision(&now.resources, w.rev_label.as_deref());
                         if revision == revisions[i] {

@@ -193,7 +193,9 @@ async fn secure_server(
 }
 
 /// `(path, modified, length)` of every configuration file: what a change changes.
-fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+/// What changes when a configuration file is added, removed or edited: each file under
+/// `paths` with its modification time and size.
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     let mut out = Vec::new();
     for path in paths {
         for file in weft_config::files_under(path).unwrap_or_default() {

@@ -55,6 +55,10 @@ struct KindIndex {
     destination_rules: Vec<usize>,
     sidecars: Vec<usize>,
     gateways: Vec<usize>,
+    /// Namespace resources, for discovery selectors.
+    namespaces: Vec<usize>,
+    /// IstioRevisionTags, for resolving a proxy's revision on every push.
+    revision_tags: Vec<usize>,
 }
 
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -72,6 +76,8 @@ impl Snapshot {
                 Spec::DestinationRule(_) => index.destination_rules.push(i),
                 Spec::Sidecar(_) => index.sidecars.push(i),
                 Spec::Gateway(_) => index.gateways.push(i),
+                Spec::Namespace => index.namespaces.push(i),
+                Spec::Other(_) if is_revision_tag(r) => index.revision_tags.push(i),
                 _ => {}
             }
         }
@@ -167,7 +173,7 @@ impl Snapshot {
 
     /// Whether this control plane sees namespace `ns` (meshConfig's discoverySelectors).
     pub fn sees_namespace(&self, ns: &str) -> bool {
-        sees(&self.resources, &self.mesh, ns)
+        sees(self.of_kind(&self.index.namespaces), &self.mesh, ns)
     }
 
     /// The same snapshot in another trust domain.
@@ -241,7 +247,7 @@ impl Snapshot {
     /// `IstioRevisionTag`, `spec.targetRef.name`) of that name, else `name` itself.
     /// Proxies without a revision ask for `default`.
     pub fn resolve_revision<'a>(&'a self, name: &'a str) -> &'a str {
-        resolve_revision(&self.resources, name)
+        resolve_revision(self.of_kind(&self.index.revision_tags), name)
     }
 
     /// The proxy as translation should see it: a sidecar whose node carries no labels or
@@ -339,21 +345,24 @@ fn endpoint_only_change(previous: &Snapshot, next: &Snapshot) -> Option<Endpoint
     Some(EndpointChange { since: previous.version, hosts })
 }
 
+fn is_revision_tag(r: &Resource) -> bool {
+    r.kind == "IstioRevisionTag" && r.api_version.starts_with("sailoperator.io/")
+}
+
 /// The revision tags among `resources` (sail operator's `IstioRevisionTag`): each tag's
 /// resource and the revision it points to (`spec.targetRef.name`).
-pub fn revision_tags(resources: &[weft_api::Resource]) -> impl Iterator<Item = (&weft_api::Resource, &str)> {
-    resources
-        .iter()
-        .filter(|r| r.kind == "IstioRevisionTag" && r.api_version.starts_with("sailoperator.io/"))
-        .filter_map(|r| match &r.spec {
-            weft_api::Spec::Other(raw) => raw.pointer("/spec/targetRef/name").and_then(|v| v.as_str()).map(|t| (r, t)),
-            _ => None,
-        })
+pub fn revision_tags<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+) -> impl Iterator<Item = (&'a Resource, &'a str)> {
+    resources.into_iter().filter(|r| is_revision_tag(r)).filter_map(|r| match &r.spec {
+        weft_api::Spec::Other(raw) => raw.pointer("/spec/targetRef/name").and_then(|v| v.as_str()).map(|t| (r, t)),
+        _ => None,
+    })
 }
 
 /// The revision `name` stands for among `resources`: the target of the revision tag of
 /// that name, else `name` itself.
-pub fn resolve_revision<'a>(resources: &'a [weft_api::Resource], name: &'a str) -> &'a str {
+pub fn resolve_revision<'a>(resources: impl IntoIterator<Item = &'a Resource>, name: &'a str) -> &'a str {
     revision_tags(resources).find(|(r, _)| r.name() == name).map_or(name, |(_, target)| target)
 }
 
@@ -363,12 +372,12 @@ const CLUSTER_SCOPED: &[&str] = &["Namespace", "IstioRevisionTag", "Istio", "Ist
 /// Whether a namespace is among those meshConfig's `discoverySelectors` pick, by the
 /// labels of its Namespace resource (and Kubernetes' `kubernetes.io/metadata.name`). The
 /// root namespace is always seen.
-fn sees(resources: &[Resource], mesh: &crate::mesh::MeshConfig, ns: &str) -> bool {
+fn sees<'a>(namespaces: impl IntoIterator<Item = &'a Resource>, mesh: &crate::mesh::MeshConfig, ns: &str) -> bool {
     if mesh.discovery_selectors.is_empty() || ns == ROOT_NAMESPACE {
         return true;
     }
-    let mut labels = resources
-        .iter()
+    let mut labels = namespaces
+        .into_iter()
         .find(|r| matches!(r.spec, Spec::Namespace) && r.name() == ns)
         .and_then(|r| r.meta.labels.clone())
         .unwrap_or_default();
@@ -382,9 +391,14 @@ fn discovered(resources: Vec<Resource>, mesh: &crate::mesh::MeshConfig) -> Vec<R
     if mesh.discovery_selectors.is_empty() {
         return resources;
     }
+    let namespaces: Vec<&Resource> = resources.iter().filter(|r| matches!(r.spec, Spec::Namespace)).collect();
+    let mut seen: BTreeMap<&str, bool> = BTreeMap::new();
     let keep: Vec<bool> = resources
         .iter()
-        .map(|r| CLUSTER_SCOPED.contains(&r.kind.as_str()) || sees(&resources, mesh, r.namespace()))
+        .map(|r| {
+            CLUSTER_SCOPED.contains(&r.kind.as_str())
+                || *seen.entry(r.namespace()).or_insert_with(|| sees(namespaces.iter().copied(), mesh, r.namespace()))
+        })
         .collect();
     resources.into_iter().zip(keep).filter_map(|(r, k)| k.then_some(r)).collect()
 }

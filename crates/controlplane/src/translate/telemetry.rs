@@ -205,13 +205,7 @@ fn stats_struct(config: &StatsConfig) -> envoy_types::pb::google::protobuf::Any 
 /// workload's namespace, then Telemetries selecting it, each later entry over the earlier
 /// ones (Istio's precedence).
 fn metrics_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> MetricsOn {
-    let mut telemetries = super::policies_for(snapshot, proxy, |spec| match spec {
-        weft_api::Spec::Telemetry(t) => {
-            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
-        }
-        _ => None,
-    });
-    telemetries.sort_by_key(|(r, t)| std::cmp::Reverse(rank(r, t, proxy)));
+    let telemetries = in_order(snapshot, proxy);
     let (mut client, mut server) = (Vec::new(), Vec::new());
     for (r, t) in telemetries {
         for m in &t.metrics {
@@ -271,9 +265,25 @@ fn metric_override(o: &weft_api::istio::MetricsOverrides, owner: &str) -> Option
     Some(entry)
 }
 
+/// The Telemetries that apply to `proxy`, least specific first (root namespace, then
+/// its namespace, then those selecting it), so that later ones override earlier ones.
+pub(super) fn in_order<'a>(
+    snapshot: &'a Snapshot,
+    proxy: &ProxyIdentity,
+) -> Vec<(&'a weft_api::Resource, &'a TelemetrySpec)> {
+    let mut telemetries = super::policies_for(snapshot, proxy, |spec| match spec {
+        weft_api::Spec::Telemetry(t) => {
+            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
+        }
+        _ => None,
+    });
+    telemetries.sort_by_key(|(r, t)| std::cmp::Reverse(rank(r, t, proxy)));
+    telemetries
+}
+
 /// How specific a Telemetry is for `proxy`: 0 selects its workload, 1 is its namespace's,
 /// 2 the root namespace's.
-pub(super) fn rank(r: &weft_api::Resource, t: &TelemetrySpec, proxy: &ProxyIdentity) -> u8 {
+fn rank(r: &weft_api::Resource, t: &TelemetrySpec, proxy: &ProxyIdentity) -> u8 {
     match (t.selector.is_some(), r.namespace() == proxy.namespace) {
         (true, true) => 0,
         (false, true) => 1,
@@ -312,13 +322,7 @@ fn most_specific<'a>(
     proxy: &ProxyIdentity,
     relevant: impl Fn(&TelemetrySpec) -> bool,
 ) -> Option<(&'a weft_api::Resource, &'a TelemetrySpec)> {
-    let telemetry = super::policies_for(snapshot, proxy, |spec| match spec {
-        weft_api::Spec::Telemetry(t) => {
-            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
-        }
-        _ => None,
-    });
-    telemetry
+    in_order(snapshot, proxy)
         .into_iter()
         .filter(|(_, t)| relevant(t))
         .min_by_key(|(r, t)| (rank(r, t, proxy), r.namespace().to_owned(), r.name().to_owned()))

@@ -51,14 +51,7 @@ pub(super) fn for_proxy(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Tracers {
     };
     let (mut client, mut server) = (base.clone(), base);
     // Least specific first, so that the more specific override.
-    let mut telemetries: Vec<_> = super::policies_for(snapshot, proxy, |spec| match spec {
-        weft_api::Spec::Telemetry(t) => {
-            Some((t.as_ref(), t.selector.as_ref(), !t.target_refs.is_empty() || t.target_ref.is_some()))
-        }
-        _ => None,
-    });
-    telemetries.sort_by_key(|(r, t)| std::cmp::Reverse(super::telemetry::rank(r, t, proxy)));
-    for (_, t) in telemetries {
+    for (_, t) in super::telemetry::in_order(snapshot, proxy) {
         for entry in &t.tracing {
             let mode = entry.r#match.as_ref().and_then(|m| m.mode).unwrap_or(LogSelectorMode::ClientAndServer);
             for (side, applies) in

@@ -45,23 +45,6 @@ fn run(args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Whether this machine can run the test; in CI it must.
-fn capable() -> bool {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tools = ["ip", "iptables", "setpriv"].iter().all(|t| {
-        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    });
-    if root && tools {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run the capture test: needs root, ip, iptables and setpriv (root: {root}, tools: {tools})"
-    );
-    eprintln!("skipping: needs root, ip, iptables and setpriv");
-    false
-}
-
 impl Pods {
     /// Two namespaces, `a` at 10.66.0.1 and `b` at 10.66.0.2, joined by a veth pair.
     fn create(kind: Dataplane) -> Pods {
@@ -251,7 +234,7 @@ fn weft_iptables_capture_sends_an_unchanged_application_through_both_sidecars() 
 }
 
 fn capture_scenario(kind: Dataplane) {
-    if !capable() {
+    if !common::capture_capable() {
         return;
     }
     let mut pods = Pods::create(kind);

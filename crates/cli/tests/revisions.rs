@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::mesh::Mesh;
 
 const CONFIG: &str = r#"
@@ -38,17 +36,7 @@ fn each_revision_serves_its_own_proxies() {
     let b = 34;
     let mut mesh = Mesh::start(b, &[("mesh.yaml", CONFIG)]);
     // The canary revision beside the default control plane, on the same configuration.
-    let config = mesh.config_path().to_string_lossy().into_owned();
-    let canary = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["control-plane", "-f", &config, "--revision", "1-24-0"])
-        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    mesh.adopt("canary-control-plane", canary);
-    let canary_debug = format!("http://127.{b}.0.2:15014");
-    mesh.wait_until("the canary control plane", || mesh.get(&format!("{canary_debug}/ready")).status == 200);
+    let canary_debug = mesh.second_control_plane("canary-control-plane", &["--revision", "1-24-0"]);
 
     // A proxy of the canary revision is served by the canary control plane...
     let node = |ip: &str, name: &str| format!("sidecar~{ip}~{name}.default~default.svc.cluster.local");
@@ -87,25 +75,11 @@ fn each_revision_serves_its_own_proxies() {
     assert!(row.trim_end().ends_with("1-24-0"), "{row}");
 
     // A canary proxy that reaches the default control plane is refused, with the reason.
-    let log = mesh.config_dir.path().join("wrong.log");
-    let wrong = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "proxy",
-            "--xds-address",
-            &format!("127.{b}.0.1:15010"),
-            "--node-id",
-            &node(&format!("127.{b}.2.3"), "wrong"),
-        ])
-        .args(["--label", "istio.io/rev=1-24-0", "--admin-address", &format!("127.{b}.2.3:15000")])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|e| panic!("{e}")))
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    mesh.adopt("wrong", wrong);
+    let wrong = node(&format!("127.{b}.2.3"), "wrong");
+    mesh.refused_proxy("wrong", &wrong, "default", &[("istio.io/rev", "1-24-0")], &format!("127.{b}.2.3"), &[]);
     mesh.wait_until("the refusal", || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("belongs to revision \\\"1-24-0\\\"")
-            || std::fs::read_to_string(&log).unwrap_or_default().contains("belongs to revision \"1-24-0\"")
+        let log = mesh.log("wrong");
+        log.contains("belongs to revision \\\"1-24-0\\\"") || log.contains("belongs to revision \"1-24-0\"")
     });
     assert_ne!(mesh.get(&format!("http://127.{b}.2.3:15000/ready")).status, 200);
     assert_eq!(listed(&mesh, &default_debug).len(), 1, "the refused proxy is not served");
@@ -126,16 +100,8 @@ fn a_tag_moves_the_workloads_that_use_it() {
     let mut mesh =
         Mesh::start_with(b, &[("mesh.yaml", &CONFIG.replace("127.34.", "127.33."))], &["--revision", "1-23-0"]);
     let dir = mesh.config_path().to_string_lossy().into_owned();
-    let canary = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["control-plane", "-f", &dir, "--revision", "1-24-0"])
-        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    mesh.adopt("canary-control-plane", canary);
-    let (old_debug, new_debug) = (format!("http://127.{b}.0.1:15014"), format!("http://127.{b}.0.2:15014"));
-    mesh.wait_until("the canary control plane", || mesh.get(&format!("{new_debug}/ready")).status == 200);
+    let new_debug = mesh.second_control_plane("canary-control-plane", &["--revision", "1-24-0"]);
+    let old_debug = format!("http://127.{b}.0.1:15014");
 
     assert!(
         weft(&["tag", "set", "prod-stable", "--revision", "1-23-0", "-f", &dir])
@@ -248,18 +214,11 @@ spec: {{mtls: {{mode: STRICT}}}}
     let token = |workload: &str| format!("{state_dir}/tokens/default/{workload}.token");
     mesh.wait_until("the CA", || std::path::Path::new(&token("server-v1")).exists());
     // The canary revision, on the same state: the same CA.
-    let config = mesh.config_path().to_string_lossy().into_owned();
-    let canary = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["control-plane", "-f", &config, "--revision", "1-24-0", "--state-dir", &state_dir])
-        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
-        .args(["--secure-address", &format!("127.{b}.0.2:15012")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    mesh.adopt("canary-control-plane", canary);
-    let canary_debug = format!("http://127.{b}.0.2:15014");
-    mesh.wait_until("the canary control plane", || mesh.get(&format!("{canary_debug}/ready")).status == 200);
+    let secure = format!("127.{b}.0.2:15012");
+    let canary_debug = mesh.second_control_plane(
+        "canary-control-plane",
+        &["--revision", "1-24-0", "--state-dir", &state_dir, "--secure-address", &secure],
+    );
 
     mesh.backend("server-app", "127.0.0.1", 18000 + u16::from(b) * 10 + 1, 0);
     let root = format!("{state_dir}/ca/root-cert.pem");
@@ -351,17 +310,8 @@ spec:
     };
     let (config_a, config_b) = (mesh_config("a"), mesh_config("b"));
     let mut mesh = Mesh::start_with(b, &[("mesh.yaml", &config)], &["--mesh-config", &config_a]);
-    let watched = mesh.config_path().to_string_lossy().into_owned();
-    let tenant_b = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["control-plane", "-f", &watched, "--mesh-config", &config_b])
-        .args(["--xds-address", &format!("127.{b}.0.2:15010"), "--debug-address", &format!("127.{b}.0.2:15014")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    mesh.adopt("tenant-b-control-plane", tenant_b);
-    let (debug_a, debug_b) = (format!("http://127.{b}.0.1:15014"), format!("http://127.{b}.0.2:15014"));
-    mesh.wait_until("tenant b's control plane", || mesh.get(&format!("{debug_b}/ready")).status == 200);
+    let debug_b = mesh.second_control_plane("tenant-b-control-plane", &["--mesh-config", &config_b]);
+    let debug_a = format!("http://127.{b}.0.1:15014");
 
     let node = |ns: &str, n: u8| format!("sidecar~127.{b}.2.{n}~w{n}.{ns}~{ns}.svc.cluster.local");
     mesh.weft_proxy("in-a", &node("a", 1), "a", &[("app", "w")], &format!("127.{b}.2.1"), "delta");
@@ -395,19 +345,8 @@ spec:
     assert!(!seen_b.iter().any(|c| c.contains("svc-a")), "{seen_b:?}");
 
     // Tenant b's proxy at tenant a's control plane is refused.
-    let log = mesh.config_dir.path().join("stray.log");
-    let stray = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["proxy", "--xds-address", &format!("127.{b}.0.1:15010"), "--node-id", &node("b", 3), "--namespace", "b"])
-        .args(["--admin-address", &format!("127.{b}.2.3:15000")])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|e| panic!("{e}")))
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    mesh.adopt("stray", stray);
-    mesh.wait_until("the refusal", || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("not among this control plane's discoverySelectors")
-    });
+    mesh.refused_proxy("stray", &node("b", 3), "b", &[("app", "w")], &format!("127.{b}.2.3"), &[]);
+    mesh.wait_until("the refusal", || mesh.log("stray").contains("not among this control plane's discoverySelectors"));
     assert_eq!(listed(&mesh, &debug_a).len(), 1);
 
     // Namespace a moves to tenant b: tenant a's control plane lets its proxy go.

@@ -19,15 +19,6 @@ fn processes_mentioning(text: &str) -> Vec<String> {
     out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()).unwrap_or_default()
 }
 
-/// Sends SIGTERM to `weft up` when the test ends, however it ends.
-struct StopOnDrop(u32);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
-    }
-}
-
 #[test]
 fn weft_up_runs_bookinfo_and_stops_cleanly() {
     let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -41,7 +32,7 @@ fn weft_up_runs_bookinfo_and_stops_cleanly() {
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     // A failing assertion still stops the mesh (SIGTERM: weft up stops what it started).
-    let _stop = StopOnDrop(up.id());
+    let _stop = common::StopOnDrop(up.id());
     let started = Instant::now();
     let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
     while !output().contains("Ctrl-C stops the mesh") {

@@ -13,36 +13,14 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn capable() -> bool {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tools = ["ip", "iptables", "setpriv"].iter().all(|t| {
-        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    });
-    if root && tools {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI must run the capture test (root: {root}, tools: {tools})");
-    eprintln!("skipping: needs root, ip, iptables and setpriv");
-    false
-}
-
 fn netns() -> String {
     let out = Command::new("ip").args(["netns", "list"]).output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
-/// Sends SIGTERM to `weft up` when the test ends, however it ends.
-struct StopOnDrop(u32);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
-    }
-}
-
 #[test]
 fn weft_up_captures_unchanged_applications_with_iptables() {
-    if !capable() {
+    if !common::capture_capable() {
         return;
     }
     let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -56,7 +34,7 @@ fn weft_up_captures_unchanged_applications_with_iptables() {
         .stderr(Stdio::from(out))
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    let stop = StopOnDrop(up.id());
+    let stop = common::StopOnDrop(up.id());
     let started = Instant::now();
     let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
     while !output().contains("Ctrl-C stops the mesh") {

@@ -72,15 +72,6 @@ spec:
     hosts: ["./*"]
 "#;
 
-/// Sends SIGTERM to `weft up` when the test ends, however it ends.
-struct StopOnDrop(u32);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
-    }
-}
-
 fn served_by(debug: &str) -> Vec<String> {
     let out = Command::new("curl").args(["-s", "--max-time", "5", &format!("http://{debug}/debug/syncz")]).output();
     let syncz: serde_json::Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
@@ -117,7 +108,7 @@ fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    let stop = StopOnDrop(up.id());
+    let stop = common::StopOnDrop(up.id());
     let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
     wait("weft up", &output, || output().contains("Ctrl-C stops the mesh"));
     let shown = output();

@@ -320,6 +320,39 @@ static_resources:
         extra: &[&str],
     ) -> String {
         let admin = format!("{admin_ip}:15000");
+        self.spawn_weft_proxy(name, node_id, namespace, labels, admin_ip, protocol, extra);
+        self.wait_until(&format!("weft proxy {name} to be ready"), || {
+            self.get(&format!("http://{admin}/ready")).status == 200
+        });
+        admin
+    }
+
+    /// Starts a weft proxy the control plane is expected to refuse: no wait for it to be
+    /// ready; what it was told is in `self.log(name)`.
+    pub fn refused_proxy(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+        extra: &[&str],
+    ) {
+        self.spawn_weft_proxy(name, node_id, namespace, labels, admin_ip, "delta", extra);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_weft_proxy(
+        &mut self,
+        name: &str,
+        node_id: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        admin_ip: &str,
+        protocol: &str,
+        extra: &[&str],
+    ) {
+        let admin = format!("{admin_ip}:15000");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
         cmd.arg("proxy");
         if !extra.contains(&"--xds-address") {
@@ -350,10 +383,26 @@ static_resources:
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start weft proxy: {e}"));
         self.children.push((name.into(), child));
-        self.wait_until(&format!("weft proxy {name} to be ready"), || {
-            self.get(&format!("http://{admin}/ready")).status == 200
-        });
-        admin
+    }
+
+    /// Starts another control plane on this mesh's configuration, at `127.{block}.0.2`
+    /// (xDS on 15010, debug on 15014), with `extra` arguments (`--revision`,
+    /// `--mesh-config`, ...). Returns its debug URL once it is ready.
+    pub fn second_control_plane(&mut self, name: &str, extra: &[&str]) -> String {
+        let ip = self.ip(0, 2);
+        let config = self.config_path().to_string_lossy().into_owned();
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["control-plane", "-f", &config])
+            .args(["--xds-address", &format!("{ip}:15010"), "--debug-address", &format!("{ip}:15014")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start weft control-plane: {e}"));
+        self.children.push((name.into(), child));
+        let debug = format!("http://{ip}:15014");
+        self.wait_until(&format!("control plane {name}"), || self.get(&format!("{debug}/ready")).status == 200);
+        debug
     }
 
     /// Starts a weft sidecar holding a workload certificate from this mesh's CA (the

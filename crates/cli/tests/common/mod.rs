@@ -58,3 +58,30 @@ pub fn istio_samples() -> PathBuf {
     );
     dir
 }
+
+/// Sends SIGTERM to a process (`weft up`) when the test ends, however it ends.
+pub struct StopOnDrop(pub u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
+    }
+}
+
+/// Whether this machine can run the transparent-capture tests (root, `ip`, `iptables`,
+/// `setpriv`); in CI it must, and a missing capability fails the test.
+pub fn capture_capable() -> bool {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools = ["ip", "iptables", "setpriv"].iter().all(|t| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    });
+    if root && tools {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the capture tests: needs root, ip, iptables and setpriv (root: {root}, tools: {tools})"
+    );
+    eprintln!("skipping: needs root, ip, iptables and setpriv");
+    false
+}

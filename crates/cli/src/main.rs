@@ -9,6 +9,7 @@ mod proxy;
 mod status;
 mod tag;
 mod up;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,9 @@ enum Command {
     },
     /// Revision tags: stable names (`prod-stable`) for control-plane revisions.
     Tag(tag::TagArgs),
+    /// Upgrade the mesh to another control-plane revision (a canary upgrade of `weft
+    /// up`'s mesh: batches, health checks, automatic rollback), or roll it back.
+    Upgrade(upgrade::UpgradeArgs),
     /// Migrate an OpenShift Service Mesh 2 control plane: `weft migrate smcp FILE...`
     /// writes the OpenShift Service Mesh 3 Istio resource and reports what blocks the move.
     Migrate(migrate::MigrateArgs),
@@ -213,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Tag(args) => tag::run(args),
+        Command::Upgrade(args) => upgrade::run(args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::ProxyStatus { control_plane, output } => {
             let syncz = status::fetch(control_plane, "/debug/syncz")?;

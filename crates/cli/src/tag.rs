@@ -45,7 +45,7 @@ enum Action {
 }
 
 /// The tags defined under `dir`: (tag, revision, file).
-fn tags(dir: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+pub(crate) fn tags(dir: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
     let parsed = weft_config::load(&[dir.to_path_buf()])?;
     Ok(weft_controlplane::snapshot::revision_tags(&parsed.resources)
         .map(|(r, target)| (r.name().to_owned(), target.to_owned(), PathBuf::from(&*r.origin.file)))
@@ -59,24 +59,7 @@ fn file_of(dir: &Path, tag: &str) -> PathBuf {
 pub fn run(args: TagArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Action::Set { tag, revision, dir } => {
-            if !dir.is_dir() {
-                anyhow::bail!(
-                    "{} is not a directory: tags live in the directory the control planes watch",
-                    dir.display()
-                );
-            }
-            let file = file_of(&dir, &tag);
-            if let Some((_, _, other)) = tags(&dir)?.into_iter().find(|(t, _, f)| *t == tag && !same(f, &file)) {
-                anyhow::bail!("tag {tag} is defined in {}; change it there", other.display());
-            }
-            let yaml = format!(
-                "# Written by weft tag set: workloads labelled istio.io/rev: {tag} belong to revision {revision}.\n\
-                 apiVersion: sailoperator.io/v1\nkind: IstioRevisionTag\nmetadata:\n  name: {tag}\nspec:\n  targetRef:\n    kind: IstioRevision\n    name: {revision}\n"
-            );
-            // Written whole, then renamed: a watching control plane never reads half a file.
-            let tmp = dir.join(format!(".tag-{tag}.yaml.tmp"));
-            std::fs::write(&tmp, yaml)?;
-            std::fs::rename(&tmp, &file)?;
+            let file = set(&dir, &tag, &revision)?;
             println!("tag {tag} → revision {revision} ({})", file.display());
         }
         Action::List { dir } => {
@@ -100,6 +83,27 @@ pub fn run(args: TagArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Points `tag` at `revision` (creating it), in `tag-<tag>.yaml` under `dir`; returns
+/// the file.
+pub(crate) fn set(dir: &Path, tag: &str, revision: &str) -> anyhow::Result<PathBuf> {
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory: tags live in the directory the control planes watch", dir.display());
+    }
+    let file = file_of(dir, tag);
+    if let Some((_, _, other)) = tags(dir)?.into_iter().find(|(t, _, f)| t == tag && !same(f, &file)) {
+        anyhow::bail!("tag {tag} is defined in {}; change it there", other.display());
+    }
+    let yaml = format!(
+        "# Written by weft: workloads labelled istio.io/rev: {tag} belong to revision {revision}.\n\
+         apiVersion: sailoperator.io/v1\nkind: IstioRevisionTag\nmetadata:\n  name: {tag}\nspec:\n  targetRef:\n    kind: IstioRevision\n    name: {revision}\n"
+    );
+    // Written whole, then renamed: a watching control plane never reads half a file.
+    let tmp = dir.join(format!(".tag-{tag}.yaml.tmp"));
+    std::fs::write(&tmp, yaml)?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(file)
 }
 
 fn same(a: &Path, b: &Path) -> bool {

@@ -10,14 +10,18 @@
 //! Linux) each workload runs in a network namespace of its own behind iptables rules
 //! that capture its traffic, as in a pod (see [`crate::netns`]).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::process::{Child, Command};
 use weft_api::resource::Spec;
+
+use crate::upgrade::Fleet as _;
 
 /// The annotation naming a workload's application command (`weft ...` runs this binary).
 pub const COMMAND_ANNOTATION: &str = "weft.io/command";
@@ -25,6 +29,11 @@ pub const COMMAND_ANNOTATION: &str = "weft.io/command";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long stopping processes may take before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a moved proxy may take to be in sync with its new control plane.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an old revision stays after an upgrade, unless the `Istio` resource says
+/// (the sail operator's default).
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 const EXAMPLE: &[(&str, &str)] = &[
     ("services.yaml", include_str!("../../../examples/bookinfo/services.yaml")),
@@ -51,6 +60,9 @@ pub struct UpArgs {
     /// Istio's capture rules, its application unchanged (needs root).
     #[arg(long, value_enum, default_value = "none")]
     capture: Capture,
+    /// Where `weft up` serves its API (`weft upgrade` calls it).
+    #[arg(long, default_value = crate::upgrade::DEFAULT_API)]
+    api_address: SocketAddr,
 }
 
 /// `--capture`.
@@ -195,7 +207,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let result = runtime.block_on(up(ip, &config, &state, workloads, gateways, topology.as_ref(), &parsed.resources));
+    let result = runtime.block_on(up(
+        ip,
+        &config,
+        &state,
+        workloads,
+        gateways,
+        topology.as_ref(),
+        &parsed.resources,
+        args.api_address,
+    ));
     // Stopped processes first, then their namespaces.
     drop(runtime);
     drop(topology);
@@ -224,26 +245,36 @@ impl Process {
         self.child = Some(child);
         Ok(())
     }
+}
 
-    async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-            let _ = child.kill().await;
-        }
+/// Stops a process: SIGTERM (proxies drain), then SIGKILL after [`STOP_GRACE`].
+async fn stop_child(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        let _ = child.kill().await;
     }
 }
 
-async fn http_status(url: &str) -> u16 {
+/// One plain-HTTP request without a body: the status and the body, or none when there
+/// is no answer within 5 s.
+pub(crate) async fn http(method: hyper::Method, url: &str) -> Option<(u16, hyper::body::Bytes)> {
+    use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<hyper::body::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let Ok(uri) = url.parse() else { return 0 };
-    match tokio::time::timeout(Duration::from_secs(2), client.get(uri)).await {
-        Ok(Ok(r)) => r.status().as_u16(),
-        _ => 0,
-    }
+    let request = hyper::Request::builder().method(method).uri(url).body(http_body_util::Empty::new()).ok()?;
+    let exchange = async {
+        let response = client.request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
+
+async fn http_status(url: &str) -> u16 {
+    http(hyper::Method::GET, url).await.map_or(0, |(status, _)| status)
 }
 
 async fn wait_ready(url: &str) -> bool {
@@ -268,6 +299,67 @@ async fn wait_file(path: &Path) -> bool {
     false
 }
 
+/// A proxy `weft up` runs: a sidecar or a gateway.
+struct Proxy {
+    /// The workload's name (`reviews-v1`).
+    name: String,
+    /// Its node id.
+    id: String,
+    /// Its process in [`Supervisor::processes`].
+    process: usize,
+    /// Its `istio.io/rev` label (none: the default revision, or what the `default` tag
+    /// points to).
+    rev_label: Option<String>,
+    /// The revision the configuration gives it (through the tags), as last read.
+    assigned: String,
+    /// The revision whose control plane it follows now.
+    revision: String,
+    /// Its admin endpoint, where it is told to move; none when captured (its admin port
+    /// is inside its network namespace), and then a move restarts it.
+    admin: Option<String>,
+    /// Where its metrics are served (`/stats/prometheus`).
+    stats: String,
+}
+
+/// Everything `weft up` runs.
+struct Supervisor {
+    ip: IpAddr,
+    config: PathBuf,
+    state: PathBuf,
+    logs: PathBuf,
+    /// The `Istio` resource's meshConfig, for every control plane.
+    mesh_config: Option<PathBuf>,
+    processes: Vec<Process>,
+    planes: Vec<Plane>,
+    proxies: Vec<Proxy>,
+}
+
+/// The supervised mesh, shared by the supervision loop and a running upgrade (both on
+/// one task: no borrow is held across an await).
+struct Mesh(RefCell<Supervisor>);
+
+/// What `weft up` reads from an `Istio` resource (sailoperator.io/v1), such as the one
+/// `weft migrate smcp` writes: its meshConfig, and how long an old revision stays after
+/// an upgrade.
+fn istio_resource(resources: &[weft_api::Resource], state: &Path) -> anyhow::Result<(Option<PathBuf>, Duration)> {
+    let istio = resources.iter().find_map(|r| match &r.spec {
+        Spec::Other(value) if r.kind == "Istio" && r.api_version.starts_with("sailoperator.io/") => Some(value),
+        _ => None,
+    });
+    let Some(istio) = istio else { return Ok((None, DEFAULT_GRACE)) };
+    let grace = istio["spec"]["updateStrategy"]["inactiveRevisionDeletionGracePeriodSeconds"]
+        .as_u64()
+        .map_or(DEFAULT_GRACE, Duration::from_secs);
+    let mesh = &istio["spec"]["values"]["meshConfig"];
+    if mesh.is_null() {
+        return Ok((None, grace));
+    }
+    let path = state.join("mesh-config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(mesh)?)?;
+    Ok((Some(path), grace))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn up(
     ip: IpAddr,
     config: &Path,
@@ -276,32 +368,44 @@ async fn up(
     gateways: BTreeMap<String, BTreeMap<String, String>>,
     topology: Option<&crate::netns::Topology>,
     resources: &[weft_api::Resource],
+    api: SocketAddr,
 ) -> anyhow::Result<ExitCode> {
     let logs = state.join("logs");
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    let mut processes = Vec::new();
+    let (mesh_config, grace) = istio_resource(resources, state)?;
+    if let Some(path) = &mesh_config {
+        println!("✔ {:<20} meshConfig of the Istio resource ({})", "mesh config", path.display());
+    }
+    let mesh = Mesh(RefCell::new(Supervisor {
+        ip,
+        config: config.to_path_buf(),
+        state: state.to_path_buf(),
+        logs: logs.clone(),
+        mesh_config,
+        processes: Vec::new(),
+        planes: Vec::new(),
+        proxies: Vec::new(),
+    }));
     let mut scrape_targets: Vec<String> = Vec::new();
     // One control plane per revision the workloads belong to (through their
     // istio.io/rev label and the revision tags), the default one first; they share the
     // state directory, so the CA and its root of trust.
-    let mut planes: Vec<Plane> = vec![Plane::at(ip, 0, "default")];
-    let mut revisions: Vec<String> =
+    let revisions: Vec<String> =
         workloads.iter().map(|w| resolve_revision(resources, w.rev_label.as_deref())).collect();
+    mesh.ensure_revision("default").await?;
     for r in &revisions {
-        if !planes.iter().any(|p| p.revision == *r) {
-            planes.push(Plane::at(ip, planes.len(), r));
-        }
+        mesh.ensure_revision(r).await?;
     }
-    for plane in &planes {
-        processes.push(plane.start(config, state, &logs).await?);
-    }
-    let (xds, secure) = (planes[0].xds.clone(), planes[0].secure.clone());
+    let plane_of = |revision: &str| {
+        let sup = mesh.0.borrow();
+        let plane = sup.planes.iter().find(|p| p.revision == revision).unwrap_or(&sup.planes[0]);
+        (plane.xds.clone(), plane.secure.clone())
+    };
+    let first_proxy = mesh.0.borrow().processes.len();
 
     let root = state.join("ca/root-cert.pem");
-    let mut sidecars: Vec<usize> = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
-        let plane = planes.iter().find(|p| p.revision == revisions[i]).unwrap_or(&planes[0]);
-        let (xds, secure) = (plane.xds.clone(), plane.secure.clone());
+        let (xds, secure) = plane_of(&revisions[i]);
         if let Some(command) = &w.command {
             let mut words = command.split_whitespace().map(str::to_owned);
             let first = words.next().unwrap_or_default();
@@ -313,7 +417,7 @@ async fn up(
             };
             let mut app = Process::new(format!("app {}", w.name), program, args, None);
             app.start(&logs)?;
-            processes.push(app);
+            mesh.0.borrow_mut().processes.push(app);
         }
         let mut token = state.join("tokens").join(&w.namespace).join(format!("{}.token", w.name));
         if !wait_file(&token).await {
@@ -331,13 +435,15 @@ async fn up(
         } else {
             format!("http://{admin}/ready")
         };
-        scrape_targets.push(format!("{}:15020", w.address));
+        let stats = format!("{}:15020", w.address);
+        scrape_targets.push(stats.clone());
+        let id = format!("sidecar~{}~{}.{}~{}.svc.cluster.local", w.address, w.name, w.namespace, w.namespace);
         let mut args: Vec<String> = vec![
             "proxy".into(),
             "--xds-address".into(),
-            xds.clone(),
+            xds,
             "--node-id".into(),
-            format!("sidecar~{}~{}.{}~{}.svc.cluster.local", w.address, w.name, w.namespace, w.namespace),
+            id.clone(),
             "--namespace".into(),
             w.namespace.clone(),
             "--workload-name".into(),
@@ -347,11 +453,11 @@ async fn up(
             "--admin-address".into(),
             admin.clone(),
             "--stats-address".into(),
-            format!("{}:15020", w.address),
+            stats.clone(),
             "--concurrency".into(),
             "1".into(),
             "--ca-address".into(),
-            secure.clone(),
+            secure,
             "--ca-root-cert".into(),
             s(&root),
             "--token-file".into(),
@@ -373,9 +479,22 @@ async fn up(
         };
         let mut sidecar = Process::new(format!("sidecar {}", w.name), program, args, Some(ready));
         sidecar.start(&logs)?;
-        sidecars.push(processes.len());
-        processes.push(sidecar);
+        let mut sup = mesh.0.borrow_mut();
+        let process = sup.processes.len();
+        sup.proxies.push(Proxy {
+            name: w.name.clone(),
+            id,
+            process,
+            rev_label: w.rev_label.clone(),
+            assigned: revisions[i].clone(),
+            revision: revisions[i].clone(),
+            admin: topology.is_none().then_some(admin),
+            stats,
+        });
+        sup.processes.push(sidecar);
     }
+    let gateway_revision = resolve_revision(resources, None);
+    let (xds, secure) = plane_of(&gateway_revision);
     for (i, (key, selector)) in gateways.iter().enumerate() {
         let namespace = key.split('/').next().unwrap_or("default").to_owned();
         let (name, account) =
@@ -388,12 +507,13 @@ async fn up(
         if !wait_file(&token).await {
             anyhow::bail!("no bootstrap token for gateway {name} at {}", token.display());
         }
+        let id = format!("router~127.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local");
         let mut args: Vec<String> = vec![
             "proxy".into(),
             "--xds-address".into(),
             xds.clone(),
             "--node-id".into(),
-            format!("router~127.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local"),
+            id.clone(),
             "--namespace".into(),
             namespace.clone(),
             "--workload-name".into(),
@@ -401,7 +521,7 @@ async fn up(
             "--admin-address".into(),
             admin.clone(),
             "--stats-address".into(),
-            stats,
+            stats.clone(),
             "--concurrency".into(),
             "1".into(),
             "--service-account".into(),
@@ -419,12 +539,27 @@ async fn up(
         }
         let mut gw = Process::new(format!("gateway {name}"), exe(), args, Some(format!("http://{admin}/ready")));
         gw.start(&logs)?;
-        processes.push(gw);
+        let mut sup = mesh.0.borrow_mut();
+        let process = sup.processes.len();
+        sup.proxies.push(Proxy {
+            name,
+            id,
+            process,
+            rev_label: None,
+            assigned: gateway_revision.clone(),
+            revision: gateway_revision.clone(),
+            admin: Some(admin),
+            stats,
+        });
+        sup.processes.push(gw);
     }
-    for p in &processes[planes.len()..] {
-        let Some(url) = &p.ready_url else { continue };
-        let ready = wait_ready(url).await;
-        println!("{} {:<20} {}", if ready { "✔" } else { "✘" }, p.label, url.trim_end_matches("/ready"));
+    let waits: Vec<(String, String)> = mesh.0.borrow().processes[first_proxy..]
+        .iter()
+        .filter_map(|p| p.ready_url.clone().map(|u| (p.label.clone(), u)))
+        .collect();
+    for (label, url) in waits {
+        let ready = wait_ready(&url).await;
+        println!("{} {:<20} {}", if ready { "✔" } else { "✘" }, label, url.trim_end_matches("/ready"));
     }
     summary(&workloads, !gateways.is_empty(), topology.is_some());
     let prometheus = state.join("prometheus.yml");
@@ -435,8 +570,14 @@ async fn up(
         ),
         Err(e) => eprintln!("cannot write {}: {e}", prometheus.display()),
     }
+    let mut calls = serve_api(api).await?;
+    println!(
+        "\nUpgrades: weft upgrade --to <revision> --api {api} (a canary upgrade: batches, health checks, rollback)."
+    );
     println!("\nLogs: {}. Ctrl-C stops the mesh.", logs.display());
 
+    let status = RefCell::new(crate::upgrade::Status { state: "none", ..crate::upgrade::Status::new("") });
+    let mut upgrade: Option<std::pin::Pin<Box<dyn Future<Output = ()> + '_>>> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = 0u32;
     let config_paths = [config.to_path_buf()];
@@ -445,88 +586,396 @@ async fn up(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            () = async { if let Some(u) = upgrade.as_mut() { u.await } else { std::future::pending().await } } => {
+                upgrade = None;
+            }
+            Some(call) = calls.recv() => {
+                let (code, body) = match (call.method.as_str(), call.path.as_str()) {
+                    ("GET", "/upgrade") if status.borrow().state == "none" => (404, json!({"error": "no upgrade has run"})),
+                    ("GET", "/upgrade") => (200, status.borrow().to_json()),
+                    ("POST", "/upgrade") if upgrade.is_some() && status.borrow().state == "running" => {
+                        (409, json!({"error": format!("an upgrade to {} is running; see GET /upgrade", status.borrow().to)}))
+                    }
+                    ("POST", "/upgrade") => match crate::upgrade::Plan::from_query(&call.query, grace) {
+                        Ok(plan) => {
+                            *status.borrow_mut() = crate::upgrade::Status::new(&plan.to);
+                            let (mesh, status) = (&mesh, &status);
+                            upgrade = Some(Box::pin(async move { crate::upgrade::canary(mesh, &plan, status).await }));
+                            (202, status.borrow().to_json())
+                        }
+                        Err(e) => (400, json!({"error": e})),
+                    },
+                    ("POST", "/rollback") => {
+                        let target = status.borrow().rollback_target();
+                        match target {
+                        None => (409, json!({"error": "no upgrade moved anything: there is nothing to roll back"})),
+                        Some(from) => {
+                            let plan = crate::upgrade::Plan {
+                                to: from,
+                                batch_size: usize::MAX,
+                                pause: Duration::ZERO,
+                                grace,
+                                max_error_rate: 1.0,
+                                gated: false,
+                            };
+                            let was = std::mem::replace(&mut *status.borrow_mut(), crate::upgrade::Status::new(&plan.to));
+                            println!("↺ rolling back the upgrade to {} (state {}): every proxy returns to {}", was.to, was.state, plan.to);
+                            let (mesh, status) = (&mesh, &status);
+                            upgrade = Some(Box::pin(async move { crate::upgrade::canary(mesh, &plan, status).await }));
+                            (202, status.borrow().to_json())
+                        }
+                    }
+                    }
+                    ("GET", "/revisions") => (200, mesh.describe()),
+                    _ => (404, json!({"error": "try GET /upgrade, POST /upgrade?to=<revision>, POST /rollback, GET /revisions"})),
+                };
+                let _ = call.reply.send((code, body));
+            }
             () = tokio::time::sleep(Duration::from_millis(500)) => {
                 tick += 1;
-                // Every 2 s: a re-pointed revision tag moves its workloads, as re-injection
-                // does in Kubernetes: the sidecar restarts against its new control plane.
+                // Every 2 s: a re-pointed revision tag moves its workloads to the
+                // revision's control plane (which starts if it is not running).
                 let changed = tick.is_multiple_of(4) && {
                     let now = weft_controlplane::server::fingerprint(&config_paths);
                     std::mem::replace(&mut seen, now) != seen
                 };
                 if changed && let Ok(now) = weft_config::load(&config_paths) {
-                    for (i, w) in workloads.iter().enumerate() {
-                        let revision = resolve_revision(&now.resources, w.rev_label.as_deref());
-                        if revision == revisions[i] {
-                            continue;
-                        }
-                        if !planes.iter().any(|p| p.revision == revision) {
-                            let plane = Plane::at(ip, planes.len(), &revision);
-                            processes.push(plane.start(config, state, &logs).await?);
-                            planes.push(plane);
-                        }
-                        let Some(plane) = planes.iter().find(|p| p.revision == revision) else { continue };
-                        let sidecar = &mut processes[sidecars[i]];
-                        println!("↻ sidecar {} moves from revision {} to {revision} (its control plane {})", w.name, revisions[i], plane.xds);
-                        sidecar.stop().await;
-                        let from = revisions[i].clone();
-                        let old = planes.iter().find(|p| p.revision == from).map(|p| (p.xds.clone(), p.secure.clone()));
-                        if let Some((old_xds, old_secure)) = old {
-                            for a in &mut sidecar.args {
-                                if *a == old_xds {
-                                    a.clone_from(&plane.xds);
-                                } else if *a == old_secure {
-                                    a.clone_from(&plane.secure);
+                    let moves: Vec<(String, String, String)> = {
+                        let mut sup = mesh.0.borrow_mut();
+                        sup.proxies
+                            .iter_mut()
+                            .filter_map(|p| {
+                                let resolved = resolve_revision(&now.resources, p.rev_label.as_deref());
+                                if resolved == p.assigned {
+                                    return None;
                                 }
-                            }
+                                p.assigned.clone_from(&resolved);
+                                (resolved != p.revision).then(|| (p.name.clone(), p.revision.clone(), resolved))
+                            })
+                            .collect()
+                    };
+                    for (name, from, to) in moves {
+                        println!("↻ {name} moves from revision {from} to {to}");
+                        if let Err(e) = mesh.move_proxy(&name, &to).await {
+                            println!("✘ {name} did not move to revision {to}: {e:#}");
                         }
-                        sidecar.start(&logs)?;
-                        revisions[i] = revision;
                     }
                 }
-                let now = tokio::time::Instant::now();
-                for p in &mut processes {
-                    let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                    if let Some(status) = exited {
-                        p.child = None;
-                        p.restarts += 1;
-                        // Back off: 1 s, 2 s, 4 s ... up to 30 s between restarts.
-                        let delay = Duration::from_secs(1 << p.restarts.min(5)).min(Duration::from_secs(30));
-                        println!("✘ {} exited ({status}); restarting in {delay:?} (restart {})", p.label, p.restarts);
-                        p.restart_at = Some(now + delay);
-                    }
-                    if p.restart_at.is_some_and(|at| at <= now) {
-                        p.restart_at = None;
-                        p.start(&logs)?;
-                    }
-                }
+                mesh.supervise()?;
             }
         }
     }
+    drop(upgrade);
     println!("Stopping: proxies drain their in-flight requests.");
-    // Proxies and applications first, the control plane last.
-    for p in processes.iter_mut().rev() {
-        p.stop().await;
+    // Proxies and applications first, the control planes last.
+    let children: Vec<Child> = mesh.0.borrow_mut().processes.iter_mut().rev().filter_map(|p| p.child.take()).collect();
+    for child in children {
+        stop_child(child).await;
     }
     println!("✔ stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One request to `weft up`'s API, answered by the supervision loop.
+struct ApiCall {
+    method: String,
+    path: String,
+    query: String,
+    reply: tokio::sync::oneshot::Sender<(u16, serde_json::Value)>,
+}
+
+/// Serves `weft up`'s API (what `weft upgrade` and an operator call) on `address`; the
+/// calls come out of the returned channel.
+async fn serve_api(address: SocketAddr) -> anyhow::Result<tokio::sync::mpsc::Receiver<ApiCall>> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve weft up's API on {address}: {e} (see --api-address)"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<ApiCall>(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let tx = tx.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let call = ApiCall {
+                        method: req.method().to_string(),
+                        path: req.uri().path().to_owned(),
+                        query: req.uri().query().unwrap_or_default().to_owned(),
+                        reply,
+                    };
+                    let (code, body) = match tx.send(call).await {
+                        Ok(()) => answer.await.unwrap_or((503, json!({"error": "weft up is stopping"}))),
+                        Err(_) => (503, json!({"error": "weft up is stopping"})),
+                    };
+                    let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+                    *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or_default();
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    Ok(rx)
+}
+
+/// Sets `flag`'s value in a process's arguments (adding it, or removing it when `value`
+/// is empty). A captured process's arguments end with the proxy's own.
+fn set_arg(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|a| a == flag) {
+        Some(i) if value.is_empty() => {
+            args.drain(i..(i + 2).min(args.len()));
+        }
+        Some(i) if i + 1 < args.len() => value.clone_into(&mut args[i + 1]),
+        _ if value.is_empty() => {}
+        _ => args.extend([flag.to_owned(), value.to_owned()]),
+    }
+}
+
+impl Mesh {
+    /// Restarts crashed processes (backing off: 1 s, 2 s, 4 s ... up to 30 s).
+    fn supervise(&self) -> anyhow::Result<()> {
+        let mut sup = self.0.borrow_mut();
+        let logs = sup.logs.clone();
+        let now = tokio::time::Instant::now();
+        for p in &mut sup.processes {
+            let exited = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                p.child = None;
+                p.restarts += 1;
+                let delay = Duration::from_secs(1 << p.restarts.min(5)).min(Duration::from_secs(30));
+                println!("✘ {} exited ({status}); restarting in {delay:?} (restart {})", p.label, p.restarts);
+                p.restart_at = Some(now + delay);
+            }
+            if p.restart_at.is_some_and(|at| at <= now) {
+                p.restart_at = None;
+                p.start(&logs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The control planes and which revision each proxy follows (`GET /revisions`).
+    fn describe(&self) -> serde_json::Value {
+        let sup = self.0.borrow();
+        json!({
+            "planes": sup.planes.iter().map(|p| json!({"revision": p.revision, "xds": p.xds, "debug": p.debug})).collect::<Vec<_>>(),
+            "proxies": sup.proxies.iter().map(|p| json!({"name": p.name, "id": p.id, "revision": p.revision})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl crate::upgrade::Fleet for Mesh {
+    fn proxies(&self) -> Vec<(String, String)> {
+        self.0.borrow().proxies.iter().map(|p| (p.name.clone(), p.revision.clone())).collect()
+    }
+
+    async fn ensure_revision(&self, revision: &str) -> anyhow::Result<()> {
+        let (ready, label, log) = {
+            let mut sup = self.0.borrow_mut();
+            if sup.planes.iter().any(|p| p.revision == revision) {
+                return Ok(());
+            }
+            let index = (0..).find(|i| !sup.planes.iter().any(|p| p.index == *i)).unwrap_or(0);
+            let mut plane = Plane::at(sup.ip, index, revision);
+            let mut process = plane.process(&sup.config, &sup.state, sup.mesh_config.as_deref());
+            process.start(&sup.logs)?;
+            plane.process = sup.processes.len();
+            let ready = process.ready_url.clone().unwrap_or_default();
+            let log = sup.logs.join(format!("{}.log", process.label.replace(' ', "-")));
+            let label = process.label.clone();
+            sup.processes.push(process);
+            sup.planes.push(plane);
+            (ready, label, log)
+        };
+        if !wait_ready(&ready).await {
+            self.retire(revision).await;
+            anyhow::bail!("{label} did not become ready; see {}", log.display());
+        }
+        let sup = self.0.borrow();
+        if let Some(plane) = sup.planes.iter().find(|p| p.revision == revision) {
+            println!(
+                "✔ {:<20} revision {revision}: xDS {}, CA and secure xDS {}, debug http://{}",
+                if revision == "default" { "control plane".to_owned() } else { format!("control plane {revision}") },
+                plane.xds,
+                plane.secure,
+                plane.debug
+            );
+        }
+        Ok(())
+    }
+
+    async fn move_proxy(&self, name: &str, revision: &str) -> anyhow::Result<()> {
+        self.ensure_revision(revision).await?;
+        let (admin, query, id, debug, restart) = {
+            let mut sup = self.0.borrow_mut();
+            let sup = &mut *sup;
+            let plane = sup
+                .planes
+                .iter()
+                .find(|p| p.revision == revision)
+                .ok_or_else(|| anyhow::anyhow!("revision {revision} is not running"))?;
+            let proxy =
+                sup.proxies.iter_mut().find(|p| p.name == name).ok_or_else(|| anyhow::anyhow!("no proxy {name}"))?;
+            // It tells its label when the configuration gives it this revision (so that it
+            // follows later tag moves), else the revision itself.
+            let told = if proxy.assigned == revision {
+                proxy.rev_label.clone().unwrap_or_default()
+            } else {
+                revision.to_owned()
+            };
+            let args = &mut sup.processes[proxy.process].args;
+            set_arg(args, "--xds-address", &plane.xds);
+            set_arg(args, "--ca-address", &plane.secure);
+            set_arg(args, "--revision", &told);
+            proxy.revision = revision.to_owned();
+            let query = format!("xds_address={}&ca_address={}&revision={told}", plane.xds, plane.secure);
+            let restart = proxy.admin.is_none().then(|| sup.processes[proxy.process].child.take()).flatten();
+            (proxy.admin.clone(), query, proxy.id.clone(), plane.debug.clone(), restart)
+        };
+        match admin {
+            Some(admin) => {
+                let url = format!("http://{admin}/control_plane?{query}");
+                match http(hyper::Method::POST, &url).await {
+                    Some((200, _)) => {}
+                    Some((code, body)) => {
+                        anyhow::bail!("the proxy refused the move ({code}): {}", String::from_utf8_lossy(&body).trim())
+                    }
+                    None => anyhow::bail!("the proxy's admin endpoint {admin} does not answer"),
+                }
+            }
+            // A captured proxy's admin port is in its namespace: it restarts instead.
+            None => {
+                if let Some(child) = restart {
+                    stop_child(child).await;
+                }
+                let mut sup = self.0.borrow_mut();
+                let logs = sup.logs.clone();
+                if let Some(p) = sup.proxies.iter().find(|p| p.name == name).map(|p| p.process) {
+                    sup.processes[p].start(&logs)?;
+                }
+            }
+        }
+        // In sync: connected to the new control plane, which has had every type ACKed.
+        let deadline = tokio::time::Instant::now() + MOVE_TIMEOUT;
+        loop {
+            if let Some((200, body)) = http(hyper::Method::GET, &format!("http://{debug}/debug/syncz")).await {
+                let syncz: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let entry = syncz.as_array().into_iter().flatten().find(|p| p["proxy"] == id.as_str());
+                let synced = entry.and_then(|e| e["types"].as_object()).is_some_and(|types| {
+                    !types.is_empty() && types.values().all(|t| t["nack"].is_null() && t["sent"] == t["acked"])
+                });
+                if synced {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("not in sync with revision {revision}'s control plane after {MOVE_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn counts(&self, proxies: &[String]) -> crate::upgrade::Counts {
+        let targets: Vec<String> =
+            self.0.borrow().proxies.iter().filter(|p| proxies.contains(&p.name)).map(|p| p.stats.clone()).collect();
+        let mut total = crate::upgrade::Counts::default();
+        for target in targets {
+            if let Some((200, body)) = http(hyper::Method::GET, &format!("http://{target}/stats/prometheus")).await {
+                let counts = crate::upgrade::Counts::from_prometheus(&String::from_utf8_lossy(&body));
+                total.requests += counts.requests;
+                total.errors += counts.errors;
+            }
+        }
+        total
+    }
+
+    fn point_tags(&self, proxies: &[String], revision: &str) -> anyhow::Result<Vec<String>> {
+        let sup = self.0.borrow();
+        let mut labels: Vec<String> = sup
+            .proxies
+            .iter()
+            .filter(|p| proxies.contains(&p.name))
+            .map(|p| p.rev_label.clone().unwrap_or_else(|| "default".into()))
+            .collect();
+        labels.sort();
+        labels.dedup();
+        let tags = crate::tag::tags(&sup.config)?;
+        let mut changed = Vec::new();
+        for label in labels {
+            match tags.iter().find(|(t, _, _)| *t == label) {
+                Some((_, target, _)) if target == revision => {}
+                // A tag, or `default` without one (what unlabelled workloads follow).
+                Some(_) => {
+                    crate::tag::set(&sup.config, &label, revision)?;
+                    changed.push(format!("tag {label} → revision {revision}"));
+                }
+                None if label == "default" && revision != "default" => {
+                    crate::tag::set(&sup.config, &label, revision)?;
+                    changed.push(format!("tag {label} → revision {revision}"));
+                }
+                None if label == revision || label == "default" => {}
+                None => changed.push(format!(
+                    "workloads labelled istio.io/rev: {label} name a revision, not a tag: they return to {label} when restarted; label them {revision}, or use a tag"
+                )),
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn retire(&self, revision: &str) {
+        let child = {
+            let mut sup = self.0.borrow_mut();
+            let Some(at) = sup.planes.iter().position(|p| p.revision == revision) else { return };
+            let plane = sup.planes.remove(at);
+            let process = &mut sup.processes[plane.process];
+            process.restart_at = None;
+            process.child.take()
+        };
+        if let Some(child) = child {
+            stop_child(child).await;
+        }
+        println!("✔ {:<20} stopped: nothing follows revision {revision}", format!("control plane {revision}"));
+    }
 }
 
 /// One control plane `weft up` runs, for one revision: the default one on the usual
 /// ports, the others 100 ports further each.
 struct Plane {
     revision: String,
+    /// Which hundred of ports it uses.
+    index: usize,
     xds: String,
     secure: String,
     debug: String,
+    /// Its process in [`Supervisor::processes`].
+    process: usize,
 }
 
 impl Plane {
     fn at(ip: IpAddr, index: usize, revision: &str) -> Plane {
         let port = |p: usize| format!("{ip}:{}", p + 100 * index);
-        Plane { revision: revision.to_owned(), xds: port(15010), secure: port(15012), debug: port(15014) }
+        Plane {
+            revision: revision.to_owned(),
+            index,
+            xds: port(15010),
+            secure: port(15012),
+            debug: port(15014),
+            process: 0,
+        }
     }
 
-    async fn start(&self, config: &Path, state: &Path, logs: &Path) -> anyhow::Result<Process> {
+    fn process(&self, config: &Path, state: &Path, mesh_config: Option<&Path>) -> Process {
         let s = |p: &Path| p.to_string_lossy().into_owned();
         let mut args: Vec<String> = [
             "control-plane",
@@ -543,35 +992,16 @@ impl Plane {
         ]
         .map(str::to_owned)
         .to_vec();
+        if let Some(mesh) = mesh_config {
+            args.extend(["--mesh-config".to_owned(), s(mesh)]);
+        }
         let label = if self.revision == "default" {
             "control-plane".to_owned()
         } else {
             args.extend(["--revision".to_owned(), self.revision.clone()]);
             format!("control-plane {}", self.revision)
         };
-        let ready = format!("http://{}/ready", self.debug);
-        let mut cp = Process::new(label.clone(), exe(), args, Some(ready.clone()));
-        cp.start(logs)?;
-        if !wait_ready(&ready).await {
-            cp.stop().await;
-            anyhow::bail!(
-                "{label} did not become ready; see {}",
-                logs.join(format!("{}.log", label.replace(' ', "-"))).display()
-            );
-        }
-        println!(
-            "✔ {:<20} revision {}: xDS {}, CA and secure xDS {}, debug http://{}",
-            if self.revision == "default" {
-                "control plane".to_owned()
-            } else {
-                format!("control plane {}", self.revision)
-            },
-            self.revision,
-            self.xds,
-            self.secure,
-            self.debug
-        );
-        Ok(cp)
+        Process::new(label, exe(), args, Some(format!("http://{}/ready", self.debug)))
     }
 }
 

@@ -48,7 +48,7 @@ pub struct ProxyIdentity {
     pub service_account: String,
     /// `INTERCEPTION_MODE` (`REDIRECT`, `TPROXY` or `NONE`).
     pub interception_mode: String,
-    /// The control-plane revision the proxy asks for (`istio.io/rev` label or `REVISION`).
+    /// The control-plane revision the proxy asks for (`REVISION`, else its `istio.io/rev` label).
     pub revision: String,
     /// `ISTIO_VERSION`, when sent.
     pub istio_version: String,
@@ -105,7 +105,11 @@ impl ProxyIdentity {
             .unwrap_or_default();
         let namespace = Some(text("NAMESPACE")).filter(|n| !n.is_empty()).unwrap_or_else(|| id_ns.to_owned());
         let workload = Some(text("WORKLOAD_NAME")).filter(|n| !n.is_empty()).unwrap_or_else(|| id_name.to_owned());
-        let revision = labels.get("istio.io/rev").cloned().unwrap_or_else(|| text("REVISION"));
+        // The revision the proxy was set up for (or moved to) wins over its label.
+        let revision = Some(text("REVISION"))
+            .filter(|r| !r.is_empty())
+            .or_else(|| labels.get("istio.io/rev").cloned())
+            .unwrap_or_default();
         Ok(ProxyIdentity {
             id: node.id.clone(),
             role,

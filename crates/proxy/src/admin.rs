@@ -124,6 +124,8 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             None => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<trace|debug|info|warn|error>\n".into()),
         },
         (_, "/logging") => text(StatusCode::OK, "usage: POST /logging?level=<trace|debug|info|warn|error>\n".into()),
+        (&Method::POST, "/control_plane") => move_to(&shared, &req),
+        (_, "/control_plane") => json(&control_plane(&shared)),
         (&Method::POST, "/quitquitquit") => {
             shared.quit.notify_one();
             text(StatusCode::OK, "OK\n".into())
@@ -220,12 +222,57 @@ fn prometheus(shared: &Shared) -> Response<Body> {
     own.push(Stat::from_envoy("cluster_manager.active_clusters", data.clusters.len() as u64));
     own.push(Stat::from_envoy("listener_manager.total_listeners_active", data.listeners.len() as u64));
     own.extend(tracing_stats(shared).into_iter().map(|(name, value)| Stat::from_envoy(name, value)));
+    // Which revision's control plane this proxy follows, to group its traffic by.
+    let plane = shared.control_plane.load();
+    let revision = if plane.revision.is_empty() { "default".to_owned() } else { plane.revision.clone() };
+    own.push(Stat {
+        name: "weft_control_plane_info".into(),
+        labels: vec![("revision", revision), ("xds_address", plane.xds_address.clone())],
+        value: 1,
+    });
     let mut response = text(StatusCode::OK, shared.metrics.prometheus(own));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
+}
+
+/// The control plane the proxy follows.
+fn control_plane(shared: &Shared) -> serde_json::Value {
+    let plane = shared.control_plane.load();
+    serde_json::json!({
+        "xds_address": plane.xds_address,
+        "ca_address": plane.ca_address,
+        "revision": plane.revision,
+        "connected": shared.stats.xds.connected.load(Ordering::Relaxed) == 1,
+    })
+}
+
+/// `POST /control_plane?xds_address=H:P[&ca_address=H:P][&revision=R]`: follow another
+/// control plane from now on, keeping listeners and connections (a canary upgrade's
+/// move). Unnamed parts stay as they are.
+fn move_to(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let usage = "usage: POST /control_plane?xds_address=<host:port>[&ca_address=<host:port>][&revision=<name>]\n";
+    let Some(xds_address) = query_param(req, "xds_address").filter(|a| !a.is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, usage.into());
+    };
+    let valid =
+        |a: &str| a.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let ca_address = query_param(req, "ca_address");
+    if !valid(&xds_address) || ca_address.as_deref().is_some_and(|a| !valid(a)) {
+        return text(StatusCode::BAD_REQUEST, format!("an address is not host:port\n{usage}"));
+    }
+    let current = shared.control_plane.load_full();
+    let next = crate::ControlPlane {
+        xds_address,
+        ca_address: ca_address.or_else(|| current.ca_address.clone()),
+        revision: query_param(req, "revision").unwrap_or_else(|| current.revision.clone()),
+    };
+    tracing::info!(from = %current.xds_address, to = %next.xds_address, revision = %next.revision, "moving to another control plane");
+    shared.control_plane.store(Arc::new(next));
+    shared.moved.notify_one();
+    json(&control_plane(shared))
 }
 
 /// Spans exported and dropped, as Envoy's OpenTelemetry tracer counts them.

@@ -62,7 +62,7 @@ pub enum IdentityError {
 }
 
 /// Asks the CA for a certificate.
-pub async fn fetch(config: &IdentityConfig) -> Result<Certificate, IdentityError> {
+pub async fn fetch(config: &IdentityConfig, ca_address: &str) -> Result<Certificate, IdentityError> {
     let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| IdentityError::File(p.clone(), e));
     let root = read(&config.root_cert)?;
     let token = read(&config.token_file)?.trim().to_owned();
@@ -70,8 +70,8 @@ pub async fn fetch(config: &IdentityConfig) -> Result<Certificate, IdentityError
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(root))
         .domain_name(CA_SERVER_NAME);
-    let connect = |e: &dyn std::fmt::Display| IdentityError::Connect(config.ca_address.clone(), e.to_string());
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", config.ca_address))
+    let connect = |e: &dyn std::fmt::Display| IdentityError::Connect(ca_address.to_owned(), e.to_string());
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{ca_address}"))
         .map_err(|e| connect(&e))?
         .tls_config(tls)
         .map_err(|e| connect(&e))?
@@ -107,11 +107,12 @@ fn now_secs() -> i64 {
 
 /// Keeps the proxy's certificate current until the process ends: fetches one, then
 /// renews it at half its lifetime; failures are retried with back-off while the current
-/// certificate stays in use.
-pub async fn maintain(secrets: Secrets, config: IdentityConfig) {
+/// certificate stays in use. Each request goes to the CA `ca_address` names then (the
+/// proxy may have moved to another control plane).
+pub async fn maintain(secrets: Secrets, config: IdentityConfig, ca_address: impl Fn() -> String) {
     let mut retry = RETRY_START;
     loop {
-        match fetch(&config).await {
+        match fetch(&config, &ca_address()).await {
             Ok(cert) => {
                 retry = RETRY_START;
                 // Half of the lifetime left from now (certificates are backdated a little

@@ -78,6 +78,36 @@ pub struct Shared {
     /// Set to true when the proxy drains; every open HTTP connection holds a receiver,
     /// and the drain waits until none is left.
     pub drain: tokio::sync::watch::Sender<bool>,
+    /// The control plane the proxy follows; `POST /control_plane` moves it.
+    pub control_plane: ArcSwap<ControlPlane>,
+    /// Wakes the xDS client when the proxy moves to another control plane.
+    pub moved: Notify,
+}
+
+/// The control plane a proxy follows: where its xDS and its CA are, and the revision it
+/// belongs to. A canary upgrade moves a running proxy from one to another: the xDS
+/// stream reconnects to the new one while listeners, connections and in-flight requests
+/// carry on with the configuration they have (the revisions share the root of trust, so
+/// the certificate stays valid; renewals go to the new CA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// `host:port` of ADS.
+    pub xds_address: String,
+    /// `host:port` of the CA, when the proxy has an identity.
+    pub ca_address: Option<String>,
+    /// The revision (or tag) the proxy tells the control plane it belongs to.
+    pub revision: String,
+}
+
+impl ControlPlane {
+    /// The one a proxy starts with.
+    pub fn of(config: &ProxyConfig) -> ControlPlane {
+        ControlPlane {
+            xds_address: config.xds_address.clone(),
+            ca_address: config.identity.as_ref().map(|i| i.ca_address.clone()),
+            revision: config.node.revision.clone(),
+        }
+    }
 }
 
 impl Shared {
@@ -85,6 +115,8 @@ impl Shared {
     pub fn new(config: ProxyConfig) -> Shared {
         let identity = secrets::Secrets::default();
         Shared {
+            control_plane: ArcSwap::from_pointee(ControlPlane::of(&config)),
+            moved: Notify::new(),
             data: ArcSwap::from_pointee(DataPlane::default()),
             store: Mutex::new(Store::new(identity.clone())),
             listeners: Mutex::new(ListenerManager::default()),
@@ -140,7 +172,12 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
         tokio::spawn(admin::serve_readiness(shared.clone(), listener));
     }
     let client = tokio::spawn(xds::run(shared.clone()));
-    let identity = shared.config.identity.clone().map(|c| tokio::spawn(identity::maintain(shared.identity.clone(), c)));
+    let identity = shared.config.identity.clone().map(|c| {
+        let follow = shared.clone();
+        let first = c.ca_address.clone();
+        let ca = move || follow.control_plane.load().ca_address.clone().unwrap_or_else(|| first.clone());
+        tokio::spawn(identity::maintain(shared.identity.clone(), c, ca))
+    });
     tokio::select! {
         () = shutdown => {}
         () = shared.quit.notified() => {}

@@ -171,7 +171,8 @@ pub async fn run_agent(
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path).map_err(|e| AgentError::Bind(path.to_owned(), e))?;
     let secrets = Secrets::default();
-    let renewals = tokio::spawn(crate::identity::maintain(secrets.clone(), identity));
+    let ca = identity.ca_address.clone();
+    let renewals = tokio::spawn(crate::identity::maintain(secrets.clone(), identity, move || ca.clone()));
     tracing::info!(socket = %path.display(), "serving the workload's secrets over SDS");
     let result = tonic::transport::Server::builder()
         .add_service(SecretDiscoveryServiceServer::new(SdsService { secrets }))

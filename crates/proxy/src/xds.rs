@@ -51,12 +51,23 @@ pub enum XdsError {
     Closed,
 }
 
-/// Runs the client until the process ends.
+/// Runs the client until the process ends. When the proxy moves to another control plane
+/// the stream is closed and opened at once to the new one; the configuration in use
+/// stays until the new control plane's replaces it.
 pub async fn run(shared: Arc<Shared>) {
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();
-        let result = session(&shared).await;
+        let result = tokio::select! {
+            result = session(&shared) => result,
+            () = shared.moved.notified() => {
+                shared.stats.xds.connected.store(0, Ordering::Relaxed);
+                let to = shared.control_plane.load();
+                tracing::info!(control_plane = %to.xds_address, revision = %to.revision, "moving to another control plane");
+                backoff = BACKOFF_START;
+                continue;
+            }
+        };
         shared.stats.xds.connected.store(0, Ordering::Relaxed);
         if started.elapsed() > HEALTHY_STREAM {
             backoff = BACKOFF_START;
@@ -72,7 +83,8 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 async fn session(shared: &Arc<Shared>) -> Result<(), XdsError> {
-    let address = &shared.config.xds_address;
+    let target = shared.control_plane.load_full();
+    let address = &target.xds_address;
     let scheme = if shared.config.xds_mtls { "https" } else { "http" };
     let uri = if address.contains("://") { address.clone() } else { format!("{scheme}://{address}") };
     let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
@@ -105,6 +117,16 @@ async fn session(shared: &Arc<Shared>) -> Result<(), XdsError> {
         XdsProtocol::Delta => delta(shared, client).await,
         XdsProtocol::StateOfTheWorld => sotw(shared, client).await,
     }
+}
+
+/// The node as Istio's proxies describe themselves, with the revision of the control
+/// plane it follows now.
+fn current_node(shared: &Shared) -> Node {
+    let revision = &shared.control_plane.load().revision;
+    if *revision == shared.config.node.revision {
+        return node(&shared.config.node);
+    }
+    node(&NodeInfo { revision: revision.clone(), ..shared.config.node.clone() })
 }
 
 /// The node as Istio's proxies describe themselves.
@@ -198,7 +220,7 @@ async fn delta(
     mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
 ) -> Result<(), XdsError> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
-    let mut node = Some(node(&shared.config.node));
+    let mut node = Some(current_node(shared));
     let mut subscribed: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
     // On a reconnect the proxy says what it already has, so nothing is resent needlessly.
     let known = |type_url: &str| -> HashMap<String, String> {
@@ -296,7 +318,7 @@ async fn sotw(
     mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
 ) -> Result<(), XdsError> {
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
-    let mut node = Some(node(&shared.config.node));
+    let mut node = Some(current_node(shared));
     let mut subscribed: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
     let mut nonces: HashMap<&'static str, String> = HashMap::new();
     let version_of =

@@ -747,7 +747,7 @@ impl Collector for EnvoyCounters {
         }
         for (name, series) in by_name {
             // Envoy's gauges: what is open, active or connected now.
-            let gauge = name.ends_with("_active") || name.ends_with("connected_state");
+            let gauge = name.ends_with("_active") || name.ends_with("connected_state") || name.ends_with("_info");
             let (name, kind) = if gauge {
                 (name, MetricType::Gauge)
             } else {

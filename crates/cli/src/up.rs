@@ -60,9 +60,10 @@ pub struct UpArgs {
     /// Istio's capture rules, its application unchanged (needs root).
     #[arg(long, value_enum, default_value = "none")]
     capture: Capture,
-    /// Where `weft up` serves its API (`weft upgrade` calls it).
-    #[arg(long, default_value = crate::upgrade::DEFAULT_API)]
-    api_address: SocketAddr,
+    /// Where `weft up` serves its API, which `weft upgrade` calls (default: port 15080
+    /// of --control-plane-ip).
+    #[arg(long)]
+    api_address: Option<SocketAddr>,
 }
 
 /// `--capture`.
@@ -215,7 +216,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         gateways,
         topology.as_ref(),
         &parsed.resources,
-        args.api_address,
+        args.api_address.unwrap_or(SocketAddr::new(args.control_plane_ip, 15080)),
     ));
     // Stopped processes first, then their namespaces.
     drop(runtime);

@@ -1,7 +1,7 @@
 //! `weft up` with revisions: a workload labelled `istio.io/rev: prod-stable` belongs to
 //! the revision the tag points to; `weft up` runs one control plane per revision (sharing
 //! the CA), and re-pointing the tag with `weft tag set` moves the workload: its sidecar
-//! restarts against the new revision's control plane, and traffic goes on. A namespace's
+//! follows the new revision's control plane without restarting, and traffic goes on. A namespace's
 //! `istio.io/rev` label gives its workloads that revision, as Istio's injection does.
 
 mod common;
@@ -142,10 +142,18 @@ fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
 
     // Re-point the tag: echo's sidecar moves to 1-24-0, which weft up starts.
     tag("1-24-0");
-    wait("the move", &output, || output().contains("sidecar echo-v1 moves from revision 1-23-0 to 1-24-0"));
-    assert!(output().contains("revision 1-24-0: xDS 127.0.3.1:15310"), "{}", output());
+    wait("the move", &output, || output().contains("echo-v1 moves from revision 1-23-0 to 1-24-0"));
+    wait("revision 1-24-0", &output, || output().contains("revision 1-24-0: xDS 127.0.3.1:15310"));
     wait("the new revision to serve echo", &output, || served_by("127.0.3.1:15314") == [echo]);
     assert!(served_by("127.0.3.1:15114").is_empty());
+    // The same sidecar process, told to follow 1-24-0's control plane; it still names
+    // the tag, so that the next move of the tag moves it again.
+    let out = Command::new("curl").args(["-s", "--max-time", "5", "http://127.0.20.1:15000/control_plane"]).output();
+    let plane: serde_json::Value =
+        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    assert_eq!(plane["xds_address"], "127.0.3.1:15310", "{plane}");
+    assert_eq!(plane["revision"], "prod-stable", "{plane}");
+    assert!(!output().contains("exited"), "{}", output());
     // Mutual TLS still works across revisions: the CA is shared.
     wait("traffic through the moved sidecar", &output, || call() == "200");
 

@@ -161,7 +161,8 @@ pub trait Fleet {
     async fn move_proxy(&self, proxy: &str, revision: &str) -> anyhow::Result<()>;
     /// What the named proxies have counted so far.
     async fn counts(&self, proxies: &[String]) -> Counts;
-    /// Points the revision tags the named proxies use at `revision`; returns what changed.
+    /// Points the revision tags the named proxies use at `revision`; returns what it did
+    /// (`tag prod-stable → revision 1-25-0`), and what it could not.
     fn point_tags(&self, proxies: &[String], revision: &str) -> anyhow::Result<Vec<String>>;
     /// Stops a revision's control plane.
     async fn retire(&self, revision: &str);
@@ -285,8 +286,8 @@ pub async fn canary(fleet: &impl Fleet, plan: &Plan, status: &RefCell<Status>) {
     let moved: Vec<String> = status.borrow().moved_from.iter().map(|(p, _)| p.clone()).collect();
     match fleet.point_tags(&moved, to) {
         Ok(changed) => {
-            for tag in changed {
-                event(status, format!("tag {tag} → revision {to}"));
+            for change in changed {
+                event(status, change);
             }
         }
         Err(e) => event(status, format!("the revision tags could not be re-pointed: {e:#}")),
@@ -435,7 +436,7 @@ mod tests {
             total
         }
         fn point_tags(&self, _: &[String], revision: &str) -> anyhow::Result<Vec<String>> {
-            Ok(vec![format!("default→{revision}")])
+            Ok(vec![format!("tag default → revision {revision}")])
         }
         async fn retire(&self, revision: &str) {
             self.running.borrow_mut().retain(|r| r != revision);
@@ -465,7 +466,7 @@ mod tests {
         let batches: Vec<&String> = s.events.iter().filter(|e| e.contains(": moving")).collect();
         assert_eq!(batches.len(), 3, "{batches:?}");
         assert!(batches[0].starts_with("batch 1/3: moving p0, p1 to"), "{batches:?}");
-        assert!(s.events.iter().any(|e| e == "tag default→2-0-0 → revision 2-0-0"), "{:?}", s.events);
+        assert!(s.events.iter().any(|e| e == "tag default → revision 2-0-0"), "{:?}", s.events);
         assert_eq!(s.rollback_target().as_deref(), Some("1-0-0"));
     }
 

@@ -149,8 +149,7 @@ fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
     // The same sidecar process, told to follow 1-24-0's control plane; it still names
     // the tag, so that the next move of the tag moves it again.
     let out = Command::new("curl").args(["-s", "--max-time", "5", "http://127.0.20.1:15000/control_plane"]).output();
-    let plane: serde_json::Value =
-        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    let plane: serde_json::Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
     assert_eq!(plane["xds_address"], "127.0.3.1:15310", "{plane}");
     assert_eq!(plane["revision"], "prod-stable", "{plane}");
     assert!(!output().contains("exited"), "{}", output());

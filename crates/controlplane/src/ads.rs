@@ -278,6 +278,17 @@ struct Stream_ {
     nonce: u64,
 }
 
+/// Who answers, as Istio's control plane says it in every response
+/// (`control_plane.identifier`): a proxy reads the revision it is served by from it.
+fn identifier(revision: Option<&str>) -> envoy_types::pb::envoy::config::core::v3::ControlPlane {
+    let identifier = serde_json::json!({
+        "Component": "weft",
+        "ID": "weft-control-plane",
+        "Info": {"version": env!("CARGO_PKG_VERSION"), "revision": revision.unwrap_or("default")},
+    });
+    envoy_types::pb::envoy::config::core::v3::ControlPlane { identifier: identifier.to_string() }
+}
+
 impl Stream_ {
     fn new(ads: &Ads, protocol: &'static str) -> Self {
         Stream_ {
@@ -553,6 +564,7 @@ impl Stream_ {
             resources: chosen,
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
+            control_plane: Some(identifier(self.revision.as_deref())),
             ..Default::default()
         };
         self.record_sent(type_url, &version, nonce, count, snapshot.version);
@@ -724,6 +736,7 @@ impl Stream_ {
             type_url: type_url.to_owned(),
             removed_resources: removed,
             nonce: nonce.clone(),
+            control_plane: Some(identifier(self.revision.as_deref())),
             ..Default::default()
         };
         self.record_sent(type_url, &version, nonce, count, snapshot.version);

@@ -222,12 +222,17 @@ fn prometheus(shared: &Shared) -> Response<Body> {
     own.push(Stat::from_envoy("cluster_manager.active_clusters", data.clusters.len() as u64));
     own.push(Stat::from_envoy("listener_manager.total_listeners_active", data.listeners.len() as u64));
     own.extend(tracing_stats(shared).into_iter().map(|(name, value)| Stat::from_envoy(name, value)));
-    // Which revision's control plane this proxy follows, to group its traffic by.
+    // Which revision's control plane serves this proxy, to group its traffic by.
     let plane = shared.control_plane.load();
-    let revision = if plane.revision.is_empty() { "default".to_owned() } else { plane.revision.clone() };
+    let requested = if plane.revision.is_empty() { "default".to_owned() } else { plane.revision.clone() };
+    let served = shared.served_revision.lock().map(|s| s.clone()).unwrap_or_default();
     own.push(Stat {
         name: "weft_control_plane_info".into(),
-        labels: vec![("revision", revision), ("xds_address", plane.xds_address.clone())],
+        labels: vec![
+            ("revision", if served.is_empty() { "unknown".to_owned() } else { served }),
+            ("requested_revision", requested),
+            ("xds_address", plane.xds_address.clone()),
+        ],
         value: 1,
     });
     let mut response = text(StatusCode::OK, shared.metrics.prometheus(own));
@@ -245,6 +250,7 @@ fn control_plane(shared: &Shared) -> serde_json::Value {
         "xds_address": plane.xds_address,
         "ca_address": plane.ca_address,
         "revision": plane.revision,
+        "served_revision": shared.served_revision.lock().map(|s| s.clone()).unwrap_or_default(),
         "connected": shared.stats.xds.connected.load(Ordering::Relaxed) == 1,
     })
 }

@@ -82,6 +82,9 @@ pub struct Shared {
     pub control_plane: ArcSwap<ControlPlane>,
     /// Wakes the xDS client when the proxy moves to another control plane.
     pub moved: Notify,
+    /// The revision the connected control plane says it is (its responses'
+    /// `control_plane.identifier`); empty until it says.
+    pub served_revision: Mutex<String>,
 }
 
 /// The control plane a proxy follows: where its xDS and its CA are, and the revision it
@@ -117,6 +120,7 @@ impl Shared {
         Shared {
             control_plane: ArcSwap::from_pointee(ControlPlane::of(&config)),
             moved: Notify::new(),
+            served_revision: Mutex::new(String::new()),
             data: ArcSwap::from_pointee(DataPlane::default()),
             store: Mutex::new(Store::new(identity.clone())),
             listeners: Mutex::new(ListenerManager::default()),

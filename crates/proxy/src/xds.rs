@@ -62,6 +62,9 @@ pub async fn run(shared: Arc<Shared>) {
             result = session(&shared) => result,
             () = shared.moved.notified() => {
                 shared.stats.xds.connected.store(0, Ordering::Relaxed);
+                if let Ok(mut served) = shared.served_revision.lock() {
+                    served.clear();
+                }
                 let to = shared.control_plane.load();
                 tracing::info!(control_plane = %to.xds_address, revision = %to.revision, "moving to another control plane");
                 backoff = BACKOFF_START;
@@ -211,6 +214,19 @@ fn apply(
     }
 }
 
+/// Keeps the revision the control plane says it is (Istio's identifier:
+/// `{"Component":..., "ID":..., "Info":{"revision":...}}`).
+fn note_control_plane(shared: &Shared, plane: Option<&envoy_types::pb::envoy::config::core::v3::ControlPlane>) {
+    let Some(plane) = plane else { return };
+    let said: serde_json::Value = serde_json::from_str(&plane.identifier).unwrap_or_default();
+    let Some(revision) = said["Info"]["revision"].as_str() else { return };
+    if let Ok(mut served) = shared.served_revision.lock()
+        && *served != revision
+    {
+        revision.clone_into(&mut served);
+    }
+}
+
 fn nack_status(e: &ConfigError) -> Status {
     Status { code: INVALID_ARGUMENT, message: e.to_string(), details: Vec::new() }
 }
@@ -256,8 +272,16 @@ async fn delta(
     }
     let mut responses = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
     while let Some(response) = responses.message().await? {
-        let DeltaDiscoveryResponse { type_url, resources, removed_resources, nonce, system_version_info, .. } =
-            response;
+        let DeltaDiscoveryResponse {
+            type_url,
+            resources,
+            removed_resources,
+            nonce,
+            system_version_info,
+            control_plane,
+            ..
+        } = response;
+        note_control_plane(shared, control_plane.as_ref());
         let result = match known_type(&type_url) {
             None => Err(ConfigError::new(format!("type {type_url} is not supported"))),
             Some(t) => {
@@ -349,7 +373,8 @@ async fn sotw(
     }
     let mut responses = client.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
     while let Some(response) = responses.message().await? {
-        let DiscoveryResponse { type_url, resources, version_info, nonce, .. } = response;
+        let DiscoveryResponse { type_url, resources, version_info, nonce, control_plane, .. } = response;
+        note_control_plane(shared, control_plane.as_ref());
         let known = known_type(&type_url);
         let result = match known {
             None => Err(ConfigError::new(format!("type {type_url} is not supported"))),

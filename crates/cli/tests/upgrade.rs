@@ -1,0 +1,341 @@
+//! Canary upgrades of `weft up`'s mesh, under steady traffic (hey, hundreds of requests
+//! per second through three services, mutual TLS required, an authorization policy on
+//! each hop):
+//!
+//! - `weft upgrade` moves every proxy from revision 1-0-0 to 2-0-0 in batches, then a
+//!   tag flip moves them back: not one request fails, a request in flight and a
+//!   kept-alive connection survive the move, and at each step every proxy's metrics show
+//!   its traffic on the expected revision.
+//! - From a control plane configured by `weft migrate smcp` (an OpenShift Service Mesh 2
+//!   ServiceMeshControlPlane): an upgrade and `weft upgrade --rollback`, without a failed
+//!   request; then an upgrade whose first batch sees errors begin is rolled back.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Three services: loadgen (no application: hey calls its sidecar's egress) calls
+/// frontend, which calls backend; every proxy labelled with the `prod-stable` tag.
+fn mesh(namespace: &str, trust_domain: &str, base: &str, rev_label: bool) -> String {
+    // Their sidecars accept mutual TLS (what injection labels a pod with).
+    let rev = if rev_label {
+        ", security.istio.io/tlsMode: istio, istio.io/rev: prod-stable"
+    } else {
+        ", security.istio.io/tlsMode: istio"
+    };
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: frontend, namespace: {namespace}}}
+spec:
+  hosts: [frontend.{namespace}.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: frontend}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend, namespace: {namespace}}}
+spec:
+  hosts: [backend.{namespace}.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: backend}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: frontend-v1
+  namespace: {namespace}
+  annotations: {{weft.io/command: "weft demo-app --listen 127.0.0.1:{base}1 --name frontend --call backend=http://{ip}.12:9080"}}
+spec:
+  address: {ip}.1
+  serviceAccount: frontend
+  labels: {{app: frontend{rev}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: backend-v1
+  namespace: {namespace}
+  annotations: {{weft.io/command: "weft demo-app --listen 127.0.0.1:{base}2 --name backend"}}
+spec:
+  address: {ip}.2
+  serviceAccount: backend
+  labels: {{app: backend{rev}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: loadgen-v1, namespace: {namespace}}}
+spec:
+  address: {ip}.3
+  serviceAccount: loadgen
+  labels: {{app: loadgen{rev}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: frontend, namespace: {namespace}}}
+spec:
+  workloadSelector: {{labels: {{app: frontend}}}}
+  ingress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:{base}1
+  egress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    bind: {ip}.12
+    hosts: ["./*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: backend, namespace: {namespace}}}
+spec:
+  workloadSelector: {{labels: {{app: backend}}}}
+  ingress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:{base}2
+  egress: [{{hosts: ["./*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: loadgen, namespace: {namespace}}}
+spec:
+  workloadSelector: {{labels: {{app: loadgen}}}}
+  egress:
+  - port: {{number: 9080, protocol: HTTP, name: http}}
+    bind: {ip}.13
+    hosts: ["./*"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: frontend, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{app: frontend}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["{trust_domain}/ns/{namespace}/sa/loadgen"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: backend, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["{trust_domain}/ns/{namespace}/sa/frontend"]}}}}]
+"#,
+        ip = base_ip(base),
+    )
+}
+
+/// `127.0.24` for ports `193..`, `127.0.25` for `194..`: each test its own addresses.
+fn base_ip(base: &str) -> &'static str {
+    if base == "1930" { "127.0.24" } else { "127.0.25" }
+}
+
+const STRICT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+"#;
+
+fn wait(what: &str, output: &dyn Fn() -> String, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < common::mesh::STARTUP, "timed out waiting for {what}:\n{}", output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(["-s", "--max-time", "30"]).args(args).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+/// What a proxy's metrics say: the revision of the control plane serving it, and the
+/// requests it has counted (`istio_requests_total`, every series).
+fn scrape(stats: &str) -> (String, f64) {
+    let text = curl(&[&format!("http://{stats}/stats/prometheus")]);
+    let mut revision = String::new();
+    let mut requests = 0.0;
+    for line in text.lines() {
+        if let Some(labels) = line.strip_prefix("weft_control_plane_info{") {
+            let start = labels.find("revision=\"").map(|i| i + "revision=\"".len()).unwrap_or(0);
+            revision = labels[start..].split('"').next().unwrap_or_default().to_owned();
+        }
+        if line.starts_with("istio_requests_total{") {
+            requests += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        }
+    }
+    (revision, requests)
+}
+
+/// Every proxy is served by `revision`'s control plane and counts new requests there.
+fn traffic_on(revision: &str, proxies: &[String], output: &dyn Fn() -> String) {
+    wait(&format!("every proxy on revision {revision}"), output, || {
+        proxies.iter().all(|p| scrape(p).0 == revision)
+    });
+    let before: Vec<f64> = proxies.iter().map(|p| scrape(p).1).collect();
+    wait(&format!("traffic through every proxy on revision {revision}"), output, || {
+        proxies.iter().zip(&before).all(|(p, b)| {
+            let (r, n) = scrape(p);
+            assert_eq!(r, revision, "{p} left revision {revision}:\n{}", output());
+            n > *b
+        })
+    });
+}
+
+struct Up {
+    child: Child,
+    out: std::path::PathBuf,
+    api: String,
+    _stop: common::StopOnDrop,
+}
+
+impl Up {
+    fn start(dir: &Path, config: &Path, ip: &str) -> Up {
+        let state = dir.join("state").to_string_lossy().into_owned();
+        let out_path = dir.join("up.out");
+        let out = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["up", "-f", &config.to_string_lossy(), "--state-dir", &state, "--control-plane-ip", ip])
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stop = common::StopOnDrop(child.id());
+        let up = Up { child, out: out_path, api: format!("{ip}:15080"), _stop: stop };
+        wait("weft up", &|| up.output(), || up.output().contains("Ctrl-C stops the mesh"));
+        assert!(!up.output().contains('✘'), "{}", up.output());
+        up
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn upgrade(&self, args: &[&str]) -> Output {
+        let out = common::run(&[&["upgrade", "--api", &self.api], args].concat());
+        println!("weft upgrade {args:?}:\n{}{}", common::stdout(&out), common::stderr(&out));
+        out
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "weft up did not stop:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(self.output().contains("✔ stopped"), "{}", self.output());
+    }
+}
+
+/// hey at `rate` requests per second in all, through the loadgen sidecar to frontend.
+fn hey(url: &str, seconds: u32, rate: u32) -> Child {
+    let workers = 6;
+    Command::new("hey")
+        .args(["-z", &format!("{seconds}s"), "-c", &workers.to_string(), "-q", &(rate / workers).to_string()])
+        .args(["-host", "frontend", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("hey: {e} (scripts/test installs it)"))
+}
+
+/// hey's summary: every request answered 200, none failed.
+fn no_failed_request(hey: Child) -> u64 {
+    let out = hey.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let codes = text.split("Status code distribution:").nth(1).unwrap_or_default();
+    let counts: Vec<(&str, u64)> = codes
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let code = l.strip_prefix('[')?.split(']').next()?;
+            let n = l.split(']').nth(1)?.split_whitespace().next()?.parse().ok()?;
+            Some((code, n))
+        })
+        .collect();
+    assert!(!text.contains("Error distribution"), "requests failed:\n{text}");
+    assert!(counts.len() == 1 && counts[0].0 == "200" && counts[0].1 > 0, "not every answer was 200:\n{text}");
+    counts[0].1
+}
+
+#[test]
+fn a_canary_upgrade_and_a_tag_flip_under_traffic_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(config.join("mesh.yaml"), mesh("default", "cluster.local", "1930", true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(config.join("strict.yaml"), STRICT).unwrap_or_else(|e| panic!("{e}"));
+    let config_dir = config.to_string_lossy().into_owned();
+    let tag = |revision: &str| {
+        let out = common::run(&["tag", "set", "prod-stable", "--revision", revision, "-f", &config_dir]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    };
+    tag("1-0-0");
+    let up = Up::start(dir.path(), &config, "127.0.4.1");
+    let output = || up.output();
+    assert!(output().contains("revision 1-0-0: xDS 127.0.4.1:15110"), "{}", output());
+    let url = "http://127.0.24.13:9080/";
+    wait("loadgen → frontend → backend", &output, || {
+        curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: frontend", url]) == "200"
+    });
+    let proxies: Vec<String> = (1..=3).map(|i| format!("127.0.24.{i}:15020")).collect();
+
+    let load = hey(url, 45, 300);
+    traffic_on("1-0-0", &proxies, &output);
+
+    // The canary upgrade: two batches, each checked before the next.
+    let out = up.upgrade(&["--to", "2-0-0", "--batch-size", "2", "--pause", "3s", "--grace", "2s"]);
+    assert!(out.status.success(), "{}", output());
+    let said = common::stdout(&out);
+    for step in [
+        "starting the control plane of revision 2-0-0",
+        "error rate before the upgrade: 0.00%",
+        "batch 1/2: moving",
+        "batch 1/2 healthy (error rate 0.00%)",
+        "batch 2/2 healthy (error rate 0.00%)",
+        "tag prod-stable → revision 2-0-0",
+        "every proxy follows revision 2-0-0; revision 1-0-0 stops in 2s once nothing follows it",
+    ] {
+        assert!(said.contains(step), "{step:?} missing:\n{said}");
+    }
+    traffic_on("2-0-0", &proxies, &output);
+    assert!(std::fs::read_to_string(config.join("tag-prod-stable.yaml")).is_ok_and(|t| t.contains("name: 2-0-0")));
+    wait("1-0-0 to retire", &output, || output().contains("nothing follows revision 1-0-0"));
+    assert_eq!(curl(&["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.4.1:15114/ready"]), "000");
+
+    // A tag flip moves everyone back (1-0-0 starts again), while a request is in flight
+    // and its connection is kept alive for the next one.
+    let in_flight = Command::new("curl")
+        .args(["-s", "--max-time", "60", "-o", "/dev/null", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}:%{num_connects} ", "-H", "Host: frontend"])
+        .args([&format!("{url}delay/10000"), url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    tag("1-0-0");
+    for p in ["frontend-v1", "backend-v1", "loadgen-v1"] {
+        wait("the tag flip", &output, || output().contains(&format!("{p} moves from revision 2-0-0 to 1-0-0")));
+    }
+    let moved = output();
+    let answers = in_flight.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    // Both answered, over one connection: the sidecars moved while the request waited.
+    assert_eq!(String::from_utf8_lossy(&answers.stdout), "200:1 200:0 ", "{moved}");
+    assert!(!moved.contains("exited"), "{moved}");
+    traffic_on("1-0-0", &proxies, &output);
+
+    let answered = no_failed_request(load);
+    println!("{answered} requests, all answered 200");
+    up.stop();
+}

@@ -380,7 +380,20 @@ fn migrate(docs: &[Doc], args: &SmcpArgs) -> anyhow::Result<Migration> {
         mesh.insert("enableAutoMtls".into(), auto.clone());
     }
     let mut tls = Map::new();
-    set(&mut tls, "minProtocolVersion", "security.controlPlane.tls.minProtocolVersion");
+    // Envoy's names (TLSv1_2) become MeshConfig's (TLSV1_2); MeshConfig has no TLS 1.0 or 1.1.
+    let min_tls = "security.controlPlane.tls.minProtocolVersion";
+    match spec(min_tls).and_then(Value::as_str) {
+        Some(v @ ("TLSv1_2" | "TLSv1_3" | "TLS_AUTO")) => {
+            tls.insert("minProtocolVersion".into(), v.replace("TLSv", "TLSV").into());
+        }
+        Some(v) => m.dropped.push(Finding {
+            field: format!("spec.{min_tls}"),
+            at: smcp.at(&format!("spec.{min_tls}")),
+            problem: format!("{v}: the mesh's minimum TLS version is 1.2 or later"),
+            fix: String::new(),
+        }),
+        None => {}
+    }
     set(&mut tls, "cipherSuites", "security.controlPlane.tls.cipherSuites");
     set(&mut tls, "ecdhCurves", "security.controlPlane.tls.ecdhCurves");
     if !tls.is_empty() {

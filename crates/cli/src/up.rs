@@ -641,6 +641,8 @@ async fn up(
                     std::mem::replace(&mut seen, now) != seen
                 };
                 if changed && let Ok(now) = weft_config::load(&config_paths) {
+                    // A running upgrade moves the proxies itself (and points the tags last).
+                    let upgrading = status.borrow().state == "running";
                     let moves: Vec<(String, String, String)> = {
                         let mut sup = mesh.0.borrow_mut();
                         sup.proxies
@@ -651,7 +653,8 @@ async fn up(
                                     return None;
                                 }
                                 p.assigned.clone_from(&resolved);
-                                (resolved != p.revision).then(|| (p.name.clone(), p.revision.clone(), resolved))
+                                (resolved != p.revision && !upgrading)
+                                    .then(|| (p.name.clone(), p.revision.clone(), resolved))
                             })
                             .collect()
                     };
@@ -781,11 +784,11 @@ impl crate::upgrade::Fleet for Mesh {
         self.0.borrow().proxies.iter().map(|p| (p.name.clone(), p.revision.clone())).collect()
     }
 
-    async fn ensure_revision(&self, revision: &str) -> anyhow::Result<()> {
+    async fn ensure_revision(&self, revision: &str) -> anyhow::Result<bool> {
         let (ready, label, log) = {
             let mut sup = self.0.borrow_mut();
             if sup.planes.iter().any(|p| p.revision == revision) {
-                return Ok(());
+                return Ok(false);
             }
             let index = (0..).find(|i| !sup.planes.iter().any(|p| p.index == *i)).unwrap_or(0);
             let mut plane = Plane::at(sup.ip, index, revision);
@@ -799,9 +802,22 @@ impl crate::upgrade::Fleet for Mesh {
             sup.planes.push(plane);
             (ready, label, log)
         };
-        if !wait_ready(&ready).await {
-            self.retire(revision).await;
-            anyhow::bail!("{label} did not become ready; see {}", log.display());
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        while http_status(&ready).await != 200 {
+            let exited = {
+                let mut sup = self.0.borrow_mut();
+                let process = sup.planes.iter().find(|p| p.revision == revision).map(|p| p.process);
+                process.and_then(|p| sup.processes[p].child.as_mut()).and_then(|c| c.try_wait().ok().flatten())
+            };
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                self.retire(revision).await;
+                // Its last words say why (an invalid meshConfig, a port in use ...).
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let last: Vec<&str> = said.lines().rev().take(3).collect();
+                let why = last.into_iter().rev().collect::<Vec<_>>().join("\n  ");
+                anyhow::bail!("{label} did not become ready (see {}):\n  {why}", log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let sup = self.0.borrow();
         if let Some(plane) = sup.planes.iter().find(|p| p.revision == revision) {
@@ -813,11 +829,13 @@ impl crate::upgrade::Fleet for Mesh {
                 plane.debug
             );
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn move_proxy(&self, name: &str, revision: &str) -> anyhow::Result<()> {
         self.ensure_revision(revision).await?;
+        let config = self.0.borrow().config.clone();
+        let resources = weft_config::load(&[config])?.resources;
         let (admin, query, id, debug, restart) = {
             let mut sup = self.0.borrow_mut();
             let sup = &mut *sup;
@@ -830,7 +848,7 @@ impl crate::upgrade::Fleet for Mesh {
                 sup.proxies.iter_mut().find(|p| p.name == name).ok_or_else(|| anyhow::anyhow!("no proxy {name}"))?;
             // It tells its label when the configuration gives it this revision (so that it
             // follows later tag moves), else the revision itself.
-            let told = if proxy.assigned == revision {
+            let told = if resolve_revision(&resources, proxy.rev_label.as_deref()) == revision {
                 proxy.rev_label.clone().unwrap_or_default()
             } else {
                 revision.to_owned()
@@ -946,7 +964,7 @@ impl crate::upgrade::Fleet for Mesh {
         if let Some(child) = child {
             stop_child(child).await;
         }
-        println!("✔ {:<20} stopped: nothing follows revision {revision}", format!("control plane {revision}"));
+        println!("✔ control plane {revision} stopped");
     }
 }
 

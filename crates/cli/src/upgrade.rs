@@ -154,8 +154,9 @@ impl Counts {
 pub trait Fleet {
     /// Every proxy, with the revision whose control plane it follows now.
     fn proxies(&self) -> Vec<(String, String)>;
-    /// Starts `revision`'s control plane unless it runs; returns once it is ready.
-    async fn ensure_revision(&self, revision: &str) -> anyhow::Result<()>;
+    /// Starts `revision`'s control plane unless it runs; returns once it is ready, and
+    /// whether it started it.
+    async fn ensure_revision(&self, revision: &str) -> anyhow::Result<bool>;
     /// Moves a proxy to `revision`'s control plane; returns once the proxy is connected
     /// to it and has taken its configuration.
     async fn move_proxy(&self, proxy: &str, revision: &str) -> anyhow::Result<()>;
@@ -219,11 +220,14 @@ fn event(status: &RefCell<Status>, text: String) {
 /// Runs an upgrade to its end (see the module's documentation).
 pub async fn canary(fleet: &impl Fleet, plan: &Plan, status: &RefCell<Status>) {
     let to = plan.to.as_str();
-    event(status, format!("starting the control plane of revision {to}"));
-    if let Err(e) = fleet.ensure_revision(to).await {
-        event(status, format!("revision {to} did not become ready: {e:#}; nothing moved"));
-        status.borrow_mut().state = "failed";
-        return;
+    match fleet.ensure_revision(to).await {
+        Ok(true) => event(status, format!("the control plane of revision {to} started, and is ready")),
+        Ok(false) => event(status, format!("the control plane of revision {to} runs already")),
+        Err(e) => {
+            event(status, format!("revision {to} did not become ready: {e:#}; nothing moved"));
+            status.borrow_mut().state = "failed";
+            return;
+        }
     }
     let proxies = fleet.proxies();
     let pending: Vec<(String, String)> = proxies.iter().filter(|(_, r)| r != to).cloned().collect();
@@ -408,9 +412,12 @@ mod tests {
         fn proxies(&self) -> Vec<(String, String)> {
             self.proxies.borrow().clone()
         }
-        async fn ensure_revision(&self, revision: &str) -> anyhow::Result<()> {
-            self.running.borrow_mut().push(revision.to_owned());
-            Ok(())
+        async fn ensure_revision(&self, revision: &str) -> anyhow::Result<bool> {
+            let started = !self.running.borrow().iter().any(|r| r == revision);
+            if started {
+                self.running.borrow_mut().push(revision.to_owned());
+            }
+            Ok(started)
         }
         async fn move_proxy(&self, proxy: &str, revision: &str) -> anyhow::Result<()> {
             self.log.borrow_mut().push(format!("{proxy}→{revision}"));

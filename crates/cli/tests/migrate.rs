@@ -42,7 +42,8 @@ fn a_ready_control_plane_becomes_an_istio_resource() {
     assert_eq!(mesh["trustDomain"], "prod.example.com");
     assert_eq!(mesh["trustDomainAliases"][0], "cluster.local");
     assert_eq!(mesh["enableAutoMtls"], true);
-    assert_eq!(mesh["tlsDefaults"]["minProtocolVersion"], "TLSv1_3");
+    // In MeshConfig's spelling, which a control plane reads.
+    assert_eq!(mesh["tlsDefaults"]["minProtocolVersion"], "TLSV1_3");
     assert_eq!(mesh["outboundTrafficPolicy"]["mode"], "REGISTRY_ONLY");
     assert_eq!(
         (mesh["accessLogFile"].as_str(), mesh["accessLogEncoding"].as_str()),

@@ -178,9 +178,7 @@ fn scrape(stats: &str) -> (String, f64) {
 
 /// Every proxy is served by `revision`'s control plane and counts new requests there.
 fn traffic_on(revision: &str, proxies: &[String], output: &dyn Fn() -> String) {
-    wait(&format!("every proxy on revision {revision}"), output, || {
-        proxies.iter().all(|p| scrape(p).0 == revision)
-    });
+    wait(&format!("every proxy on revision {revision}"), output, || proxies.iter().all(|p| scrape(p).0 == revision));
     let before: Vec<f64> = proxies.iter().map(|p| scrape(p).1).collect();
     wait(&format!("traffic through every proxy on revision {revision}"), output, || {
         proxies.iter().zip(&before).all(|(p, b)| {
@@ -299,7 +297,7 @@ fn a_canary_upgrade_and_a_tag_flip_under_traffic_fail_no_request() {
     assert!(out.status.success(), "{}", output());
     let said = common::stdout(&out);
     for step in [
-        "starting the control plane of revision 2-0-0",
+        "the control plane of revision 2-0-0 started, and is ready",
         "error rate before the upgrade: 0.00%",
         "batch 1/2: moving",
         "batch 1/2 healthy (error rate 0.00%)",
@@ -311,7 +309,7 @@ fn a_canary_upgrade_and_a_tag_flip_under_traffic_fail_no_request() {
     }
     traffic_on("2-0-0", &proxies, &output);
     assert!(std::fs::read_to_string(config.join("tag-prod-stable.yaml")).is_ok_and(|t| t.contains("name: 2-0-0")));
-    wait("1-0-0 to retire", &output, || output().contains("nothing follows revision 1-0-0"));
+    wait("1-0-0 to retire", &output, || output().contains("control plane 1-0-0 stopped"));
     assert_eq!(curl(&["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.4.1:15114/ready"]), "000");
 
     // A tag flip moves everyone back (1-0-0 starts again), while a request is in flight
@@ -337,5 +335,75 @@ fn a_canary_upgrade_and_a_tag_flip_under_traffic_fail_no_request() {
 
     let answered = no_failed_request(load);
     println!("{answered} requests, all answered 200");
+    up.stop();
+}
+
+#[test]
+fn an_upgrade_of_a_mesh_migrated_from_openshift_service_mesh_2_rolls_back_on_errors() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
+    // The Istio resource (trust domain prod.example.com, discovery selectors from the
+    // member roll, ...) and the STRICT PeerAuthentication, from a 2.6 control plane.
+    let smcp = common::workspace_root().join("crates/cli/tests/migrate/ready.yaml");
+    let migrated = config.join("istio.yaml");
+    let out = common::run(&["migrate", "smcp", &smcp.to_string_lossy(), "-o", &migrated.to_string_lossy()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // The member namespace and the control plane's, labelled as the migration says.
+    let namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: bookinfo, labels: {istio-discovery: default}}\n---\n\
+        apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system, labels: {istio-discovery: default}}\n";
+    std::fs::write(config.join("namespaces.yaml"), namespaces).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(config.join("mesh.yaml"), mesh("bookinfo", "prod.example.com", "1940", false))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let up = Up::start(dir.path(), &config, "127.0.5.1");
+    let output = || up.output();
+    assert!(output().contains("meshConfig of the Istio resource"), "{}", output());
+    let url = "http://127.0.25.13:9080/";
+    wait("loadgen → frontend → backend", &output, || {
+        curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: frontend", url]) == "200"
+    });
+    // The identities are in the migrated trust domain.
+    let answer = curl(&["-H", "Host: frontend", url]);
+    assert!(answer.contains("spiffe://prod.example.com/ns/bookinfo/sa/loadgen"), "{answer}");
+    let proxies: Vec<String> = (1..=3).map(|i| format!("127.0.25.{i}:15020")).collect();
+
+    // Upgrade, then roll back with one command, under traffic: no request fails.
+    let load = hey(url, 30, 200);
+    traffic_on("default", &proxies, &output);
+    let out = up.upgrade(&["--to", "default-v1-24-3", "--batch-size", "2", "--pause", "2s", "--grace", "60s"]);
+    assert!(out.status.success(), "{}", output());
+    assert!(common::stdout(&out).contains("tag default → revision default-v1-24-3"), "{}", common::stdout(&out));
+    traffic_on("default-v1-24-3", &proxies, &output);
+    let out = up.upgrade(&["--rollback"]);
+    assert!(out.status.success(), "{}", output());
+    assert!(output().contains("rolling back the upgrade to default-v1-24-3"), "{}", output());
+    traffic_on("default", &proxies, &output);
+    let answered = no_failed_request(load);
+    println!("{answered} requests, all answered 200");
+
+    // An upgrade whose first batch sees errors begin (a fault on backend) is moved back,
+    // and nothing else moves.
+    let load = hey(url, 25, 100);
+    let out_path = dir.path().join("upgrade.out");
+    let file = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}"));
+    let upgrade = common::weft()
+        .args(["upgrade", "--api", &up.api, "--to", "default-v1-25-0", "--batch-size", "1", "--pause", "5s"])
+        .stdout(Stdio::from(file))
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let said = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    wait("the first batch", &said, || said().contains("batch 1/3: moving frontend-v1"));
+    let fault = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: bookinfo}\n\
+        spec:\n  hosts: [backend]\n  http:\n  - fault: {abort: {httpStatus: 503, percentage: {value: 50}}}\n    route: [{destination: {host: backend}}]\n";
+    std::fs::write(config.join("fault.yaml"), fault).unwrap_or_else(|e| panic!("{e}"));
+    let out = upgrade.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success(), "{}", said());
+    assert!(said().contains("batch 1/3 degraded: error rate"), "{}", said());
+    assert!(!said().contains("batch 2/3"), "{}", said());
+    let _ = load.wait_with_output();
+    for p in &proxies {
+        assert_eq!(scrape(p).0, "default", "{p}:\n{}", said());
+    }
+    wait("default-v1-25-0 to stop", &output, || output().contains("control plane default-v1-25-0 stopped"));
     up.stop();
 }

@@ -347,7 +347,10 @@ impl Stream_ {
         let asked = if proxy.revision.is_empty() { "default" } else { proxy.revision.as_str() };
         let resolved = snapshot.resolve_revision(asked);
         let serves = self.revision.as_deref().unwrap_or("default");
-        if resolved == serves {
+        // A proxy that names this revision is its own (even `default` while the default
+        // tag points elsewhere: a proxy moved back to the default revision); one that
+        // names a tag, or nothing (the `default` tag), belongs where the tag points.
+        if resolved == serves || proxy.revision == serves {
             return Ok(());
         }
         tracing::warn!(proxy = %proxy.id, revision = asked, resolved, serves, "a proxy of another revision");

@@ -61,7 +61,7 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value = "none")]
     capture: Capture,
     /// Where `weft up` serves its API, which `weft upgrade` calls (default: port 15080
-    /// of --control-plane-ip).
+    /// of the control planes' address).
     #[arg(long)]
     api_address: Option<SocketAddr>,
 }
@@ -216,7 +216,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         gateways,
         topology.as_ref(),
         &parsed.resources,
-        args.api_address.unwrap_or(SocketAddr::new(args.control_plane_ip, 15080)),
+        args.api_address.unwrap_or(SocketAddr::new(ip, 15080)),
     ));
     // Stopped processes first, then their namespaces.
     drop(runtime);

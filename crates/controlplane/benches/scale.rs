@@ -5,6 +5,11 @@
 //! (and acknowledged) the change, p50/p99, bytes sent, and peak RSS; and the delta run as
 //! a ratio to the state-of-the-world run measured in the same invocation.
 //!
+//! The simulated proxies run in a second process (this bench started again with
+//! `--simulate`), so that the peak RSS is the control plane's alone; the two processes
+//! share the machine's cores, as a control plane shares a node with its neighbours. The
+//! proxies start their clocks just before the control plane gets the change.
+//!
 //!   cargo bench -p weft-controlplane --bench scale -- [SERVICES ENDPOINTS PROXIES]...
 //!
 //! With no arguments it runs (1000, 10000, 100) and (10000, 100000, 1000).
@@ -252,9 +257,12 @@ struct Outcome {
     max: Duration,
     initial_mb: f64,
     update_kb_per_proxy: f64,
+    /// The simulated proxies' process.
+    simulator_rss_mb: f64,
 }
 
 async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, proxies: usize) -> Outcome {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let (snapshots_tx, snapshots_rx) = watch::channel(first);
     let ads = Ads::new(snapshots_rx, Arc::new(SyncStatus::default()), Arc::new(Metrics::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
@@ -267,41 +275,100 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, 
                 let _ = stop_rx.await;
             },
         ));
-    let (change_tx, change_rx) = watch::channel(None);
-    let (ready_tx, mut ready_rx) = mpsc::channel(proxies);
-    let mut tasks = Vec::new();
-    for i in 0..proxies {
-        let client = connect(&addr).await;
-        let (ready, change) = (ready_tx.clone(), change_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            if delta { delta_proxy(client, i, ready, change).await } else { sotw_proxy(client, i, ready, change).await }
-        }));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = tokio::process::Command::new(exe)
+        .args(["--simulate", &addr, &proxies.to_string(), if delta { "delta" } else { "sotw" }])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut to_child = child.stdin.take().unwrap_or_else(|| panic!("no stdin"));
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout"))).lines();
+    let said = lines.next_line().await.ok().flatten().unwrap_or_default();
+    assert_eq!(said, "ready", "the simulated proxies did not get ready");
+    // WEFT_BENCH_PAUSE=SECONDS: time to attach a profiler (`perf record -p PID`) first.
+    if let Some(pause) = std::env::var("WEFT_BENCH_PAUSE").ok().and_then(|p| p.parse::<u64>().ok()) {
+        eprintln!("pid {}: the change comes in {pause} s", std::process::id());
+        tokio::time::sleep(Duration::from_secs(pause)).await;
     }
-    for _ in 0..proxies {
-        let _ = ready_rx.recv().await;
-    }
-    let _ = change_tx.send(Some(Instant::now()));
+    // The proxies start their clocks, then the change is made: none can see it first.
+    to_child.write_all(b"go\n").await.unwrap_or_else(|e| panic!("{e}"));
+    to_child.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    let said = lines.next_line().await.ok().flatten().unwrap_or_default();
+    assert_eq!(said, "timing", "the simulated proxies did not start timing");
     let _ = snapshots_tx.send(second);
-    let mut latencies = Vec::new();
-    let (mut initial, mut update) = (0usize, 0usize);
-    for t in tasks {
-        if let Ok(run) = t.await {
-            latencies.extend(run.update_latency);
-            initial += run.initial_bytes;
-            update += run.update_bytes;
-        }
-    }
+    let result = lines.next_line().await.ok().flatten().unwrap_or_default();
+    let numbers: Vec<f64> = result.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    assert_eq!(numbers.len(), 7, "the simulated proxies said {result:?}");
+    let _ = child.wait().await;
     let _ = stop_tx.send(());
     let _ = server.await;
-    latencies.sort();
-    assert_eq!(latencies.len(), proxies, "some proxies never saw the change");
+    let us = |n: f64| Duration::from_micros(n as u64);
     Outcome {
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-        max: latencies.last().copied().unwrap_or_default(),
-        initial_mb: initial as f64 / 1e6,
-        update_kb_per_proxy: update as f64 / 1e3 / proxies as f64,
+        p50: us(numbers[0]),
+        p99: us(numbers[1]),
+        max: us(numbers[2]),
+        initial_mb: numbers[3] / 1e6,
+        update_kb_per_proxy: numbers[4] / 1e3 / proxies as f64,
+        simulator_rss_mb: numbers[6],
     }
+}
+
+/// The simulated proxies' process: connects them, says `ready`, reads `go`, starts the
+/// clock and says `timing`, and prints what they saw: p50, p99 and max latency in
+/// microseconds, initial and update bytes, how many saw the change, and its peak RSS.
+fn simulate(addr: &str, proxies: usize, delta: bool) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let (change_tx, change_rx) = watch::channel(None);
+        let (ready_tx, mut ready_rx) = mpsc::channel(proxies);
+        let mut tasks = Vec::new();
+        for i in 0..proxies {
+            let client = connect(addr).await;
+            let (ready, change) = (ready_tx.clone(), change_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if delta {
+                    delta_proxy(client, i, ready, change).await
+                } else {
+                    sotw_proxy(client, i, ready, change).await
+                }
+            }));
+        }
+        for _ in 0..proxies {
+            let _ = ready_rx.recv().await;
+        }
+        println!("ready");
+        let go = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            line.trim().to_owned()
+        })
+        .await
+        .unwrap_or_default();
+        assert_eq!(go, "go");
+        let _ = change_tx.send(Some(Instant::now()));
+        println!("timing");
+        let mut latencies = Vec::new();
+        let (mut initial, mut update) = (0usize, 0usize);
+        for t in tasks {
+            if let Ok(run) = t.await {
+                latencies.extend(run.update_latency);
+                initial += run.initial_bytes;
+                update += run.update_bytes;
+            }
+        }
+        latencies.sort();
+        let us = |d: Duration| d.as_micros();
+        println!(
+            "{} {} {} {initial} {update} {} {:.1}",
+            us(percentile(&latencies, 0.5)),
+            us(percentile(&latencies, 0.99)),
+            us(latencies.last().copied().unwrap_or_default()),
+            latencies.len(),
+            peak_rss_mb()
+        );
+    });
 }
 
 fn report_one(
@@ -329,12 +396,19 @@ fn report_one(
         o.update_kb_per_proxy
     );
     println!(
-        "  peak RSS so far                  {:>10.1} MB (control plane and simulated proxies in one process)\n",
-        peak_rss_mb()
+        "  peak RSS so far                  {:>10.1} MB control plane; simulated proxies {:.1} MB\n",
+        peak_rss_mb(),
+        o.simulator_rss_mb
     );
 }
 
 fn main() {
+    let all: Vec<String> = std::env::args().collect();
+    if let [_, flag, addr, proxies, protocol] = all.as_slice()
+        && flag == "--simulate"
+    {
+        return simulate(addr, proxies.parse().unwrap_or_else(|e| panic!("{e}")), protocol == "delta");
+    }
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes: Vec<(usize, usize, usize)> = if args.len() >= 3 {
         args.chunks(3).filter(|c| c.len() == 3).map(|c| (c[0], c[1], c[2])).collect()
@@ -387,8 +461,10 @@ fn main() {
             delta.update_kb_per_proxy / sotw.update_kb_per_proxy.max(1e-9)
         );
         println!(
-            "  peak RSS so far                  {:>10.1} MB (control plane and simulated proxies in one process)\n",
-            peak_rss_mb()
+            "  peak RSS so far                  {:>10.1} MB control plane; simulated proxies {:.1} MB (delta), {:.1} MB (sotw)\n",
+            peak_rss_mb(),
+            delta.simulator_rss_mb,
+            sotw.simulator_rss_mb
         );
     }
 }

@@ -546,7 +546,7 @@ impl Stream_ {
         let all = translation.of(type_url).unwrap_or(&empty);
         let Some(w) = self.watches.get(type_url) else { return true };
         let chosen: Vec<&Encoded> =
-            all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).map(|(_, e)| e).collect();
+            all.iter().filter(|(name, _)| w.wildcard || w.names.contains(&***name)).map(|(_, e)| e).collect();
         let digest = hash_all(&chosen);
         if !force && w.sent.get("") == Some(&digest) {
             return true;
@@ -649,7 +649,7 @@ impl Stream_ {
                 .iter()
                 .filter(|n| subscribed(n))
                 .filter_map(|n| {
-                    let e = all.get(n)?;
+                    let e = all.get(n.as_str())?;
                     Some(DeltaResource {
                         name: n.clone(),
                         version: format!("{:016x}", e.hash),
@@ -665,7 +665,7 @@ impl Stream_ {
                     w.sent.remove(name);
                 }
                 for u in &updated {
-                    w.sent.insert(u.name.clone(), all.get(&u.name).map_or(0, |e| e.hash));
+                    w.sent.insert(u.name.clone(), all.get(u.name.as_str()).map_or(0, |e| e.hash));
                 }
             }
             if updated.is_empty() && removed.is_empty() {
@@ -673,13 +673,16 @@ impl Stream_ {
             }
             return self.send_delta_response(snapshot, type_url, updated, removed, all.len(), tx).await;
         }
-        let wanted: BTreeMap<&String, &Encoded> =
-            all.iter().filter(|(name, _)| w.wildcard || w.names.contains(*name)).collect();
+        let wanted: BTreeMap<&str, &Encoded> = all
+            .iter()
+            .filter(|(name, _)| w.wildcard || w.names.contains(&***name))
+            .map(|(name, e)| (&**name, e))
+            .collect();
         let mut updated = Vec::new();
         for (name, e) in &wanted {
             if w.sent.get(*name) != Some(&e.hash) {
                 updated.push(DeltaResource {
-                    name: (*name).clone(),
+                    name: (*name).to_owned(),
                     version: format!("{:016x}", e.hash),
                     resource: Some((*e.any).clone()),
                     ..Default::default()
@@ -687,7 +690,7 @@ impl Stream_ {
             }
         }
         let removed: Vec<String> = if w.sent.len() + updated.len() > wanted.len() {
-            w.sent.keys().filter(|n| !wanted.contains_key(n)).cloned().collect()
+            w.sent.keys().filter(|n| !wanted.contains_key(n.as_str())).cloned().collect()
         } else {
             Vec::new()
         };
@@ -695,7 +698,7 @@ impl Stream_ {
         let missing: Vec<String> = if w.wildcard {
             Vec::new()
         } else {
-            w.names.iter().filter(|n| !wanted.contains_key(n) && !w.sent.contains_key(*n)).cloned().collect()
+            w.names.iter().filter(|n| !wanted.contains_key(n.as_str()) && !w.sent.contains_key(*n)).cloned().collect()
         };
         if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
             if let Some(w) = self.watches.get_mut(type_url) {
@@ -705,7 +708,7 @@ impl Stream_ {
         }
         // Only what changed is recorded: no per-push copy of every name.
         let changes: Vec<(String, u64)> =
-            updated.iter().map(|u| (u.name.clone(), wanted.get(&u.name).map_or(0, |e| e.hash))).collect();
+            updated.iter().map(|u| (u.name.clone(), wanted.get(u.name.as_str()).map_or(0, |e| e.hash))).collect();
         if let Some(w) = self.watches.get_mut(type_url) {
             for name in &removed {
                 w.sent.remove(name);

@@ -59,6 +59,10 @@ struct KindIndex {
     namespaces: Vec<usize>,
     /// IstioRevisionTags, for resolving a proxy's revision on every push.
     revision_tags: Vec<usize>,
+    /// WorkloadEntries by (namespace, name) and by (namespace, address), the first of
+    /// each: a proxy finds its own without a scan of every resource.
+    workloads_by_name: std::collections::HashMap<(String, String), usize>,
+    workloads_by_address: std::collections::HashMap<(String, String), usize>,
 }
 
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -78,6 +82,13 @@ impl Snapshot {
                 Spec::Gateway(_) => index.gateways.push(i),
                 Spec::Namespace => index.namespaces.push(i),
                 Spec::Other(_) if is_revision_tag(r) => index.revision_tags.push(i),
+                Spec::WorkloadEntry(ref we) => {
+                    let ns = r.namespace().to_owned();
+                    index.workloads_by_name.entry((ns.clone(), r.name().to_owned())).or_insert(i);
+                    if let Some(address) = we.address.as_ref().filter(|a| !a.is_empty()) {
+                        index.workloads_by_address.entry((ns, address.clone())).or_insert(i);
+                    }
+                }
                 _ => {}
             }
         }
@@ -254,14 +265,17 @@ impl Snapshot {
     /// service account takes them from its WorkloadEntry (matched by name, then by
     /// address, in its namespace), as Istio does for VMs.
     pub fn with_workload(&self, proxy: &ProxyIdentity) -> ProxyIdentity {
-        let entries = || {
-            self.resources.iter().filter_map(|r| match &r.spec {
-                Spec::WorkloadEntry(we) if r.namespace() == proxy.namespace => Some((r, we.as_ref())),
+        let key = |k: &str| (proxy.namespace.clone(), k.to_owned());
+        let at =
+            self.index.workloads_by_name.get(&key(&proxy.workload)).or_else(|| {
+                (!proxy.ip.is_empty()).then(|| self.index.workloads_by_address.get(&key(&proxy.ip))).flatten()
+            });
+        let found = at.and_then(|i| {
+            let r = &self.resources[*i];
+            match &r.spec {
+                Spec::WorkloadEntry(we) => Some((r, we.as_ref())),
                 _ => None,
-            })
-        };
-        let found = entries().find(|(r, _)| r.name() == proxy.workload).or_else(|| {
-            entries().find(|(_, we)| !proxy.ip.is_empty() && we.address.as_deref() == Some(proxy.ip.as_str()))
+            }
         });
         let Some((r, we)) = found else { return proxy.clone() };
         let mut out = proxy.clone();

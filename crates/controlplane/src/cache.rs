@@ -1,7 +1,7 @@
 //! Translation results shared by proxies that would get the same configuration.
 //!
 //! Translation depends only on the snapshot and on the parts of a proxy's identity it
-//! reads (role, namespace, labels, address, requested listener names), so proxies alike
+//! reads (role, namespace, labels, address, workload, cluster, requested listener names), so proxies alike
 //! in those share one translation per snapshot version: a push to a thousand identical
 //! sidecars translates once. Results are encoded once too, with a hash per resource for
 //! change detection.
@@ -83,6 +83,8 @@ struct Class {
     service_account: String,
     interception_mode: String,
     sds: bool,
+    /// Spans carry it (`istio.cluster_id`).
+    cluster_id: String,
     listener_names: Vec<String>,
 }
 
@@ -171,6 +173,7 @@ impl TranslationCache {
             service_account: proxy.service_account.clone(),
             interception_mode: proxy.interception_mode.clone(),
             sds: proxy.sds,
+            cluster_id: proxy.cluster_id.clone(),
             listener_names: listener_names.to_vec(),
         };
         let key = ClassKey { version: snapshot.version, class: class.clone() };

@@ -248,7 +248,8 @@ struct Watch {
     /// Nonce of the last response.
     nonce: String,
     /// Hash of each resource last sent, by name (delta), or of the whole set (SotW, key "").
-    sent: HashMap<String, u64>,
+    /// Names are the translation's own (shared), not copies per stream.
+    sent: HashMap<Arc<str>, u64>,
     /// Snapshot version when the last response was sent, for convergence time.
     sent_at: Option<(u64, Instant)>,
     /// The version of the last response.
@@ -560,7 +561,7 @@ impl Stream_ {
         let nonce = self.next_nonce();
         let count = chosen.len();
         if let Some(w) = self.watches.get_mut(type_url) {
-            w.sent.insert(String::new(), digest);
+            w.sent.insert(Arc::from(""), digest);
         }
         let response = DiscoveryResponse {
             version_info: version.clone(),
@@ -593,7 +594,7 @@ impl Stream_ {
             // Resources the proxy already holds (after a reconnect) need not be resent.
             for (name, v) in &req.initial_resource_versions {
                 if let Ok(h) = u64::from_str_radix(v, 16) {
-                    w.sent.insert(name.clone(), h);
+                    w.sent.insert(Arc::from(name.as_str()), h);
                 }
             }
         }
@@ -611,7 +612,7 @@ impl Stream_ {
                 w.wildcard = false;
             }
             w.names.remove(name);
-            w.sent.remove(name);
+            w.sent.remove(name.as_str());
         }
         if changed && error.is_none() {
             // New subscriptions are answered from the full set, not from the changes.
@@ -658,14 +659,17 @@ impl Stream_ {
                     })
                 })
                 .collect();
-            let removed: Vec<String> = changes.removed.iter().filter(|n| w.sent.contains_key(*n)).cloned().collect();
+            let removed: Vec<String> =
+                changes.removed.iter().filter(|n| w.sent.contains_key(n.as_str())).cloned().collect();
             if let Some(w) = self.watches.get_mut(type_url) {
                 w.synced = Some(snapshot.version);
                 for name in &removed {
-                    w.sent.remove(name);
+                    w.sent.remove(name.as_str());
                 }
                 for u in &updated {
-                    w.sent.insert(u.name.clone(), all.get(u.name.as_str()).map_or(0, |e| e.hash));
+                    if let Some((name, e)) = all.get_key_value(u.name.as_str()) {
+                        w.sent.insert(name.clone(), e.hash);
+                    }
                 }
             }
             if updated.is_empty() && removed.is_empty() {
@@ -690,7 +694,7 @@ impl Stream_ {
             }
         }
         let removed: Vec<String> = if w.sent.len() + updated.len() > wanted.len() {
-            w.sent.keys().filter(|n| !wanted.contains_key(n.as_str())).cloned().collect()
+            w.sent.keys().filter(|n| !wanted.contains_key(&***n)).map(|n| n.to_string()).collect()
         } else {
             Vec::new()
         };
@@ -698,7 +702,11 @@ impl Stream_ {
         let missing: Vec<String> = if w.wildcard {
             Vec::new()
         } else {
-            w.names.iter().filter(|n| !wanted.contains_key(n.as_str()) && !w.sent.contains_key(*n)).cloned().collect()
+            w.names
+                .iter()
+                .filter(|n| !wanted.contains_key(n.as_str()) && !w.sent.contains_key(n.as_str()))
+                .cloned()
+                .collect()
         };
         if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
             if let Some(w) = self.watches.get_mut(type_url) {
@@ -707,11 +715,13 @@ impl Stream_ {
             return true;
         }
         // Only what changed is recorded: no per-push copy of every name.
-        let changes: Vec<(String, u64)> =
-            updated.iter().map(|u| (u.name.clone(), wanted.get(u.name.as_str()).map_or(0, |e| e.hash))).collect();
+        let changes: Vec<(Arc<str>, u64)> = updated
+            .iter()
+            .filter_map(|u| all.get_key_value(u.name.as_str()).map(|(name, e)| (name.clone(), e.hash)))
+            .collect();
         if let Some(w) = self.watches.get_mut(type_url) {
             for name in &removed {
-                w.sent.remove(name);
+                w.sent.remove(name.as_str());
             }
             w.sent.extend(changes);
             w.synced = Some(snapshot.version);

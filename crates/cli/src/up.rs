@@ -333,6 +333,14 @@ struct Supervisor {
     processes: Vec<Process>,
     planes: Vec<Plane>,
     proxies: Vec<Proxy>,
+    /// The revision tags of the configuration as last read: which revision each
+    /// `istio.io/rev` label leads to.
+    tags: Vec<weft_api::Resource>,
+}
+
+/// The revision tags among `resources`.
+fn tags_of(resources: &[weft_api::Resource]) -> Vec<weft_api::Resource> {
+    weft_controlplane::snapshot::revision_tags(resources).map(|(r, _)| r.clone()).collect()
 }
 
 /// The supervised mesh, shared by the supervision loop and a running upgrade (both on
@@ -386,6 +394,7 @@ async fn up(
         processes: Vec::new(),
         planes: Vec::new(),
         proxies: Vec::new(),
+        tags: tags_of(resources),
     }));
     let mut scrape_targets: Vec<String> = Vec::new();
     // One control plane per revision the workloads belong to (through their
@@ -645,10 +654,11 @@ async fn up(
                     let upgrading = status.borrow().state == "running";
                     let moves: Vec<(String, String, String)> = {
                         let mut sup = mesh.0.borrow_mut();
-                        sup.proxies
+                        let tags = tags_of(&now.resources);
+                        let moves = sup.proxies
                             .iter_mut()
                             .filter_map(|p| {
-                                let resolved = resolve_revision(&now.resources, p.rev_label.as_deref());
+                                let resolved = resolve_revision(&tags, p.rev_label.as_deref());
                                 if resolved == p.assigned {
                                     return None;
                                 }
@@ -656,7 +666,9 @@ async fn up(
                                 (resolved != p.revision && !upgrading)
                                     .then(|| (p.name.clone(), p.revision.clone(), resolved))
                             })
-                            .collect()
+                            .collect();
+                        sup.tags = tags;
+                        moves
                     };
                     for (name, from, to) in moves {
                         println!("↻ {name} moves from revision {from} to {to}");
@@ -834,8 +846,6 @@ impl crate::upgrade::Fleet for Mesh {
 
     async fn move_proxy(&self, name: &str, revision: &str) -> anyhow::Result<()> {
         self.ensure_revision(revision).await?;
-        let config = self.0.borrow().config.clone();
-        let resources = weft_config::load(&[config])?.resources;
         let (admin, query, id, debug, restart) = {
             let mut sup = self.0.borrow_mut();
             let sup = &mut *sup;
@@ -848,7 +858,7 @@ impl crate::upgrade::Fleet for Mesh {
                 sup.proxies.iter_mut().find(|p| p.name == name).ok_or_else(|| anyhow::anyhow!("no proxy {name}"))?;
             // It tells its label when the configuration gives it this revision (so that it
             // follows later tag moves), else the revision itself.
-            let told = if resolve_revision(&resources, proxy.rev_label.as_deref()) == revision {
+            let told = if resolve_revision(&sup.tags, proxy.rev_label.as_deref()) == revision {
                 proxy.rev_label.clone().unwrap_or_default()
             } else {
                 revision.to_owned()
@@ -920,8 +930,10 @@ impl crate::upgrade::Fleet for Mesh {
     }
 
     fn point_tags(&self, proxies: &[String], revision: &str) -> anyhow::Result<Vec<String>> {
-        let sup = self.0.borrow();
-        let mut labels: Vec<String> = sup
+        let config = self.0.borrow().config.clone();
+        let mut labels: Vec<String> = self
+            .0
+            .borrow()
             .proxies
             .iter()
             .filter(|p| proxies.contains(&p.name))
@@ -929,26 +941,26 @@ impl crate::upgrade::Fleet for Mesh {
             .collect();
         labels.sort();
         labels.dedup();
-        let tags = crate::tag::tags(&sup.config)?;
+        let tags = crate::tag::tags(&config)?;
         let mut changed = Vec::new();
         for label in labels {
-            match tags.iter().find(|(t, _, _)| *t == label) {
-                Some((_, target, _)) if target == revision => {}
-                // A tag, or `default` without one (what unlabelled workloads follow).
-                Some(_) => {
-                    crate::tag::set(&sup.config, &label, revision)?;
-                    changed.push(format!("tag {label} → revision {revision}"));
-                }
-                None if label == "default" && revision != "default" => {
-                    crate::tag::set(&sup.config, &label, revision)?;
-                    changed.push(format!("tag {label} → revision {revision}"));
-                }
-                None if label == revision || label == "default" => {}
-                None => changed.push(format!(
+            let tag = tags.iter().find(|(t, _, _)| *t == label);
+            // A tag, or `default` without one (what unlabelled workloads follow).
+            let repoint = match tag {
+                Some((_, target, _)) => target != revision,
+                None => label == "default" && revision != "default",
+            };
+            if repoint {
+                crate::tag::set(&config, &label, revision)?;
+                changed.push(format!("tag {label} → revision {revision}"));
+            } else if tag.is_none() && label != revision && label != "default" {
+                changed.push(format!(
                     "workloads labelled istio.io/rev: {label} name a revision, not a tag: they return to {label} when restarted; label them {revision}, or use a tag"
-                )),
+                ));
             }
         }
+        // What the next move reads, without waiting for the configuration to be re-read.
+        self.0.borrow_mut().tags = tags_of(&weft_config::load(&[config])?.resources);
         Ok(changed)
     }
 

@@ -6,8 +6,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use common::up::{Up, wait};
+
+use std::process::Command;
 
 const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -78,41 +79,19 @@ fn served_by(debug: &str) -> Vec<String> {
     syncz.as_array().into_iter().flatten().filter_map(|p| p["proxy"].as_str().map(str::to_owned)).collect()
 }
 
-fn wait(what: &str, output: &dyn Fn() -> String, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < common::mesh::STARTUP, "timed out waiting for {what}:\n{}", output());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(config.join("mesh.yaml"), MESH).unwrap_or_else(|e| panic!("{e}"));
-    let config_dir = config.to_string_lossy().into_owned();
-    let tag = |revision: &str| {
-        let out = common::run(&["tag", "set", "prod-stable", "--revision", revision, "-f", &config_dir]);
-        assert!(out.status.success(), "{}", common::stderr(&out));
-    };
+    let tag = |revision: &str| common::up::tag(&config, "prod-stable", revision);
     tag("1-23-0");
 
-    let state = dir.path().join("state").to_string_lossy().into_owned();
-    let out_path = dir.path().join("up.out");
-    let out = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}"));
-    let mut up = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["up", "-f", &config_dir, "--state-dir", &state, "--control-plane-ip", "127.0.3.1"])
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stop = common::StopOnDrop(up.id());
-    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
-    wait("weft up", &output, || output().contains("Ctrl-C stops the mesh"));
+    // Nothing fails to start (Up::start checks).
+    let up = Up::start(dir.path(), &config, "127.0.3.1");
+    let output = || up.output();
     let shown = output();
-    assert!(!shown.contains('✘'), "{shown}");
     // The default revision on the usual ports, 1-23-0 100 ports further.
     assert!(shown.contains("revision default: xDS 127.0.3.1:15010"), "{shown}");
     assert!(shown.contains("revision 1-23-0: xDS 127.0.3.1:15110"), "{shown}");
@@ -156,11 +135,5 @@ fn a_tag_moves_a_workload_between_revisions_of_weft_up() {
     // Mutual TLS still works across revisions: the CA is shared.
     wait("traffic through the moved sidecar", &output, || call() == "200");
 
-    drop(stop);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while up.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "weft up did not stop:\n{}", output());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(output().contains("✔ stopped"), "{}", output());
+    up.stop();
 }

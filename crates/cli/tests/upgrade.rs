@@ -12,9 +12,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use common::up::{Up, wait};
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// Three services: loadgen (no application: hey calls its sidecar's egress) calls
 /// frontend, which calls backend; every proxy labelled with the `prod-stable` tag.
@@ -145,14 +146,6 @@ spec:
   mtls: {mode: STRICT}
 "#;
 
-fn wait(what: &str, output: &dyn Fn() -> String, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < common::mesh::STARTUP, "timed out waiting for {what}:\n{}", output());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn curl(args: &[&str]) -> String {
     let out = Command::new("curl").args(["-s", "--max-time", "30"]).args(args).output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
@@ -187,52 +180,6 @@ fn traffic_on(revision: &str, proxies: &[String], output: &dyn Fn() -> String) {
             n > *b
         })
     });
-}
-
-struct Up {
-    child: Child,
-    out: std::path::PathBuf,
-    api: String,
-    _stop: common::StopOnDrop,
-}
-
-impl Up {
-    fn start(dir: &Path, config: &Path, ip: &str) -> Up {
-        let state = dir.join("state").to_string_lossy().into_owned();
-        let out_path = dir.join("up.out");
-        let out = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["up", "-f", &config.to_string_lossy(), "--state-dir", &state, "--control-plane-ip", ip])
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let stop = common::StopOnDrop(child.id());
-        let up = Up { child, out: out_path, api: format!("{ip}:15080"), _stop: stop };
-        wait("weft up", &|| up.output(), || up.output().contains("Ctrl-C stops the mesh"));
-        assert!(!up.output().contains('✘'), "{}", up.output());
-        up
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn upgrade(&self, args: &[&str]) -> Output {
-        let out = common::run(&[&["upgrade", "--api", &self.api], args].concat());
-        println!("weft upgrade {args:?}:\n{}{}", common::stdout(&out), common::stderr(&out));
-        out
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().ok().flatten().is_none() {
-            assert!(Instant::now() < deadline, "weft up did not stop:\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        assert!(self.output().contains("✔ stopped"), "{}", self.output());
-    }
 }
 
 /// hey at `rate` requests per second in all, through the loadgen sidecar to frontend.
@@ -274,11 +221,7 @@ fn a_canary_upgrade_and_a_tag_flip_under_traffic_fail_no_request() {
     std::fs::write(config.join("mesh.yaml"), mesh("default", "cluster.local", "1930", true))
         .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(config.join("strict.yaml"), STRICT).unwrap_or_else(|e| panic!("{e}"));
-    let config_dir = config.to_string_lossy().into_owned();
-    let tag = |revision: &str| {
-        let out = common::run(&["tag", "set", "prod-stable", "--revision", revision, "-f", &config_dir]);
-        assert!(out.status.success(), "{}", common::stderr(&out));
-    };
+    let tag = |revision: &str| common::up::tag(&config, "prod-stable", revision);
     tag("1-0-0");
     let up = Up::start(dir.path(), &config, "127.0.4.1");
     let output = || up.output();

@@ -380,7 +380,6 @@ async fn up(
     api: SocketAddr,
 ) -> anyhow::Result<ExitCode> {
     let logs = state.join("logs");
-    let s = |p: &Path| p.to_string_lossy().into_owned();
     let (mesh_config, grace) = istio_resource(resources, state)?;
     if let Some(path) = &mesh_config {
         println!("✔ {:<20} meshConfig of the Istio resource ({})", "mesh config", path.display());
@@ -448,35 +447,19 @@ async fn up(
         let stats = format!("{}:15020", w.address);
         scrape_targets.push(stats.clone());
         let id = format!("sidecar~{}~{}.{}~{}.svc.cluster.local", w.address, w.name, w.namespace, w.namespace);
-        let mut args: Vec<String> = vec![
-            "proxy".into(),
-            "--xds-address".into(),
-            xds,
-            "--node-id".into(),
-            id.clone(),
-            "--namespace".into(),
-            w.namespace.clone(),
-            "--workload-name".into(),
-            w.name.clone(),
-            "--service-account".into(),
-            w.service_account.clone(),
-            "--admin-address".into(),
-            admin.clone(),
-            "--stats-address".into(),
-            stats.clone(),
-            "--concurrency".into(),
-            "1".into(),
-            "--ca-address".into(),
-            secure,
-            "--ca-root-cert".into(),
-            s(&root),
-            "--token-file".into(),
-            s(&token),
-        ];
-        for (k, v) in &w.labels {
-            args.push("--label".into());
-            args.push(format!("{k}={v}"));
-        }
+        let mut args = proxy_args(ProxyArgs {
+            xds: &xds,
+            secure: &secure,
+            id: &id,
+            namespace: &w.namespace,
+            name: &w.name,
+            account: &w.service_account,
+            admin: &admin,
+            stats: &stats,
+            root: &root,
+            token: &token,
+            labels: &w.labels,
+        });
         if let Some(rev) = &w.rev_label {
             args.extend(["--revision".to_owned(), rev.clone()]);
         }
@@ -518,35 +501,19 @@ async fn up(
             anyhow::bail!("no bootstrap token for gateway {name} at {}", token.display());
         }
         let id = format!("router~127.0.0.1~{name}.{namespace}~{namespace}.svc.cluster.local");
-        let mut args: Vec<String> = vec![
-            "proxy".into(),
-            "--xds-address".into(),
-            xds.clone(),
-            "--node-id".into(),
-            id.clone(),
-            "--namespace".into(),
-            namespace.clone(),
-            "--workload-name".into(),
-            name.clone(),
-            "--admin-address".into(),
-            admin.clone(),
-            "--stats-address".into(),
-            stats.clone(),
-            "--concurrency".into(),
-            "1".into(),
-            "--service-account".into(),
-            account,
-            "--ca-address".into(),
-            secure.clone(),
-            "--ca-root-cert".into(),
-            s(&root),
-            "--token-file".into(),
-            s(&token),
-        ];
-        for (k, v) in selector {
-            args.push("--label".into());
-            args.push(format!("{k}={v}"));
-        }
+        let args = proxy_args(ProxyArgs {
+            xds: &xds,
+            secure: &secure,
+            id: &id,
+            namespace: &namespace,
+            name: &name,
+            account: &account,
+            admin: &admin,
+            stats: &stats,
+            root: &root,
+            token: &token,
+            labels: selector,
+        });
         let mut gw = Process::new(format!("gateway {name}"), exe(), args, Some(format!("http://{admin}/ready")));
         gw.start(&logs)?;
         let mut sup = mesh.0.borrow_mut();
@@ -690,6 +657,54 @@ async fn up(
     }
     println!("✔ stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What tells one proxy `weft up` runs from another.
+struct ProxyArgs<'a> {
+    xds: &'a str,
+    secure: &'a str,
+    id: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    account: &'a str,
+    admin: &'a str,
+    stats: &'a str,
+    root: &'a Path,
+    token: &'a Path,
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// A sidecar's or gateway's `weft proxy` arguments: one worker, an identity from the CA.
+fn proxy_args(p: ProxyArgs<'_>) -> Vec<String> {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let mut args: Vec<String> = [
+        "proxy",
+        "--xds-address",
+        p.xds,
+        "--node-id",
+        p.id,
+        "--namespace",
+        p.namespace,
+        "--workload-name",
+        p.name,
+        "--service-account",
+        p.account,
+        "--admin-address",
+        p.admin,
+        "--stats-address",
+        p.stats,
+        "--concurrency",
+        "1",
+        "--ca-address",
+        p.secure,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(["--ca-root-cert".to_owned(), s(p.root), "--token-file".to_owned(), s(p.token)]);
+    for (k, v) in p.labels {
+        args.extend(["--label".to_owned(), format!("{k}={v}")]);
+    }
+    args
 }
 
 /// One request to `weft up`'s API, answered by the supervision loop.

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use weft_api::resource::Spec;
 
-use crate::upgrade::Fleet as _;
+use crate::upgrade::{Fleet as _, State};
 
 /// The annotation naming a workload's application command (`weft ...` runs this binary).
 pub const COMMAND_ANNOTATION: &str = "weft.io/command";
@@ -553,7 +553,7 @@ async fn up(
     );
     println!("\nLogs: {}. Ctrl-C stops the mesh.", logs.display());
 
-    let status = RefCell::new(crate::upgrade::Status { state: "none", ..crate::upgrade::Status::new("") });
+    let status = RefCell::new(crate::upgrade::Status::idle());
     let mut upgrade: Option<std::pin::Pin<Box<dyn Future<Output = ()> + '_>>> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = 0u32;
@@ -568,9 +568,9 @@ async fn up(
             }
             Some(call) = calls.recv() => {
                 let (code, body) = match (call.method.as_str(), call.path.as_str()) {
-                    ("GET", "/upgrade") if status.borrow().state == "none" => (404, json!({"error": "no upgrade has run"})),
+                    ("GET", "/upgrade") if status.borrow().state == State::Idle => (404, json!({"error": "no upgrade has run"})),
                     ("GET", "/upgrade") => (200, status.borrow().to_json()),
-                    ("POST", "/upgrade") if upgrade.is_some() && status.borrow().state == "running" => {
+                    ("POST", "/upgrade") if upgrade.is_some() && status.borrow().state == State::Running => {
                         (409, json!({"error": format!("an upgrade to {} is running; see GET /upgrade", status.borrow().to)}))
                     }
                     ("POST", "/upgrade") => match crate::upgrade::Plan::from_query(&call.query, grace) {
@@ -596,7 +596,7 @@ async fn up(
                                 gated: false,
                             };
                             let was = std::mem::replace(&mut *status.borrow_mut(), crate::upgrade::Status::new(&plan.to));
-                            println!("↺ rolling back the upgrade to {} (state {}): every proxy returns to {}", was.to, was.state, plan.to);
+                            println!("↺ rolling back the upgrade to {} (state {}): every proxy returns to {}", was.to, was.state.as_str(), plan.to);
                             let (mesh, status) = (&mesh, &status);
                             upgrade = Some(Box::pin(async move { crate::upgrade::canary(mesh, &plan, status).await }));
                             (202, status.borrow().to_json())
@@ -618,7 +618,7 @@ async fn up(
                 };
                 if changed && let Ok(now) = weft_config::load(&config_paths) {
                     // A running upgrade moves the proxies itself (and points the tags last).
-                    let upgrading = status.borrow().state == "running";
+                    let upgrading = status.borrow().state == State::Running;
                     let moves: Vec<(String, String, String)> = {
                         let mut sup = mesh.0.borrow_mut();
                         let tags = tags_of(&now.resources);

@@ -169,15 +169,43 @@ pub trait Fleet {
     async fn retire(&self, revision: &str);
 }
 
+/// Where an upgrade is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No upgrade has run.
+    Idle,
+    Running,
+    /// Every proxy moved; old revisions retire after the grace period.
+    Complete,
+    /// Old revisions retired too.
+    Done,
+    /// A batch degraded and was moved back.
+    RolledBack,
+    /// The new revision never became ready; nothing moved.
+    Failed,
+}
+
+impl State {
+    /// As the API says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "none",
+            State::Running => "running",
+            State::Complete => "complete",
+            State::Done => "done",
+            State::RolledBack => "rolled back",
+            State::Failed => "failed",
+        }
+    }
+}
+
 /// How an upgrade is going.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     /// The revisions proxies moved from (each proxy's, to move it back).
     pub moved_from: Vec<(String, String)>,
     pub to: String,
-    /// `running`, `complete` (every proxy moved; old revisions retire after the grace
-    /// period), `done`, `rolled back` or `failed`.
-    pub state: &'static str,
+    pub state: State,
     /// What happened, in order.
     pub events: Vec<String>,
 }
@@ -185,7 +213,12 @@ pub struct Status {
 impl Status {
     /// A new upgrade's.
     pub fn new(to: &str) -> Status {
-        Status { moved_from: Vec::new(), to: to.to_owned(), state: "running", events: Vec::new() }
+        Status { moved_from: Vec::new(), to: to.to_owned(), state: State::Running, events: Vec::new() }
+    }
+
+    /// Before any upgrade.
+    pub fn idle() -> Status {
+        Status { state: State::Idle, ..Status::new("") }
     }
 
     /// The revision most moved proxies came from: where a rollback goes.
@@ -205,7 +238,7 @@ impl Status {
         json!({
             "to": self.to,
             "from": self.rollback_target(),
-            "state": self.state,
+            "state": self.state.as_str(),
             "moved": self.moved_from.iter().map(|(p, from)| json!({"proxy": p, "from": from})).collect::<Vec<_>>(),
             "events": self.events,
         })
@@ -225,7 +258,7 @@ pub async fn canary(fleet: &impl Fleet, plan: &Plan, status: &RefCell<Status>) {
         Ok(false) => event(status, format!("the control plane of revision {to} runs already")),
         Err(e) => {
             event(status, format!("revision {to} did not become ready: {e:#}; nothing moved"));
-            status.borrow_mut().state = "failed";
+            status.borrow_mut().state = State::Failed;
             return;
         }
     }
@@ -283,7 +316,7 @@ pub async fn canary(fleet: &impl Fleet, plan: &Plan, status: &RefCell<Status>) {
                 fleet.retire(to).await;
                 event(status, format!("revision {to} stopped: nothing follows it"));
             }
-            status.borrow_mut().state = "rolled back";
+            status.borrow_mut().state = State::RolledBack;
             return;
         }
     }
@@ -311,7 +344,7 @@ pub async fn canary(fleet: &impl Fleet, plan: &Plan, status: &RefCell<Status>) {
             )
         },
     );
-    status.borrow_mut().state = "complete";
+    status.borrow_mut().state = State::Complete;
     tokio::time::sleep(plan.grace).await;
     for revision in old {
         if fleet.proxies().iter().any(|(_, r)| *r == revision) {
@@ -321,7 +354,7 @@ pub async fn canary(fleet: &impl Fleet, plan: &Plan, status: &RefCell<Status>) {
             event(status, format!("revision {revision} stopped"));
         }
     }
-    status.borrow_mut().state = "done";
+    status.borrow_mut().state = State::Done;
 }
 
 /// `weft upgrade`: asks `weft up` to upgrade or roll back, and follows the progress.
@@ -467,7 +500,7 @@ mod tests {
         let status = RefCell::new(Status::new("2-0-0"));
         canary(&fleet, &plan("2-0-0", 2), &status).await;
         let s = status.borrow();
-        assert_eq!(s.state, "done", "{:?}", s.events);
+        assert_eq!(s.state, State::Done, "{:?}", s.events);
         assert!(fleet.proxies().iter().all(|(_, r)| r == "2-0-0"));
         assert_eq!(*fleet.running.borrow(), ["2-0-0"]);
         let batches: Vec<&String> = s.events.iter().filter(|e| e.contains(": moving")).collect();
@@ -483,7 +516,7 @@ mod tests {
         let status = RefCell::new(Status::new("2-0-0"));
         canary(&fleet, &plan("2-0-0", 2), &status).await;
         let s = status.borrow();
-        assert_eq!(s.state, "rolled back", "{:?}", s.events);
+        assert_eq!(s.state, State::RolledBack, "{:?}", s.events);
         assert!(fleet.proxies().iter().all(|(_, r)| r == "1-0-0"), "{:?}", fleet.proxies());
         assert_eq!(*fleet.log.borrow(), ["p0→2-0-0", "p1→2-0-0", "p0→1-0-0", "p1→1-0-0"]);
         assert!(s.events.iter().any(|e| e.contains("degraded: error rate")), "{:?}", s.events);
@@ -497,7 +530,7 @@ mod tests {
         let fleet = FakeFleet::new(2, "1-0-0", &["1-0-0", "2-0-0"]);
         let status = RefCell::new(Status::new("2-0-0"));
         canary(&fleet, &plan("2-0-0", 1), &status).await;
-        assert_eq!(status.borrow().state, "done", "{:?}", status.borrow().events);
+        assert_eq!(status.borrow().state, State::Done, "{:?}", status.borrow().events);
     }
 
     #[test]

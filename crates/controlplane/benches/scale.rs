@@ -64,25 +64,55 @@ fn resources(yaml: &str) -> Vec<weft_api::Resource> {
     parsed.resources
 }
 
+/// How many replicas each simulated workload has (`WEFT_BENCH_REPLICAS`, default 10):
+/// replicas share their labels, as a Deployment's pods do.
+fn replicas() -> usize {
+    std::env::var("WEFT_BENCH_REPLICAS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0).unwrap_or(10)
+}
+
+/// Proxy `i`: pod `proxy-<i>` of workload `app-<i / replicas>`, with its own address.
 fn node(i: usize) -> Node {
     use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
     let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
+    let labels = Struct {
+        fields: [("app".to_owned(), s(&format!("app-{}", i / replicas()))), ("version".to_owned(), s("v1"))]
+            .into_iter()
+            .collect(),
+    };
     Node {
-        id: format!("sidecar~127.0.0.1~proxy-{i}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local"),
+        id: format!(
+            "sidecar~127.{}.{}.{}~proxy-{i}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local",
+            100 + i / 65536,
+            i / 256 % 256,
+            i % 256
+        ),
         metadata: Some(Struct {
-            fields: [("NAMESPACE".to_owned(), s(NAMESPACE)), ("INTERCEPTION_MODE".to_owned(), s("NONE"))]
-                .into_iter()
-                .collect(),
+            fields: [
+                ("NAMESPACE".to_owned(), s(NAMESPACE)),
+                ("INTERCEPTION_MODE".to_owned(), s("NONE")),
+                ("LABELS".to_owned(), Value { kind: Some(Kind::StructValue(labels)) }),
+            ]
+            .into_iter()
+            .collect(),
         }),
         ..Default::default()
     }
 }
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// This process's resident memory now.
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -102,6 +132,7 @@ async fn connect(addr: &str) -> Client {
 }
 
 /// What one simulated proxy saw.
+#[derive(Debug, Clone)]
 struct ProxyRun {
     initial_bytes: usize,
     update_bytes: usize,
@@ -115,7 +146,9 @@ async fn delta_proxy(
     i: usize,
     ready: mpsc::Sender<()>,
     change_at: watch::Receiver<Option<Instant>>,
-) -> ProxyRun {
+    done: mpsc::Sender<ProxyRun>,
+) {
+    let mut done = Some(done);
     let (tx, rx) = mpsc::channel(64);
     let subscribe = |t: &str, names: Vec<String>, nonce: String| DeltaDiscoveryRequest {
         node: Some(node(i)),
@@ -158,12 +191,15 @@ async fn delta_proxy(
         {
             let _ = ready.send(()).await;
         }
-        if run.update_latency.is_some() {
-            break;
+        // Reported as soon as seen; the stream stays up (and keeps acknowledging) until
+        // every proxy has reported, so no teardown competes with the measurement.
+        if run.update_latency.is_some()
+            && let Some(done) = done.take()
+        {
+            let _ = done.send(run.clone()).await;
         }
         names.clear();
     }
-    run
 }
 
 /// A state-of-the-world client: the same subscriptions, full sets each time.
@@ -172,7 +208,9 @@ async fn sotw_proxy(
     i: usize,
     ready: mpsc::Sender<()>,
     change_at: watch::Receiver<Option<Instant>>,
-) -> ProxyRun {
+    done: mpsc::Sender<ProxyRun>,
+) {
+    let mut done = Some(done);
     let (tx, rx) = mpsc::channel(64);
     let request = |t: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
         node: Some(node(i)),
@@ -236,11 +274,14 @@ async fn sotw_proxy(
         {
             let _ = ready.send(()).await;
         }
-        if run.update_latency.is_some() {
-            break;
+        // Reported as soon as seen; the stream stays up (and keeps acknowledging) until
+        // every proxy has reported, so no teardown competes with the measurement.
+        if run.update_latency.is_some()
+            && let Some(done) = done.take()
+        {
+            let _ = done.send(run.clone()).await;
         }
     }
-    run
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -259,6 +300,8 @@ struct Outcome {
     update_kb_per_proxy: f64,
     /// The simulated proxies' process.
     simulator_rss_mb: f64,
+    /// The control plane's resident memory once every proxy is in sync, before the change.
+    synced_rss_mb: f64,
 }
 
 async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, proxies: usize) -> Outcome {
@@ -287,6 +330,7 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, 
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout"))).lines();
     let said = lines.next_line().await.ok().flatten().unwrap_or_default();
     assert_eq!(said, "ready", "the simulated proxies did not get ready");
+    let synced_rss_mb = rss_mb();
     // WEFT_BENCH_PAUSE=SECONDS: time to attach a profiler (`perf record -p PID`) first.
     if let Some(pause) = std::env::var("WEFT_BENCH_PAUSE").ok().and_then(|p| p.parse::<u64>().ok()) {
         eprintln!("pid {}: the change comes in {pause} s", std::process::id());
@@ -312,6 +356,7 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, 
         initial_mb: numbers[3] / 1e6,
         update_kb_per_proxy: numbers[4] / 1e3 / proxies as f64,
         simulator_rss_mb: numbers[6],
+        synced_rss_mb,
     }
 }
 
@@ -323,17 +368,17 @@ fn simulate(addr: &str, proxies: usize, delta: bool) {
     runtime.block_on(async {
         let (change_tx, change_rx) = watch::channel(None);
         let (ready_tx, mut ready_rx) = mpsc::channel(proxies);
-        let mut tasks = Vec::new();
+        let (done_tx, mut done_rx) = mpsc::channel(proxies);
         for i in 0..proxies {
             let client = connect(addr).await;
-            let (ready, change) = (ready_tx.clone(), change_rx.clone());
-            tasks.push(tokio::spawn(async move {
+            let (ready, change, done) = (ready_tx.clone(), change_rx.clone(), done_tx.clone());
+            tokio::spawn(async move {
                 if delta {
-                    delta_proxy(client, i, ready, change).await
+                    delta_proxy(client, i, ready, change, done).await
                 } else {
-                    sotw_proxy(client, i, ready, change).await
+                    sotw_proxy(client, i, ready, change, done).await
                 }
-            }));
+            });
         }
         for _ in 0..proxies {
             let _ = ready_rx.recv().await;
@@ -351,12 +396,11 @@ fn simulate(addr: &str, proxies: usize, delta: bool) {
         println!("timing");
         let mut latencies = Vec::new();
         let (mut initial, mut update) = (0usize, 0usize);
-        for t in tasks {
-            if let Ok(run) = t.await {
-                latencies.extend(run.update_latency);
-                initial += run.initial_bytes;
-                update += run.update_bytes;
-            }
+        for _ in 0..proxies {
+            let Some(run) = done_rx.recv().await else { break };
+            latencies.extend(run.update_latency);
+            initial += run.initial_bytes;
+            update += run.update_bytes;
         }
         latencies.sort();
         let us = |d: Duration| d.as_micros();
@@ -368,6 +412,9 @@ fn simulate(addr: &str, proxies: usize, delta: bool) {
             latencies.len(),
             peak_rss_mb()
         );
+        // Gone at once: the control plane sees every stream end only after the measurement.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::process::exit(0);
     });
 }
 
@@ -396,8 +443,9 @@ fn report_one(
         o.update_kb_per_proxy
     );
     println!(
-        "  peak RSS so far                  {:>10.1} MB control plane; simulated proxies {:.1} MB\n",
+        "  peak RSS so far                  {:>10.1} MB control plane ({:.1} MB once synced); simulated proxies {:.1} MB\n",
         peak_rss_mb(),
+        o.synced_rss_mb,
         o.simulator_rss_mb
     );
 }
@@ -461,8 +509,10 @@ fn main() {
             delta.update_kb_per_proxy / sotw.update_kb_per_proxy.max(1e-9)
         );
         println!(
-            "  peak RSS so far                  {:>10.1} MB control plane; simulated proxies {:.1} MB (delta), {:.1} MB (sotw)\n",
+            "  peak RSS so far                  {:>10.1} MB control plane ({:.1} MB once synced, delta; {:.1} MB sotw); simulated proxies {:.1} MB (delta), {:.1} MB (sotw)\n",
             peak_rss_mb(),
+            delta.synced_rss_mb,
+            sotw.synced_rss_mb,
             delta.simulator_rss_mb,
             sotw.simulator_rss_mb
         );

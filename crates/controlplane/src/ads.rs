@@ -7,23 +7,21 @@
 //! the sync status, and not retried until the configuration changes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
 };
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::StreamExt;
+use tonic::codec::Codec;
+use tonic::{Status, Streaming};
 
 use crate::cache::{Encoded, Translation, TranslationCache};
 use crate::metrics::Metrics;
@@ -124,11 +122,65 @@ impl Ads {
         self
     }
 
-    /// The tonic service.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(256 << 20)
+    /// The gRPC service, for a tonic server.
+    pub fn into_service(self) -> AdsService {
+        AdsService { ads: self }
+    }
+
+    /// Starts serving one stream of protocol `P`; its responses are the HTTP response.
+    fn open<P: Protocol, B>(&self, request: hyper::Request<B>) -> hyper::Response<tonic::body::Body>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        let request = tonic::Request::from_http(request);
+        let mut stream = Stream_::new(self, P::NAME);
+        stream.peer = peer_identity(&request);
+        let decoder = tonic_prost::ProstCodec::<P::Response, P>::default().decoder();
+        let requests = Streaming::new_request(decoder, request.into_inner(), None, Some(MAX_REQUEST_BYTES));
+        // One response queued per stream: the next is built when gRPC has taken this one.
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(stream.run(requests, tx));
+        crate::grpc::response(rx)
+    }
+}
+
+/// The largest request a proxy may send (a delta request naming every endpoint set).
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` for a tonic server: requests
+/// decoded by tonic, each response framed in a buffer of its own ([`crate::grpc`]).
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    ads: Ads,
+}
+
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl<B> tower_service::Service<hyper::Request<B>> for AdsService
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type Response = hyper::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: hyper::Request<B>) -> Self::Future {
+        let response = match request.uri().path().rsplit('/').next() {
+            Some("StreamAggregatedResources") => self.ads.open::<DiscoveryRequest, B>(request),
+            Some("DeltaAggregatedResources") => self.ads.open::<DeltaDiscoveryRequest, B>(request),
+            _ => {
+                Status::unimplemented("the ADS has StreamAggregatedResources and DeltaAggregatedResources").into_http()
+            }
+        };
+        std::future::ready(Ok(response))
     }
 }
 
@@ -140,39 +192,8 @@ pub const PUSH_CONCURRENCY: usize = 100;
 /// Responses at least this large count against the push throttle.
 pub const THROTTLED_RESPONSE_BYTES: usize = 64 << 10;
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        // One response queued per stream: the next is built when gRPC has taken this one.
-        let (tx, rx) = mpsc::channel(1);
-        let mut stream = Stream_::new(self, "sotw");
-        stream.peer = peer_identity(&request);
-        tokio::spawn(stream.run(request.into_inner(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(1);
-        let mut stream = Stream_::new(self, "delta");
-        stream.peer = peer_identity(&request);
-        tokio::spawn(stream.run(request.into_inner(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
 /// The workload identity in a client certificate, when the stream is mTLS.
-fn peer_identity<T>(request: &Request<T>) -> Option<weft_tls::ca::SpiffeId> {
+fn peer_identity<T>(request: &tonic::Request<T>) -> Option<weft_tls::ca::SpiffeId> {
     let certs = request.peer_certs()?;
     let leaf = certs.first()?;
     weft_tls::ca::spiffe_ids_der(leaf.as_ref()).iter().find_map(|id| weft_tls::ca::SpiffeId::parse(id).ok())
@@ -180,8 +201,10 @@ fn peer_identity<T>(request: &Request<T>) -> Option<weft_tls::ca::SpiffeId> {
 
 /// One xDS protocol, named by its request type: how a request is answered and how a
 /// change is pushed on a stream.
-trait Protocol: Sized + Send + 'static {
-    type Response: Send + 'static;
+trait Protocol: prost::Message + Default + Sized + Send + 'static {
+    type Response: prost::Message + Default + Unpin + Send + 'static;
+    /// The protocol's name in the sync status.
+    const NAME: &'static str;
 
     fn answer(
         stream: &mut Stream_,
@@ -199,6 +222,7 @@ trait Protocol: Sized + Send + 'static {
 
 impl Protocol for DiscoveryRequest {
     type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
 
     fn answer(
         stream: &mut Stream_,
@@ -220,6 +244,7 @@ impl Protocol for DiscoveryRequest {
 
 impl Protocol for DeltaDiscoveryRequest {
     type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
 
     fn answer(
         stream: &mut Stream_,
@@ -543,8 +568,7 @@ impl Stream_ {
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
         let translation = self.translation(snapshot).await;
-        let empty = BTreeMap::new();
-        let all = translation.of(type_url).unwrap_or(&empty);
+        let all = translation.of(type_url);
         let Some(w) = self.watches.get(type_url) else { return true };
         let chosen: Vec<&Encoded> =
             all.iter().filter(|(name, _)| w.wildcard || w.names.contains(&***name)).map(|(_, e)| e).collect();
@@ -635,19 +659,17 @@ impl Stream_ {
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
         let translation = self.translation(snapshot).await;
-        let empty = BTreeMap::new();
-        let all = translation.of(type_url).unwrap_or(&empty);
+        let all = translation.of(type_url);
         let Some(w) = self.watches.get(type_url) else { return true };
         // The common case: this stream is in sync with the version the class's changes are
         // relative to, so only the changed names need looking at.
         if !force
-            && let Some(changes) = translation.changes.get(type_url)
+            && let Some(changes) = translation.changes(type_url)
             && w.synced == Some(changes.since)
         {
             let subscribed = |n: &String| w.wildcard || w.names.contains(n);
             let updated: Vec<DeltaResource> = changes
-                .updated
-                .iter()
+                .updated()
                 .filter(|n| subscribed(n))
                 .filter_map(|n| {
                     let e = all.get(n.as_str())?;
@@ -659,8 +681,7 @@ impl Stream_ {
                     })
                 })
                 .collect();
-            let removed: Vec<String> =
-                changes.removed.iter().filter(|n| w.sent.contains_key(n.as_str())).cloned().collect();
+            let removed: Vec<String> = changes.removed().filter(|n| w.sent.contains_key(n.as_str())).cloned().collect();
             if let Some(w) = self.watches.get_mut(type_url) {
                 w.synced = Some(snapshot.version);
                 for name in &removed {

@@ -1,10 +1,12 @@
 //! Translation results shared by proxies that would get the same configuration.
 //!
-//! Translation depends only on the snapshot and on the parts of a proxy's identity it
-//! reads (role, namespace, labels, address, workload, cluster, requested listener names), so proxies alike
-//! in those share one translation per snapshot version: a push to a thousand identical
-//! sidecars translates once. Results are encoded once too, with a hash per resource for
-//! change detection.
+//! A proxy's configuration is translated in two halves (see [`Half`]). The outbound half
+//! depends only on what [`translate::outbound_identity`] keeps of a proxy (role,
+//! namespace, labels, capture mode), so the replicas of a workload, and every proxy of a
+//! namespace with the same labels, share one translation per snapshot version: an
+//! endpoint change seen by a thousand sidecars is translated once. The inbound half is
+//! the workload's own and small. Results are encoded once too, with a hash per resource
+//! for change detection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -14,9 +16,9 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use tokio::sync::OnceCell;
 
-use crate::node::{ProxyIdentity, Role};
+use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
-use crate::translate::{self, type_url};
+use crate::translate::{self, Half, type_url};
 
 /// One encoded resource and its content hash.
 #[derive(Debug, Clone)]
@@ -27,65 +29,150 @@ pub struct Encoded {
     pub hash: u64,
 }
 
-/// Every resource of one proxy class, by type URL, then by name, and what changed
-/// since the class's previous translation.
-#[derive(Debug, Default)]
-pub struct Translation {
-    /// The snapshot version translated.
-    pub version: u64,
-    /// Resources by type URL, then by name; a type an endpoint change leaves alone is
-    /// shared with the previous translation, and names are shared between translations.
-    pub types: HashMap<&'static str, Arc<Resources>>,
-    /// Per type URL: the previous version this was compared with, the names added or
-    /// changed since, and the names removed since. Computed once per class, so a push to
-    /// many proxies of the class does not compare every resource once per proxy.
-    pub changes: HashMap<&'static str, Changes>,
-    /// The endpoint sets (EDS names) of each service host, so that an endpoint change
-    /// finds what to rebuild without looking at every name.
-    pub clusters_of_host: Arc<HashMap<String, Vec<Arc<str>>>>,
-}
-
 /// The resources of one type, by name.
 pub type Resources = BTreeMap<Arc<str>, Encoded>;
 
-/// What changed in one type between two translations of a class.
-#[derive(Debug, Clone, Default)]
-pub struct Changes {
-    /// The snapshot version compared with.
-    pub since: u64,
-    /// Names added or changed.
-    pub updated: Vec<String>,
-    /// Names removed.
-    pub removed: Vec<String>,
+/// Everything one proxy is sent: its two halves, each shared with the proxies alike in
+/// what that half reads.
+#[derive(Debug, Default)]
+pub struct Translation {
+    outbound: Arc<Part>,
+    inbound: Arc<Part>,
 }
 
 impl Translation {
     /// The resources of one type.
-    pub fn of(&self, type_url: &str) -> Option<&Resources> {
-        self.types.get(type_url).map(|r| &**r)
+    pub fn of(&self, type_url: &str) -> View<'_> {
+        View {
+            parts: [self.outbound.types.get(type_url).map(|r| &**r), self.inbound.types.get(type_url).map(|r| &**r)],
+        }
+    }
+
+    /// What changed in one type since the snapshot version both halves were last
+    /// translated at; `None` when they were not compared with the same one.
+    pub fn changes(&self, type_url: &str) -> Option<ChangesView<'_>> {
+        let outbound = self.outbound.changes.get(type_url)?;
+        let inbound = self.inbound.changes.get(type_url)?;
+        (outbound.since == inbound.since).then_some(ChangesView { since: outbound.since, parts: [outbound, inbound] })
     }
 }
 
+/// The resources of one type in both halves of a translation (their names are distinct).
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    parts: [Option<&'a Resources>; 2],
+}
+
+impl<'a> View<'a> {
+    /// Every resource: the outbound half's, then the inbound half's, each in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Arc<str>, &'a Encoded)> + use<'a> {
+        self.parts.into_iter().flatten().flat_map(|r| r.iter())
+    }
+
+    /// The resource of that name, with the shared name.
+    pub fn get_key_value(&self, name: &str) -> Option<(&'a Arc<str>, &'a Encoded)> {
+        self.parts.into_iter().flatten().find_map(|r| r.get_key_value(name))
+    }
+
+    /// The resource of that name.
+    pub fn get(&self, name: &str) -> Option<&'a Encoded> {
+        self.get_key_value(name).map(|(_, e)| e)
+    }
+
+    /// Whether there is a resource of that name.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get_key_value(name).is_some()
+    }
+
+    /// How many resources.
+    pub fn len(&self) -> usize {
+        self.parts.into_iter().flatten().map(BTreeMap::len).sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What changed in one type, in both halves.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangesView<'a> {
+    /// The snapshot version compared with.
+    pub since: u64,
+    parts: [&'a Changes; 2],
+}
+
+impl<'a> ChangesView<'a> {
+    /// Names added or changed.
+    pub fn updated(&self) -> impl Iterator<Item = &'a String> + use<'a> {
+        self.parts.into_iter().flat_map(|c| &c.updated)
+    }
+
+    /// Names removed.
+    pub fn removed(&self) -> impl Iterator<Item = &'a String> + use<'a> {
+        self.parts.into_iter().flat_map(|c| &c.removed)
+    }
+}
+
+/// Every resource of one half of a class's configuration, by type URL, then by name, and
+/// what changed since the class's previous translation.
+#[derive(Debug, Default)]
+struct Part {
+    /// The snapshot version translated.
+    version: u64,
+    /// Resources by type URL, then by name; a type an endpoint change leaves alone is
+    /// shared with the previous translation, and names are shared between translations.
+    types: HashMap<&'static str, Arc<Resources>>,
+    /// Per type URL: the previous version this was compared with, the names added or
+    /// changed since, and the names removed since. Computed once per class, so a push to
+    /// many proxies of the class does not compare every resource once per proxy.
+    changes: HashMap<&'static str, Changes>,
+    /// The endpoint sets (EDS names) of each service host, so that an endpoint change
+    /// finds what to rebuild without looking at every name.
+    clusters_of_host: Arc<HashMap<String, Vec<Arc<str>>>>,
+}
+
+/// What changed in one type between two translations of a class.
+#[derive(Debug, Clone, Default)]
+struct Changes {
+    /// The snapshot version compared with.
+    since: u64,
+    /// Names added or changed.
+    updated: Vec<String>,
+    /// Names removed.
+    removed: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ClassKey {
+struct PartKey {
     version: u64,
     class: Class,
 }
 
-/// What translation reads of a proxy.
+/// What one half's translation reads: the proxy as that half sees it, and, for
+/// proxyless clients, the listener names they asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Class {
-    role: Role,
-    namespace: String,
-    labels: BTreeMap<String, String>,
-    ip: String,
-    workload: String,
-    service_account: String,
-    interception_mode: String,
-    sds: bool,
-    /// Spans carry it (`istio.cluster_id`).
-    cluster_id: String,
+    half: Half,
+    proxy: ProxyIdentity,
     listener_names: Vec<String>,
+}
+
+impl Class {
+    /// The two classes of a proxy as the snapshot sees it (labels from its WorkloadEntry).
+    fn of(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String]) -> [Class; 2] {
+        let seen = snapshot.with_workload(proxy);
+        let outbound = Class {
+            half: Half::Outbound,
+            proxy: translate::outbound_identity(&seen),
+            listener_names: listener_names.to_vec(),
+        };
+        // The node id and versions are read by neither half.
+        let inbound =
+            ProxyIdentity { id: String::new(), revision: String::new(), istio_version: String::new(), ..seen };
+        [outbound, Class { half: Half::Inbound, proxy: inbound, listener_names: Vec::new() }]
+    }
 }
 
 /// One copy of each distinct resource and name, shared by every class's translation:
@@ -156,41 +243,42 @@ impl Interner {
 #[derive(Debug, Default)]
 pub struct TranslationCache {
     interner: Interner,
-    entries: Mutex<HashMap<ClassKey, Arc<OnceCell<Arc<Translation>>>>>,
+    entries: Mutex<HashMap<PartKey, Arc<OnceCell<Arc<Part>>>>>,
     /// The newest translation of each class, to compute the next one's changes against.
-    latest: Mutex<HashMap<Class, Arc<Translation>>>,
+    latest: Mutex<HashMap<Class, Arc<Part>>>,
 }
 
 impl TranslationCache {
-    /// The translation for `proxy`, computed at most once per class and version.
+    /// The translation for `proxy`: each half computed at most once per class and version.
     pub async fn get(&self, snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String]) -> Arc<Translation> {
-        let class = Class {
-            role: proxy.role,
-            namespace: proxy.namespace.clone(),
-            labels: proxy.labels.clone(),
-            ip: proxy.ip.clone(),
-            workload: proxy.workload.clone(),
-            service_account: proxy.service_account.clone(),
-            interception_mode: proxy.interception_mode.clone(),
-            sds: proxy.sds,
-            cluster_id: proxy.cluster_id.clone(),
-            listener_names: listener_names.to_vec(),
-        };
-        let key = ClassKey { version: snapshot.version, class: class.clone() };
+        let [outbound, inbound] = Class::of(snapshot, proxy, listener_names);
+        let outbound = self.part(snapshot, outbound).await;
+        let inbound = self.part(snapshot, inbound).await;
+        Arc::new(Translation { outbound, inbound })
+    }
+
+    /// Names held once, for whoever keeps names of resources.
+    pub fn interner(&self) -> &Interner {
+        &self.interner
+    }
+
+    async fn part(&self, snapshot: &Snapshot, class: Class) -> Arc<Part> {
+        let key = PartKey { version: snapshot.version, class };
         let cell = {
             let Ok(mut entries) = self.entries.lock() else {
-                return Arc::new(translate_all(&self.interner, snapshot, proxy, listener_names, None));
+                return Arc::new(translate_part(&self.interner, snapshot, &key.class, None));
             };
             // Older versions are never asked for again once a newer one is.
             if !entries.contains_key(&key) {
                 entries.retain(|k, _| k.version + 1 >= snapshot.version);
             }
-            entries.entry(key).or_default().clone()
+            entries.entry(key.clone()).or_default().clone()
         };
+        let class = key.class;
         cell.get_or_init(|| async {
             let previous = self.latest.lock().ok().and_then(|l| l.get(&class).cloned());
             let previous = previous.filter(|p| p.version < snapshot.version);
-            let t = Arc::new(translate_all(&self.interner, snapshot, proxy, listener_names, previous.as_deref()));
+            let t = Arc::new(translate_part(&self.interner, snapshot, &class, previous.as_deref()));
             if let Ok(mut latest) = self.latest.lock() {
                 let newer = latest.get(&class).is_some_and(|l| l.version > t.version);
                 if !newer {
@@ -204,13 +292,7 @@ impl TranslationCache {
     }
 }
 
-fn translate_all(
-    interner: &Interner,
-    snapshot: &Snapshot,
-    proxy: &ProxyIdentity,
-    listener_names: &[String],
-    previous: Option<&Translation>,
-) -> Translation {
+fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previous: Option<&Part>) -> Part {
     let reusable = previous.filter(|p| snapshot.endpoint_change.as_ref().is_some_and(|c| c.since == p.version));
     if let (Some(previous), Some(change)) = (reusable, snapshot.endpoint_change.as_ref()) {
         // Only endpoints moved: share everything else, rebuild the moved hosts' endpoints;
@@ -218,14 +300,16 @@ fn translate_all(
         let mut types = previous.types.clone();
         let mut changes: HashMap<&'static str, Changes> =
             types.keys().map(|t| (*t, Changes { since: previous.version, ..Changes::default() })).collect();
-        let proxy = snapshot.with_workload(proxy);
-        if let Some(eds) = types.get_mut(type_url::ENDPOINT) {
+        // Inbound listeners and clusters follow endpoint addresses only under capture,
+        // where the workload is also known by its address.
+        let inbound_moves = class.half == Half::Inbound && translate::captured(&class.proxy);
+        if !inbound_moves && let Some(eds) = types.get_mut(type_url::ENDPOINT) {
             let moved: Vec<Arc<str>> =
                 change.hosts.iter().filter_map(|h| previous.clusters_of_host.get(h)).flatten().cloned().collect();
             let eds = Arc::make_mut(eds);
             let eds_changes = changes.entry(type_url::ENDPOINT).or_default();
             for name in moved {
-                match translate::endpoints_of_cluster(snapshot, &proxy, &name) {
+                match translate::endpoints_of_cluster(snapshot, &class.proxy, &name) {
                     Some(cla) => {
                         let encoded = interner.encode(pack_any(cla));
                         if eds.get(&name).map(|e| e.hash) != Some(encoded.hash) {
@@ -239,11 +323,11 @@ fn translate_all(
                     }
                 }
             }
+            let clusters_of_host = previous.clusters_of_host.clone();
+            return Part { version: snapshot.version, types, changes, clusters_of_host };
         }
-        let clusters_of_host = previous.clusters_of_host.clone();
-        return Translation { version: snapshot.version, types, changes, clusters_of_host };
     }
-    let r = translate::resources_for(snapshot, proxy, listener_names);
+    let r = translate::half_for(snapshot, &class.proxy, &class.listener_names, class.half);
     let named = |items: Vec<(String, Any)>| -> Arc<Resources> {
         Arc::new(items.into_iter().map(|(name, any)| (interner.name(&name), interner.encode(any))).collect())
     };
@@ -279,7 +363,7 @@ fn translate_all(
             changes.insert(*t, Changes { since: previous.version, updated, removed });
         }
     }
-    Translation { version: snapshot.version, types, changes, clusters_of_host: Arc::new(clusters_of_host) }
+    Part { version: snapshot.version, types, changes, clusters_of_host: Arc::new(clusters_of_host) }
 }
 
 #[cfg(test)]
@@ -345,8 +429,64 @@ spec: {address: 10.0.0.9, labels: {app: ratings, version: v1}}
         assert!(relabelled.endpoint_change.is_none(), "labels choose subsets: not endpoint-only");
     }
 
+    /// What a translation holds of one type: names and content hashes.
+    fn held(t: &Translation, type_url: &str) -> Vec<(String, u64)> {
+        t.of(type_url).iter().map(|(n, e)| (n.to_string(), e.hash)).collect()
+    }
+
+    /// The same from a direct translation.
+    fn translated(r: &translate::Resources, type_url: &str) -> Vec<(String, u64)> {
+        let named: Vec<(String, Any)> = match type_url {
+            type_url::CLUSTER => r.clusters.iter().map(|c| (c.name.clone(), pack_any(c.clone()))).collect(),
+            type_url::ENDPOINT => r.endpoints.iter().map(|c| (c.cluster_name.clone(), pack_any(c.clone()))).collect(),
+            type_url::LISTENER => r.listeners.iter().map(|l| (l.name.clone(), pack_any(l.clone()))).collect(),
+            _ => r.routes.iter().map(|rc| (rc.name.clone(), pack_any(rc.clone()))).collect(),
+        };
+        let interner = Interner::default();
+        let mut out: Vec<(String, u64)> = named.into_iter().map(|(n, any)| (n, interner.encode(any).hash)).collect();
+        out.sort();
+        out
+    }
+
+    const SIDECAR: &str = "
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  ingress: [{port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: 127.0.0.1:8080}]
+  egress: [{port: {number: 9080, protocol: HTTP, name: http}, hosts: [./*]}]
+";
+
     #[tokio::test]
-    async fn sidecars_of_different_workloads_share_one_encoding_of_what_they_both_see() {
+    async fn replicas_share_the_outbound_half_and_keep_their_own_inbound_half() {
+        let snapshot = Snapshot::new(1, resources(&format!("{MESH}{SIDECAR}")));
+        let cache = TranslationCache::default();
+        let replica = |name: &str, ip: &str| {
+            let mut p = proxy(Role::Sidecar, &[("app", "reviews"), ("version", "v1")]);
+            (p.workload, p.ip, p.service_account) = (name.into(), ip.into(), format!("sa-{name}"));
+            p
+        };
+        let (one, two) = (replica("reviews-v1-a", "127.0.0.21"), replica("reviews-v1-b", "127.0.0.22"));
+        let (a, b) = (cache.get(&snapshot, &one, &[]).await, cache.get(&snapshot, &two, &[]).await);
+        assert!(Arc::ptr_eq(&a.outbound, &b.outbound), "replicas translate the outbound half once");
+        assert!(!Arc::ptr_eq(&a.inbound, &b.inbound), "each replica has its own inbound half");
+        for (p, t) in [(&one, &a), (&two, &b)] {
+            let direct = translate::resources_for(&snapshot, p, &[]);
+            for type_url in type_url::PUSH_ORDER {
+                let mut cached = held(t, type_url);
+                cached.sort();
+                assert_eq!(cached, translated(&direct, type_url), "{} {type_url}", p.workload);
+            }
+        }
+        let listeners =
+            |t: &Translation| t.of(type_url::LISTENER).iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(listeners(&a), ["127.0.0.1_9080", "127.0.0.21_9080"]);
+        assert_eq!(listeners(&b), ["127.0.0.1_9080", "127.0.0.22_9080"]);
+    }
+
+    #[tokio::test]
+    async fn workloads_without_an_app_label_share_encodings_but_not_the_outbound_half() {
         let snapshot = Snapshot::new(1, resources(MESH));
         let cache = TranslationCache::default();
         let mut one = proxy(Role::Sidecar, &[]);
@@ -354,43 +494,42 @@ spec: {address: 10.0.0.9, labels: {app: ratings, version: v1}}
         let mut two = one.clone();
         two.workload = "two".into();
         let (a, b) = (cache.get(&snapshot, &one, &[]).await, cache.get(&snapshot, &two, &[]).await);
-        assert!(!Arc::ptr_eq(&a, &b), "two workloads are two classes");
-        let clusters = |t: &Translation| t.of(type_url::CLUSTER).cloned().unwrap_or_default();
-        let (ca, cb) = (clusters(&a), clusters(&b));
+        assert!(!Arc::ptr_eq(&a.outbound, &b.outbound), "tracing names the service after the workload");
+        let (ca, cb) = (a.of(type_url::CLUSTER), b.of(type_url::CLUSTER));
         assert!(!ca.is_empty());
-        for (name, e) in &ca {
-            let other = cb.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        for (name, e) in ca.iter() {
+            let (other_name, other) = cb.get_key_value(name).unwrap_or_else(|| panic!("{name} missing"));
             assert!(Arc::ptr_eq(&e.any, &other.any), "{name} is encoded twice");
-            let (ka, kb) = (ca.get_key_value(name).map(|k| k.0.clone()), cb.get_key_value(name).map(|k| k.0.clone()));
-            assert!(ka.zip(kb).is_some_and(|(x, y)| Arc::ptr_eq(&x, &y)), "{name} is allocated twice");
+            assert!(Arc::ptr_eq(name, other_name), "{name} is allocated twice");
         }
     }
 
-    #[test]
-    fn incremental_translation_equals_full_translation_and_names_only_the_moved_endpoints() {
-        let first = Snapshot::new(1, resources(MESH));
-        let moved = Snapshot::next(&first, 2, resources(&MESH.replace("10.0.0.1", "10.0.0.2")));
-        let before = translate_all(&Interner::default(), &first, &proxy(Role::Sidecar, &[]), &[], None);
-        let incremental = translate_all(&Interner::default(), &moved, &proxy(Role::Sidecar, &[]), &[], Some(&before));
-        let full = translate_all(
-            &Interner::default(),
-            &Snapshot::new(2, resources(&MESH.replace("10.0.0.1", "10.0.0.2"))),
-            &proxy(Role::Sidecar, &[]),
-            &[],
-            None,
-        );
+    #[tokio::test]
+    async fn incremental_translation_equals_full_translation_and_names_only_the_moved_endpoints() {
+        let moved_mesh = format!("{MESH}{SIDECAR}").replace("10.0.0.1", "10.0.0.2");
+        let first = Snapshot::new(1, resources(&format!("{MESH}{SIDECAR}")));
+        let moved = Snapshot::next(&first, 2, resources(&moved_mesh));
+        let p = proxy(Role::Sidecar, &[("app", "ratings")]);
+        let cache = TranslationCache::default();
+        let _ = cache.get(&first, &p, &[]).await;
+        let incremental = cache.get(&moved, &p, &[]).await;
+        let full = TranslationCache::default().get(&Snapshot::new(2, resources(&moved_mesh)), &p, &[]).await;
         for t in type_url::PUSH_ORDER {
-            let names = |tr: &Translation| tr.types[t].iter().map(|(n, e)| (n.clone(), e.hash)).collect::<Vec<_>>();
-            assert_eq!(names(&incremental), names(&full), "{t}");
+            assert_eq!(held(&incremental, t), held(&full, t), "{t}");
         }
-        let eds = &incremental.changes[type_url::ENDPOINT];
+        let changes = |t: &str| incremental.changes(t).map(|c| (c.since, c.updated().cloned().collect::<Vec<_>>()));
         assert_eq!(
-            eds.updated,
-            ["outbound|9080|v1|reviews.default.svc.cluster.local", "outbound|9080||reviews.default.svc.cluster.local"]
+            changes(type_url::ENDPOINT),
+            Some((
+                1,
+                vec![
+                    "outbound|9080|v1|reviews.default.svc.cluster.local".to_owned(),
+                    "outbound|9080||reviews.default.svc.cluster.local".to_owned()
+                ]
+            ))
         );
-        assert!(
-            incremental.changes[type_url::CLUSTER].updated.is_empty()
-                && incremental.changes[type_url::ROUTE].updated.is_empty()
-        );
+        for t in [type_url::CLUSTER, type_url::LISTENER, type_url::ROUTE] {
+            assert_eq!(changes(t), Some((1, Vec::new())), "{t}");
+        }
     }
 }

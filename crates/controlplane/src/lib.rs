@@ -9,6 +9,7 @@ pub mod ads;
 pub mod ca;
 pub mod cache;
 pub mod debug;
+pub mod grpc;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -65,9 +65,9 @@ fn original_dst_filter() -> ListenerFilter {
     }
 }
 
-/// The capture listeners: `virtualOutbound`, one `0.0.0.0_<port>` per outbound port
-/// (not bound; reached by hand-off), and `virtualInbound`.
-pub fn capture_listeners(
+/// The outbound capture listeners: `virtualOutbound` and one `0.0.0.0_<port>` per
+/// outbound port (not bound; reached by hand-off).
+pub fn outbound_listeners(
     outbound: Vec<(u32, FilterChain)>,
     snapshot: &Snapshot,
     proxy: &ProxyIdentity,
@@ -97,6 +97,11 @@ pub fn capture_listeners(
             ..Default::default()
         });
     }
+    out
+}
+
+/// `virtualInbound`: one filter chain per port the workload serves.
+pub fn inbound_listener(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Listener {
     let mut chains = Vec::new();
     for (port, protocol) in inbound_ports(snapshot, proxy) {
         let cluster = cluster_name("inbound", port, "", "");
@@ -116,7 +121,7 @@ pub fn capture_listeners(
     }
     let mut listener_filters = vec![original_dst_filter()];
     listener_filters.extend(super::security::tls_inspector(&chains));
-    out.push(Listener {
+    Listener {
         name: "virtualInbound".into(),
         address: Some(socket("0.0.0.0", INBOUND_PORT)),
         listener_filters,
@@ -128,13 +133,11 @@ pub fn capture_listeners(
         )),
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
-    });
-    out
+    }
 }
 
-/// The passthrough clusters and one `inbound|<port>||` cluster per served port, to the
-/// application on loopback.
-pub fn capture_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> {
+/// The passthrough clusters and the black hole, for destinations outside the mesh.
+pub fn passthrough_clusters() -> Vec<Cluster> {
     let passthrough = |name: &str| Cluster {
         name: name.to_owned(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::OriginalDst as i32)),
@@ -142,7 +145,7 @@ pub fn capture_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Clust
         connect_timeout: Some(duration(CONNECT_TIMEOUT)),
         ..Default::default()
     };
-    let mut out = vec![
+    vec![
         passthrough(PASSTHROUGH),
         passthrough(INBOUND_PASSTHROUGH),
         Cluster {
@@ -151,7 +154,13 @@ pub fn capture_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Clust
             connect_timeout: Some(duration(CONNECT_TIMEOUT)),
             ..Default::default()
         },
-    ];
+    ]
+}
+
+/// One `inbound|<port>||` cluster per port the workload serves, to the application on
+/// loopback.
+pub fn inbound_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> {
+    let mut out = Vec::new();
     for port in inbound_ports(snapshot, proxy).into_keys() {
         let name = cluster_name("inbound", port, "", "");
         out.push(Cluster {

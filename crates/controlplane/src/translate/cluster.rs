@@ -19,7 +19,7 @@ use weft_api::istio::{
     OutlierDetection as IstioOutlier, Resolution, SimpleLb, TrafficPolicy,
 };
 
-use super::{ads, duration, duration_text, socket};
+use super::{Half, ads, duration, duration_text, socket};
 use crate::node::{ProxyIdentity, Role};
 use crate::registry::{Endpoint, Protocol, Service, ServicePort};
 use crate::snapshot::Snapshot;
@@ -38,6 +38,28 @@ pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 
 /// The clusters `proxy` needs.
 pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> {
+    let mut out = clusters_of(snapshot, proxy, Half::Outbound);
+    out.extend(clusters_of(snapshot, proxy, Half::Inbound));
+    out
+}
+
+/// The clusters of one half of `proxy`'s configuration.
+pub fn clusters_of(snapshot: &Snapshot, proxy: &ProxyIdentity, half: Half) -> Vec<Cluster> {
+    let captured = proxy.role == Role::Sidecar && super::capture::captured(proxy);
+    match half {
+        Half::Outbound if captured => {
+            let mut out = outbound_clusters(snapshot, proxy);
+            out.extend(super::capture::passthrough_clusters());
+            out
+        }
+        Half::Outbound => outbound_clusters(snapshot, proxy),
+        Half::Inbound if captured => super::capture::inbound_clusters(snapshot, proxy),
+        Half::Inbound if proxy.role == Role::Sidecar => inbound_clusters(snapshot, proxy),
+        Half::Inbound => Vec::new(),
+    }
+}
+
+fn outbound_clusters(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> {
     let mut out = Vec::new();
     for service in reachable_services(snapshot, proxy) {
         let dr = snapshot.destination_rule(&service.hostname, &proxy.namespace, &service.namespace);
@@ -61,11 +83,6 @@ pub fn clusters_for(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Cluster> 
                 out.push(c);
             }
         }
-    }
-    if proxy.role == Role::Sidecar && super::capture::captured(proxy) {
-        out.extend(super::capture::capture_clusters(snapshot, proxy));
-    } else if proxy.role == Role::Sidecar {
-        out.extend(inbound_clusters(snapshot, proxy));
     }
     out
 }

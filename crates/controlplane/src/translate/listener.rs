@@ -22,10 +22,11 @@ use envoy_types::pb::google::protobuf::Duration;
 use envoy_types::util::pack_any;
 
 use super::cluster::{cluster_name, default_endpoint};
-use super::{ads, socket};
+use super::{Half, ads, socket};
 use crate::node::{ProxyIdentity, Role};
 use crate::registry::{Protocol, resolve_host};
 use crate::snapshot::Snapshot;
+use weft_api::istio::SidecarSpec;
 
 /// Network filter names.
 pub(super) const HCM: &str = "envoy.filters.network.http_connection_manager";
@@ -33,20 +34,41 @@ pub(super) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 
 /// The listeners `proxy` needs.
 pub fn listeners_for(snapshot: &Snapshot, proxy: &ProxyIdentity, requested: &[String]) -> Vec<Listener> {
-    let mut out = match proxy.role {
-        Role::Sidecar => sidecar_listeners(snapshot, proxy),
-        Role::Gateway => gateway_listeners(snapshot, proxy),
-        Role::Proxyless => return requested.iter().filter_map(|name| api_listener(snapshot, proxy, name)).collect(),
+    let mut out = listeners_of(snapshot, proxy, requested, Half::Outbound);
+    out.extend(listeners_of(snapshot, proxy, requested, Half::Inbound));
+    out
+}
+
+/// The listeners of one half of `proxy`'s configuration.
+pub fn listeners_of(snapshot: &Snapshot, proxy: &ProxyIdentity, requested: &[String], half: Half) -> Vec<Listener> {
+    let mut out = match (proxy.role, half) {
+        (Role::Sidecar, _) => sidecar_listeners(snapshot, proxy, half),
+        (Role::Gateway, Half::Outbound) => gateway_listeners(snapshot, proxy),
+        (Role::Proxyless, Half::Outbound) => {
+            return requested.iter().filter_map(|name| api_listener(snapshot, proxy, name)).collect();
+        }
+        (Role::Gateway | Role::Proxyless, Half::Inbound) => return Vec::new(),
     };
     super::telemetry::apply(snapshot, proxy, &mut out);
     out
 }
 
-fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {
+fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity, half: Half) -> Vec<Listener> {
     if super::capture::captured(proxy) {
-        return captured_sidecar_listeners(snapshot, proxy);
+        return match half {
+            Half::Outbound => captured_sidecar_listeners(snapshot, proxy),
+            Half::Inbound => vec![super::capture::inbound_listener(snapshot, proxy)],
+        };
     }
     let Some(sidecar) = snapshot.sidecar_for(proxy) else { return Vec::new() };
+    match half {
+        Half::Outbound => egress_listeners(snapshot, proxy, sidecar),
+        Half::Inbound => ingress_listeners(snapshot, proxy, sidecar),
+    }
+}
+
+/// One listener per Sidecar egress port, on its `bind` address.
+fn egress_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity, sidecar: &SidecarSpec) -> Vec<Listener> {
     let mut out = Vec::new();
     for egress in &sidecar.egress {
         let Some(port) = egress.port.as_ref() else { continue };
@@ -73,6 +95,12 @@ fn sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener
         };
         out.push(listener(&bind, number, TrafficDirection::Outbound, chain));
     }
+    out
+}
+
+/// One listener per Sidecar ingress port, forwarding to its `defaultEndpoint`.
+fn ingress_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity, sidecar: &SidecarSpec) -> Vec<Listener> {
+    let mut out = Vec::new();
     for ingress in &sidecar.ingress {
         let Some(port) = ingress.port.as_ref() else { continue };
         let Some(number) = port.number else { continue };
@@ -123,7 +151,7 @@ fn captured_sidecar_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec
             });
         }
     }
-    super::capture::capture_listeners(ports.into_iter().collect(), snapshot, proxy)
+    super::capture::outbound_listeners(ports.into_iter().collect(), snapshot, proxy)
 }
 
 fn gateway_listeners(snapshot: &Snapshot, proxy: &ProxyIdentity) -> Vec<Listener> {

@@ -30,9 +30,10 @@ use envoy_types::pb::google::protobuf::Duration;
 use crate::node::{ProxyIdentity, Role};
 use crate::snapshot::Snapshot;
 
-pub use cluster::{cluster_name, clusters_for, endpoints_for, endpoints_of_cluster, parse_cluster_name};
+pub use capture::captured;
+pub use cluster::{cluster_name, clusters_for, clusters_of, endpoints_for, endpoints_of_cluster, parse_cluster_name};
 pub use gateway_api::GATEWAY_NAME_LABEL;
-pub use listener::listeners_for;
+pub use listener::{listeners_for, listeners_of};
 pub use route::routes_for;
 
 /// Type URLs of the resources translation produces.
@@ -63,15 +64,61 @@ pub struct Resources {
     pub routes: Vec<RouteConfiguration>,
 }
 
+impl Resources {
+    /// Appends another set (the other half of a proxy's configuration).
+    pub fn extend(&mut self, other: Resources) {
+        self.clusters.extend(other.clusters);
+        self.endpoints.extend(other.endpoints);
+        self.listeners.extend(other.listeners);
+        self.routes.extend(other.routes);
+    }
+}
+
+/// The two halves of a proxy's configuration. They are translated apart because they
+/// depend on different parts of the proxy's identity: the outbound half is the same for
+/// every proxy of a namespace with the same labels, so a thousand replicas share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Half {
+    /// What the proxy sends to: outbound listeners, their routes, outbound clusters and
+    /// their endpoints; everything a gateway or a proxyless client gets. It reads the
+    /// proxy as [`outbound_identity`] leaves it.
+    Outbound,
+    /// What reaches the proxy's own workload: inbound listeners and clusters.
+    Inbound,
+}
+
 /// Translates the snapshot for one proxy. For proxyless gRPC clients, whose listeners
 /// are requested by name (`host:port`), `listener_names` says which to build.
 pub fn resources_for(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String]) -> Resources {
-    let proxy = &snapshot.with_workload(proxy);
-    let listeners = listeners_for(snapshot, proxy, listener_names);
+    let proxy = snapshot.with_workload(proxy);
+    let mut out = half_for(snapshot, &outbound_identity(&proxy), listener_names, Half::Outbound);
+    out.extend(half_for(snapshot, &proxy, listener_names, Half::Inbound));
+    out
+}
+
+/// One half of a proxy's configuration; `proxy` is as [`Snapshot::with_workload`] sees it
+/// (and as [`outbound_identity`] leaves it, for the outbound half).
+pub fn half_for(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String], half: Half) -> Resources {
+    let listeners = listeners_of(snapshot, proxy, listener_names, half);
     let routes = routes_for(snapshot, proxy, &listeners);
-    let clusters = clusters_for(snapshot, proxy);
+    let clusters = clusters_of(snapshot, proxy, half);
     let endpoints = endpoints_for(snapshot, proxy, &clusters);
     Resources { clusters, endpoints, listeners, routes }
+}
+
+/// What the outbound half may read of a proxy: its role, namespace, labels, capture mode,
+/// cluster and SDS, not its address, service account or node id. The workload name stays
+/// only when the labels have no `app`: tracing then names the service after it.
+pub fn outbound_identity(proxy: &ProxyIdentity) -> ProxyIdentity {
+    ProxyIdentity {
+        id: String::new(),
+        ip: String::new(),
+        workload: if proxy.labels.contains_key("app") { String::new() } else { proxy.workload.clone() },
+        service_account: String::new(),
+        revision: String::new(),
+        istio_version: String::new(),
+        ..proxy.clone()
+    }
 }
 
 /// The security policies of one kind that apply to `proxy`'s workload, in name order:

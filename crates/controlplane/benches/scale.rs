@@ -108,6 +108,17 @@ fn rss_mb() -> f64 {
     status_mb("VmRSS:")
 }
 
+/// CPU time this process has used, all threads, in milliseconds.
+fn cpu_ms() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e6
+}
+
 fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -131,12 +142,50 @@ async fn connect(addr: &str) -> Client {
     panic!("cannot connect to {addr}");
 }
 
-/// What one simulated proxy saw.
+/// What one simulated proxy saw of one change.
 #[derive(Debug, Clone)]
-struct ProxyRun {
+struct Report {
+    /// Bytes received before the first change (reported with the first only).
+    initial_bytes: usize,
+    /// Bytes received since the change was made.
+    update_bytes: usize,
+    /// From the change to its endpoints arriving.
+    latency: Duration,
+}
+
+/// The current change, once there is one: its round and when it was made.
+type Change = watch::Receiver<Option<(u32, Instant)>>;
+
+/// Counts what a proxy receives, and reports each change (once) when its endpoints arrive.
+struct Tally {
     initial_bytes: usize,
     update_bytes: usize,
-    update_latency: Option<Duration>,
+    reported: u32,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally { initial_bytes: 0, update_bytes: 0, reported: 0 }
+    }
+
+    /// Counts a response; the report, if it brings the current change's endpoints.
+    fn received(&mut self, change: &Change, bytes: usize, new_endpoints: bool) -> Option<Report> {
+        let Some((round, at)) = *change.borrow() else {
+            self.initial_bytes += bytes;
+            return None;
+        };
+        self.update_bytes += bytes;
+        if !new_endpoints || round <= self.reported {
+            return None;
+        }
+        self.reported = round;
+        let report = Report {
+            initial_bytes: std::mem::take(&mut self.initial_bytes),
+            update_bytes: std::mem::take(&mut self.update_bytes),
+            latency: at.elapsed(),
+        };
+        Some(report)
+    }
 }
 
 /// A delta client as Envoy behaves: wildcard CDS and LDS, then EDS for every cluster
@@ -145,13 +194,14 @@ async fn delta_proxy(
     mut client: Client,
     i: usize,
     ready: mpsc::Sender<()>,
-    change_at: watch::Receiver<Option<Instant>>,
-    done: mpsc::Sender<ProxyRun>,
+    change: Change,
+    done: mpsc::Sender<Report>,
 ) {
-    let mut done = Some(done);
     let (tx, rx) = mpsc::channel(64);
+    // The node goes in the first request only, as Istio's bootstrap has Envoy do.
+    let identified = std::sync::atomic::AtomicBool::new(false);
     let subscribe = |t: &str, names: Vec<String>, nonce: String| DeltaDiscoveryRequest {
-        node: Some(node(i)),
+        node: (!identified.swap(true, std::sync::atomic::Ordering::Relaxed)).then(|| node(i)),
         type_url: t.to_owned(),
         resource_names_subscribe: names,
         response_nonce: nonce,
@@ -161,20 +211,12 @@ async fn delta_proxy(
     let _ = tx.send(subscribe(type_url::LISTENER, vec![], String::new())).await;
     let mut responses =
         client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
-    let mut run = ProxyRun { initial_bytes: 0, update_bytes: 0, update_latency: None };
+    let mut tally = Tally::new();
     let mut have = BTreeSet::new();
     let mut ready = Some(ready);
     while let Some(Ok(r)) = responses.next().await {
-        let changed_at = *change_at.borrow();
-        match changed_at {
-            None => run.initial_bytes += r.encoded_len(),
-            Some(at) => {
-                run.update_bytes += r.encoded_len();
-                if r.type_url == type_url::ENDPOINT && !r.resources.is_empty() {
-                    run.update_latency = Some(at.elapsed());
-                }
-            }
-        }
+        let endpoints = r.type_url == type_url::ENDPOINT && !r.resources.is_empty();
+        let report = tally.received(&change, r.encoded_len(), endpoints);
         let mut names = Vec::new();
         if r.type_url == type_url::CLUSTER {
             names = r.resources.iter().map(|x| x.name.clone()).filter(|n| have.insert(n.clone())).collect();
@@ -191,29 +233,21 @@ async fn delta_proxy(
         {
             let _ = ready.send(()).await;
         }
-        // Reported as soon as seen; the stream stays up (and keeps acknowledging) until
-        // every proxy has reported, so no teardown competes with the measurement.
-        if run.update_latency.is_some()
-            && let Some(done) = done.take()
-        {
-            let _ = done.send(run.clone()).await;
+        // Reported as soon as seen; the stream stays up (and keeps acknowledging), so no
+        // teardown competes with the measurement.
+        if let Some(report) = report {
+            let _ = done.send(report).await;
         }
         names.clear();
     }
 }
 
 /// A state-of-the-world client: the same subscriptions, full sets each time.
-async fn sotw_proxy(
-    mut client: Client,
-    i: usize,
-    ready: mpsc::Sender<()>,
-    change_at: watch::Receiver<Option<Instant>>,
-    done: mpsc::Sender<ProxyRun>,
-) {
-    let mut done = Some(done);
+async fn sotw_proxy(mut client: Client, i: usize, ready: mpsc::Sender<()>, change: Change, done: mpsc::Sender<Report>) {
     let (tx, rx) = mpsc::channel(64);
+    let identified = std::sync::atomic::AtomicBool::new(false);
     let request = |t: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
-        node: Some(node(i)),
+        node: (!identified.swap(true, std::sync::atomic::Ordering::Relaxed)).then(|| node(i)),
         type_url: t.to_owned(),
         resource_names: names,
         version_info: version,
@@ -227,21 +261,12 @@ async fn sotw_proxy(
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
-    let mut run = ProxyRun { initial_bytes: 0, update_bytes: 0, update_latency: None };
+    let mut tally = Tally::new();
     let mut eds_names: Vec<String> = Vec::new();
     let mut ready = Some(ready);
     let mut asked_rds = false;
     while let Some(Ok(r)) = responses.next().await {
-        let changed_at = *change_at.borrow();
-        match changed_at {
-            None => run.initial_bytes += r.encoded_len(),
-            Some(at) => {
-                run.update_bytes += r.encoded_len();
-                if r.type_url == type_url::ENDPOINT {
-                    run.update_latency = Some(at.elapsed());
-                }
-            }
-        }
+        let report = tally.received(&change, r.encoded_len(), r.type_url == type_url::ENDPOINT);
         let _ = tx
             .send(request(
                 &r.type_url,
@@ -274,12 +299,8 @@ async fn sotw_proxy(
         {
             let _ = ready.send(()).await;
         }
-        // Reported as soon as seen; the stream stays up (and keeps acknowledging) until
-        // every proxy has reported, so no teardown competes with the measurement.
-        if run.update_latency.is_some()
-            && let Some(done) = done.take()
-        {
-            let _ = done.send(run.clone()).await;
+        if let Some(report) = report {
+            let _ = done.send(report).await;
         }
     }
 }
@@ -295,6 +316,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct Outcome {
     p50: Duration,
     p99: Duration,
+    /// The highest p99 of any round.
+    worst_p99: Duration,
     max: Duration,
     initial_mb: f64,
     update_kb_per_proxy: f64,
@@ -302,11 +325,22 @@ struct Outcome {
     simulator_rss_mb: f64,
     /// The control plane's resident memory once every proxy is in sync, before the change.
     synced_rss_mb: f64,
+    /// CPU time per change, from the change until every proxy has it: the control plane's,
+    /// and the simulated proxies'.
+    cpu_ms: f64,
+    simulator_cpu_ms: f64,
 }
 
-async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, proxies: usize) -> Outcome {
+/// How many endpoint changes each run makes (`WEFT_BENCH_ROUNDS`, default 5).
+fn rounds() -> u32 {
+    std::env::var("WEFT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0).unwrap_or(5)
+}
+
+/// One run: the proxies connect and sync with `first`, then one endpoint moves back and
+/// forth, one change per round, each the next snapshot built from `mesh(moved)`.
+async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> String, proxies: usize) -> Outcome {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let (snapshots_tx, snapshots_rx) = watch::channel(first);
+    let (snapshots_tx, snapshots_rx) = watch::channel(first.clone());
     let ads = Ads::new(snapshots_rx, Arc::new(SyncStatus::default()), Arc::new(Metrics::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let addr = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
@@ -331,38 +365,81 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, second: Arc<Snapshot>, 
     let said = lines.next_line().await.ok().flatten().unwrap_or_default();
     assert_eq!(said, "ready", "the simulated proxies did not get ready");
     let synced_rss_mb = rss_mb();
-    // WEFT_BENCH_PAUSE=SECONDS: time to attach a profiler (`perf record -p PID`) first.
-    if let Some(pause) = std::env::var("WEFT_BENCH_PAUSE").ok().and_then(|p| p.parse::<u64>().ok()) {
-        eprintln!("pid {}: the change comes in {pause} s", std::process::id());
-        tokio::time::sleep(Duration::from_secs(pause)).await;
+    let mut current = first;
+    let mut seen: Vec<Vec<f64>> = Vec::new();
+    let mut initial_bytes = 0.0;
+    for round in 1..=rounds() {
+        let next = Arc::new(Snapshot::next(&current, current.version + 1, resources(&mesh(round % 2 == 1))));
+        assert!(next.endpoint_change.is_some(), "not an endpoint-only change");
+        // WEFT_BENCH_PAUSE=SECONDS: time to attach a profiler (`perf record -p PID`) first.
+        if let Some(pause) = std::env::var("WEFT_BENCH_PAUSE").ok().and_then(|p| p.parse::<u64>().ok()) {
+            eprintln!("pid {}: change {round} comes in {pause} s", std::process::id());
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+        }
+        // WEFT_BENCH_PERF=PREFIX: the control plane is profiled during each change alone,
+        // into PREFIX-<round>.data (`perf report -i`).
+        let perf = std::env::var("WEFT_BENCH_PERF").ok().map(|prefix| {
+            let child = std::process::Command::new("perf")
+                .args(["record", "-F", "2000", "--call-graph", "dwarf,16384", "-o"])
+                .arg(format!("{prefix}-{round}.data"))
+                .args(["-p", &std::process::id().to_string()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("perf: {e}"));
+            std::thread::sleep(Duration::from_millis(500));
+            child
+        });
+        // The proxies start their clocks, then the change is made: none can see it first.
+        to_child.write_all(b"go\n").await.unwrap_or_else(|e| panic!("{e}"));
+        to_child.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let said = lines.next_line().await.ok().flatten().unwrap_or_default();
+        assert_eq!(said, "timing", "the simulated proxies did not start timing");
+        let cpu_before = cpu_ms();
+        // The replaced snapshot is freed after the push, as the control plane's server does.
+        let retired = snapshots_tx.send_replace(next.clone());
+        current = next;
+        let result = lines.next_line().await.ok().flatten().unwrap_or_default();
+        let mut numbers: Vec<f64> = result.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        assert_eq!(numbers.len(), 8, "the simulated proxies said {result:?}");
+        numbers.push(cpu_ms() - cpu_before);
+        drop(retired);
+        if let Some(mut perf) = perf {
+            let _ = std::process::Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+            let _ = perf.wait();
+        }
+        assert_eq!(numbers[5] as usize, proxies, "not every proxy saw change {round}");
+        initial_bytes += numbers[3];
+        seen.push(numbers);
     }
-    // The proxies start their clocks, then the change is made: none can see it first.
-    to_child.write_all(b"go\n").await.unwrap_or_else(|e| panic!("{e}"));
-    to_child.flush().await.unwrap_or_else(|e| panic!("{e}"));
-    let said = lines.next_line().await.ok().flatten().unwrap_or_default();
-    assert_eq!(said, "timing", "the simulated proxies did not start timing");
-    let _ = snapshots_tx.send(second);
-    let result = lines.next_line().await.ok().flatten().unwrap_or_default();
-    let numbers: Vec<f64> = result.split_whitespace().filter_map(|n| n.parse().ok()).collect();
-    assert_eq!(numbers.len(), 7, "the simulated proxies said {result:?}");
+    drop(to_child);
     let _ = child.wait().await;
     let _ = stop_tx.send(());
     let _ = server.await;
     let us = |n: f64| Duration::from_micros(n as u64);
+    let median = |i: usize| {
+        let mut v: Vec<f64> = seen.iter().map(|n| n[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let worst = |i: usize| seen.iter().map(|n| n[i]).fold(0.0, f64::max);
     Outcome {
-        p50: us(numbers[0]),
-        p99: us(numbers[1]),
-        max: us(numbers[2]),
-        initial_mb: numbers[3] / 1e6,
-        update_kb_per_proxy: numbers[4] / 1e3 / proxies as f64,
-        simulator_rss_mb: numbers[6],
+        p50: us(median(0)),
+        p99: us(median(1)),
+        worst_p99: us(worst(1)),
+        max: us(worst(2)),
+        initial_mb: initial_bytes / 1e6,
+        update_kb_per_proxy: median(4) / 1e3 / proxies as f64,
+        simulator_rss_mb: worst(6),
         synced_rss_mb,
+        simulator_cpu_ms: median(7),
+        cpu_ms: median(8),
     }
 }
 
-/// The simulated proxies' process: connects them, says `ready`, reads `go`, starts the
-/// clock and says `timing`, and prints what they saw: p50, p99 and max latency in
-/// microseconds, initial and update bytes, how many saw the change, and its peak RSS.
+/// The simulated proxies' process: connects them and says `ready`. Then, for each `go`
+/// line, starts the clock of a new change, says `timing`, and once every proxy has its
+/// endpoints prints what they saw: p50, p99 and max latency in microseconds, initial
+/// and update bytes, how many saw the change, and its peak RSS. Exits at end of input.
 fn simulate(addr: &str, proxies: usize, delta: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
@@ -384,34 +461,41 @@ fn simulate(addr: &str, proxies: usize, delta: bool) {
             let _ = ready_rx.recv().await;
         }
         println!("ready");
-        let go = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            let _ = std::io::stdin().read_line(&mut line);
-            line.trim().to_owned()
-        })
-        .await
-        .unwrap_or_default();
-        assert_eq!(go, "go");
-        let _ = change_tx.send(Some(Instant::now()));
-        println!("timing");
-        let mut latencies = Vec::new();
-        let (mut initial, mut update) = (0usize, 0usize);
-        for _ in 0..proxies {
-            let Some(run) = done_rx.recv().await else { break };
-            latencies.extend(run.update_latency);
-            initial += run.initial_bytes;
-            update += run.update_bytes;
+        let (lines_tx, mut lines) = mpsc::channel(1);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines().map_while(Result::ok) {
+                if lines_tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut round = 0;
+        while let Some(line) = lines.recv().await {
+            assert_eq!(line.trim(), "go");
+            round += 1;
+            let cpu_before = cpu_ms();
+            let _ = change_tx.send(Some((round, Instant::now())));
+            println!("timing");
+            let mut latencies = Vec::new();
+            let (mut initial, mut update) = (0usize, 0usize);
+            for _ in 0..proxies {
+                let Some(report) = done_rx.recv().await else { break };
+                latencies.push(report.latency);
+                initial += report.initial_bytes;
+                update += report.update_bytes;
+            }
+            latencies.sort();
+            let us = |d: Duration| d.as_micros();
+            println!(
+                "{} {} {} {initial} {update} {} {:.1} {:.1}",
+                us(percentile(&latencies, 0.5)),
+                us(percentile(&latencies, 0.99)),
+                us(latencies.last().copied().unwrap_or_default()),
+                latencies.len(),
+                peak_rss_mb(),
+                cpu_ms() - cpu_before
+            );
         }
-        latencies.sort();
-        let us = |d: Duration| d.as_micros();
-        println!(
-            "{} {} {} {initial} {update} {} {:.1}",
-            us(percentile(&latencies, 0.5)),
-            us(percentile(&latencies, 0.99)),
-            us(latencies.last().copied().unwrap_or_default()),
-            latencies.len(),
-            peak_rss_mb()
-        );
         // Gone at once: the control plane sees every stream end only after the measurement.
         let _ = std::io::Write::flush(&mut std::io::stdout());
         std::process::exit(0);
@@ -435,12 +519,18 @@ fn report_one(
         r.clusters.len()
     );
     println!(
-        "  delta endpoint change: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",
+        "  delta endpoint change ({} rounds, medians): p50 {:>7.1} ms  p99 {:>7.1} ms (worst round {:.1} ms)  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",
+        rounds(),
         o.p50.as_secs_f64() * 1e3,
         o.p99.as_secs_f64() * 1e3,
+        o.worst_p99.as_secs_f64() * 1e3,
         o.max.as_secs_f64() * 1e3,
         o.initial_mb,
         o.update_kb_per_proxy
+    );
+    println!(
+        "  CPU per change                   {:>10.1} ms control plane; simulated proxies {:.1} ms",
+        o.cpu_ms, o.simulator_cpu_ms
     );
     println!(
         "  peak RSS so far                  {:>10.1} MB control plane ({:.1} MB once synced); simulated proxies {:.1} MB\n",
@@ -470,20 +560,19 @@ fn main() {
         let first = Arc::new(Snapshot::new(1, resources(&mesh_yaml(services, endpoints, false))));
         let build = t.elapsed();
         // As the control plane does on a file change: the next snapshot notes that only endpoints moved.
-        let second = Arc::new(Snapshot::next(&first, 2, resources(&mesh_yaml(services, endpoints, true))));
-        assert!(second.endpoint_change.is_some());
+        let mesh = move |moved: bool| mesh_yaml(services, endpoints, moved);
         let proxy = ProxyIdentity::from_node(Some(&node(0))).unwrap_or_else(|e| panic!("{e}"));
         let t = Instant::now();
         let r = translate::resources_for(&first, &proxy, &[]);
         let translation = t.elapsed();
-        let delta = runtime.block_on(run_protocol(true, first.clone(), second.clone(), proxies));
+        let delta = runtime.block_on(run_protocol(true, first.clone(), mesh, proxies));
         // WEFT_BENCH_DELTA_ONLY=1 skips state of the world, whose full pushes to a thousand
         // proxies need far more memory than delta's.
         if std::env::var_os("WEFT_BENCH_DELTA_ONLY").is_some() {
             report_one(services, endpoints, proxies, build, translation, &r, &delta);
             continue;
         }
-        let sotw = runtime.block_on(run_protocol(false, first, second, proxies));
+        let sotw = runtime.block_on(run_protocol(false, first, mesh, proxies));
         println!("{services} services × {endpoints} endpoints × {proxies} proxies");
         println!("  parse + snapshot build           {:>10.1} ms", build.as_secs_f64() * 1e3);
         println!(
@@ -495,9 +584,11 @@ fn main() {
         );
         for (name, o) in [("sotw ", &sotw), ("delta", &delta)] {
             println!(
-                "  {name} endpoint change: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",
+                "  {name} endpoint change ({} rounds, medians): p50 {:>7.1} ms  p99 {:>7.1} ms (worst round {:.1} ms)  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",
+                rounds(),
                 o.p50.as_secs_f64() * 1e3,
                 o.p99.as_secs_f64() * 1e3,
+                o.worst_p99.as_secs_f64() * 1e3,
                 o.max.as_secs_f64() * 1e3,
                 o.initial_mb,
                 o.update_kb_per_proxy

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
 };
@@ -23,7 +24,7 @@ use tokio_stream::StreamExt;
 use tonic::codec::Codec;
 use tonic::{Status, Streaming};
 
-use crate::cache::{Encoded, Translation, TranslationCache};
+use crate::cache::{Classes, Encoded, Translation, TranslationCache};
 use crate::metrics::Metrics;
 use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
@@ -99,6 +100,8 @@ pub struct Ads {
     cache: Arc<TranslationCache>,
     /// The revision this control plane serves (`None`: the default one).
     revision: Option<Arc<str>>,
+    /// Who sends every response (Istio's `control_plane.identifier`), built once.
+    control_plane: Arc<ControlPlane>,
 }
 
 impl Ads {
@@ -111,6 +114,7 @@ impl Ads {
             cache: Arc::new(TranslationCache::default()),
             pushes: Arc::new(Semaphore::new(PUSH_CONCURRENCY)),
             revision: None,
+            control_plane: Arc::new(identifier(None)),
         }
     }
 
@@ -119,6 +123,7 @@ impl Ads {
     /// plane is the default revision's, which serves proxies that name none or `default`.
     pub fn with_revision(mut self, revision: Option<String>) -> Self {
         self.revision = revision.filter(|r| !r.is_empty() && r != "default").map(Arc::from);
+        self.control_plane = Arc::new(identifier(self.revision.as_deref()));
         self
     }
 
@@ -215,6 +220,7 @@ trait Protocol: prost::Message + Default + Sized + Send + 'static {
     fn push(
         stream: &mut Stream_,
         snapshot: &Snapshot,
+        translation: &Translation,
         type_url: &str,
         tx: &mpsc::Sender<Result<Self::Response, Status>>,
     ) -> impl Future<Output = bool> + Send;
@@ -235,10 +241,11 @@ impl Protocol for DiscoveryRequest {
     fn push(
         stream: &mut Stream_,
         snapshot: &Snapshot,
+        translation: &Translation,
         type_url: &str,
         tx: &mpsc::Sender<Result<Self::Response, Status>>,
     ) -> impl Future<Output = bool> + Send {
-        stream.send_sotw(snapshot, type_url, false, tx)
+        stream.send_sotw(snapshot, translation, type_url, false, tx)
     }
 }
 
@@ -257,10 +264,11 @@ impl Protocol for DeltaDiscoveryRequest {
     fn push(
         stream: &mut Stream_,
         snapshot: &Snapshot,
+        translation: &Translation,
         type_url: &str,
         tx: &mpsc::Sender<Result<Self::Response, Status>>,
     ) -> impl Future<Output = bool> + Send {
-        stream.send_delta(snapshot, type_url, false, tx)
+        stream.send_delta(snapshot, translation, type_url, false, tx)
     }
 }
 
@@ -295,9 +303,12 @@ struct Stream_ {
     cache: Arc<TranslationCache>,
     pushes: Arc<Semaphore>,
     revision: Option<Arc<str>>,
+    control_plane: Arc<ControlPlane>,
     /// This stream's push slot, held while a response is unacknowledged.
     slot: Option<OwnedSemaphorePermit>,
     proxy: Option<ProxyIdentity>,
+    /// The proxy's translation classes, as of the last push.
+    classes: Option<Arc<Classes>>,
     /// The workload identity of a client certificate (xDS over mTLS).
     peer: Option<weft_tls::ca::SpiffeId>,
     watches: BTreeMap<String, Watch>,
@@ -306,13 +317,13 @@ struct Stream_ {
 
 /// Who answers, as Istio's control plane says it in every response
 /// (`control_plane.identifier`): a proxy reads the revision it is served by from it.
-fn identifier(revision: Option<&str>) -> envoy_types::pb::envoy::config::core::v3::ControlPlane {
+fn identifier(revision: Option<&str>) -> ControlPlane {
     let identifier = serde_json::json!({
         "Component": "weft",
         "ID": "weft-control-plane",
         "Info": {"version": env!("CARGO_PKG_VERSION"), "revision": revision.unwrap_or("default")},
     });
-    envoy_types::pb::envoy::config::core::v3::ControlPlane { identifier: identifier.to_string() }
+    ControlPlane { identifier: identifier.to_string() }
 }
 
 impl Stream_ {
@@ -326,8 +337,10 @@ impl Stream_ {
             cache: ads.cache.clone(),
             pushes: ads.pushes.clone(),
             revision: ads.revision.clone(),
+            control_plane: ads.control_plane.clone(),
             slot: None,
             proxy: None,
+            classes: None,
             peer: None,
             watches: BTreeMap::new(),
             nonce: 0,
@@ -428,14 +441,16 @@ impl Stream_ {
     }
 
     /// Everything this proxy gets from the given snapshot (shared with its class).
-    async fn translation(&self, snapshot: &Snapshot) -> Arc<Translation> {
+    async fn translation(&mut self, snapshot: &Snapshot) -> Arc<Translation> {
         let Some(proxy) = &self.proxy else { return Arc::default() };
         let listener_names: Vec<String> = if translate::listeners_by_name(proxy) {
             self.watches.get(type_url::LISTENER).map(|w| w.names.iter().cloned().collect()).unwrap_or_default()
         } else {
             Vec::new()
         };
-        self.cache.get(snapshot, proxy, &listener_names).await
+        let classes = TranslationCache::classes(snapshot, proxy, &listener_names, self.classes.take());
+        self.classes = Some(classes.clone());
+        self.cache.translation(snapshot, &classes).await
     }
 
     /// Records an ACK or NACK; returns whether the request was a response to our last push.
@@ -521,8 +536,10 @@ impl Stream_ {
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
+                    // One translation for the whole push: every type from the same one.
+                    let translation = self.translation(&snapshot).await;
                     for t in type_url::PUSH_ORDER {
-                        if self.watches.contains_key(*t) && !P::push(&mut self, &snapshot, t, &tx).await { break; }
+                        if self.watches.contains_key(*t) && !P::push(&mut self, &snapshot, &translation, t, &tx).await { break; }
                     }
                     self.release_if_idle();
                 }
@@ -554,7 +571,8 @@ impl Stream_ {
         w.wildcard = wildcard;
         if changed && error.is_none() {
             let snapshot = self.snapshots.borrow().clone();
-            self.send_sotw(&snapshot, &req.type_url, true, tx).await;
+            let translation = self.translation(&snapshot).await;
+            self.send_sotw(&snapshot, &translation, &req.type_url, true, tx).await;
         }
         Ok(())
     }
@@ -563,11 +581,11 @@ impl Stream_ {
     async fn send_sotw(
         &mut self,
         snapshot: &Snapshot,
+        translation: &Translation,
         type_url: &str,
         force: bool,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> bool {
-        let translation = self.translation(snapshot).await;
         let all = translation.of(type_url);
         let Some(w) = self.watches.get(type_url) else { return true };
         let chosen: Vec<&Encoded> =
@@ -592,7 +610,7 @@ impl Stream_ {
             resources: chosen,
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
-            control_plane: Some(identifier(self.revision.as_deref())),
+            control_plane: Some((*self.control_plane).clone()),
             ..Default::default()
         };
         self.record_sent(type_url, &version, nonce, count, snapshot.version);
@@ -644,7 +662,8 @@ impl Stream_ {
                 w.synced = None;
             }
             let snapshot = self.snapshots.borrow().clone();
-            self.send_delta(&snapshot, &req.type_url, first, tx).await;
+            let translation = self.translation(&snapshot).await;
+            self.send_delta(&snapshot, &translation, &req.type_url, first, tx).await;
         }
         Ok(())
     }
@@ -654,11 +673,11 @@ impl Stream_ {
     async fn send_delta(
         &mut self,
         snapshot: &Snapshot,
+        translation: &Translation,
         type_url: &str,
         force: bool,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
-        let translation = self.translation(snapshot).await;
         let all = translation.of(type_url);
         let Some(w) = self.watches.get(type_url) else { return true };
         // The common case: this stream is in sync with the version the class's changes are
@@ -773,7 +792,7 @@ impl Stream_ {
             type_url: type_url.to_owned(),
             removed_resources: removed,
             nonce: nonce.clone(),
-            control_plane: Some(identifier(self.revision.as_deref())),
+            control_plane: Some((*self.control_plane).clone()),
             ..Default::default()
         };
         self.record_sent(type_url, &version, nonce, count, snapshot.version);

@@ -147,31 +147,63 @@ struct Changes {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PartKey {
     version: u64,
-    class: Class,
+    class: Arc<Class>,
 }
 
 /// What one half's translation reads: the proxy as that half sees it, and, for
-/// proxyless clients, the listener names they asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// proxyless clients, the listener names they asked for. Hashed once, when made.
+#[derive(Debug)]
 struct Class {
+    hash: u64,
     half: Half,
     proxy: ProxyIdentity,
     listener_names: Vec<String>,
 }
 
 impl Class {
-    /// The two classes of a proxy as the snapshot sees it (labels from its WorkloadEntry).
-    fn of(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String]) -> [Class; 2] {
-        let seen = snapshot.with_workload(proxy);
-        let outbound = Class {
-            half: Half::Outbound,
-            proxy: translate::outbound_identity(&seen),
-            listener_names: listener_names.to_vec(),
-        };
+    fn new(half: Half, proxy: ProxyIdentity, listener_names: Vec<String>) -> Arc<Class> {
+        let mut h = DefaultHasher::new();
+        (half, &proxy, &listener_names).hash(&mut h);
+        Arc::new(Class { hash: h.finish(), half, proxy, listener_names })
+    }
+}
+
+impl Hash for Class {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for Class {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.half == other.half
+            && self.listener_names == other.listener_names
+            && self.proxy == other.proxy
+    }
+}
+
+impl Eq for Class {}
+
+/// The two classes of one proxy, kept by its stream: while the snapshot sees the proxy
+/// the same way, the next push looks its halves up without building them again.
+#[derive(Debug)]
+pub struct Classes {
+    /// The proxy as the snapshot saw it (labels from its WorkloadEntry).
+    seen: ProxyIdentity,
+    listener_names: Vec<String>,
+    outbound: Arc<Class>,
+    inbound: Arc<Class>,
+}
+
+impl Classes {
+    fn new(seen: ProxyIdentity, listener_names: &[String]) -> Classes {
+        let outbound = Class::new(Half::Outbound, translate::outbound_identity(&seen), listener_names.to_vec());
         // The node id and versions are read by neither half.
         let inbound =
-            ProxyIdentity { id: String::new(), revision: String::new(), istio_version: String::new(), ..seen };
-        [outbound, Class { half: Half::Inbound, proxy: inbound, listener_names: Vec::new() }]
+            ProxyIdentity { id: String::new(), revision: String::new(), istio_version: String::new(), ..seen.clone() };
+        let inbound = Class::new(Half::Inbound, inbound, Vec::new());
+        Classes { seen, listener_names: listener_names.to_vec(), outbound, inbound }
     }
 }
 
@@ -182,6 +214,25 @@ impl Class {
 pub struct Interner {
     resources: Mutex<Pool<u64, Weak<Any>>>,
     names: Mutex<Pool<Arc<str>, ()>>,
+    maps: Mutex<Pool<u64, Weak<Resources>>>,
+    moved: Mutex<Moved>,
+}
+
+/// Endpoint maps rebuilt for one endpoint change, by the map they were rebuilt from: the
+/// classes that shared a map before the change share its successor, built once.
+#[derive(Debug, Default)]
+struct Moved {
+    version: u64,
+    done: HashMap<MovedKey, (Arc<Resources>, Arc<Resources>, Changes)>,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MovedKey {
+    /// The map rebuilt from (kept alive by the entry, so the address stays its own).
+    from: usize,
+    since: u64,
+    /// Endpoints read the namespace's DestinationRules.
+    namespace: String,
 }
 
 /// A table that forgets what nothing uses any more, once it has doubled since the last look.
@@ -226,6 +277,54 @@ impl Interner {
         Encoded { hash, any }
     }
 
+    /// The map, held once: classes whose resources of a type are the same share them.
+    fn map(&self, map: Resources) -> Arc<Resources> {
+        let mut h = DefaultHasher::new();
+        for (name, e) in &map {
+            name.hash(&mut h);
+            e.hash.hash(&mut h);
+        }
+        let digest = h.finish();
+        let same = |held: &Resources| {
+            held.len() == map.len() && held.iter().zip(&map).all(|((a, x), (b, y))| x.hash == y.hash && a == b)
+        };
+        let Ok(mut pool) = self.maps.lock() else { return Arc::new(map) };
+        if let Some(held) = pool.entries.get(&digest).and_then(Weak::upgrade)
+            && same(&held)
+        {
+            return held;
+        }
+        let map = Arc::new(map);
+        pool.entries.insert(digest, Arc::downgrade(&map));
+        pool.sweep(|_, weak| weak.strong_count() > 0);
+        map
+    }
+
+    /// The endpoint map `from` after the change of `version`, built by `rebuild` once for
+    /// every class that held `from`, with what changed.
+    fn moved(
+        &self,
+        version: u64,
+        key: MovedKey,
+        from: &Arc<Resources>,
+        rebuild: impl FnOnce() -> (Resources, Changes),
+    ) -> (Arc<Resources>, Changes) {
+        let Ok(mut moved) = self.moved.lock() else {
+            let (map, changes) = rebuild();
+            return (Arc::new(map), changes);
+        };
+        if moved.version != version {
+            *moved = Moved { version, done: HashMap::new() };
+        }
+        if let Some((_, next, changes)) = moved.done.get(&key) {
+            return (next.clone(), changes.clone());
+        }
+        let (map, changes) = rebuild();
+        let next = Arc::new(map);
+        moved.done.insert(key, (from.clone(), next.clone(), changes.clone()));
+        (next, changes)
+    }
+
     /// The name, allocated once.
     pub fn name(&self, name: &str) -> Arc<str> {
         let Ok(mut pool) = self.names.lock() else { return Arc::from(name) };
@@ -239,21 +338,49 @@ impl Interner {
     }
 }
 
+/// Translations in progress or done, by class and version.
+#[derive(Debug, Default)]
+struct Entries {
+    parts: HashMap<PartKey, Arc<OnceCell<Arc<Part>>>>,
+    /// The newest version asked for: older ones are never asked for again.
+    newest: u64,
+}
+
 /// The shared cache.
 #[derive(Debug, Default)]
 pub struct TranslationCache {
     interner: Interner,
-    entries: Mutex<HashMap<PartKey, Arc<OnceCell<Arc<Part>>>>>,
+    entries: Mutex<Entries>,
     /// The newest translation of each class, to compute the next one's changes against.
-    latest: Mutex<HashMap<Class, Arc<Part>>>,
+    latest: Mutex<HashMap<Arc<Class>, Arc<Part>>>,
 }
 
 impl TranslationCache {
     /// The translation for `proxy`: each half computed at most once per class and version.
     pub async fn get(&self, snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String]) -> Arc<Translation> {
-        let [outbound, inbound] = Class::of(snapshot, proxy, listener_names);
-        let outbound = self.part(snapshot, outbound).await;
-        let inbound = self.part(snapshot, inbound).await;
+        let classes = Self::classes(snapshot, proxy, listener_names, None);
+        self.translation(snapshot, &classes).await
+    }
+
+    /// The classes of `proxy` in `snapshot`: `previous` again if the snapshot sees the
+    /// proxy as it did.
+    pub fn classes(
+        snapshot: &Snapshot,
+        proxy: &ProxyIdentity,
+        listener_names: &[String],
+        previous: Option<Arc<Classes>>,
+    ) -> Arc<Classes> {
+        let seen = snapshot.with_workload(proxy);
+        match previous {
+            Some(p) if p.seen == seen && p.listener_names == listener_names => p,
+            _ => Arc::new(Classes::new(seen, listener_names)),
+        }
+    }
+
+    /// The translation of a proxy of these classes.
+    pub async fn translation(&self, snapshot: &Snapshot, classes: &Classes) -> Arc<Translation> {
+        let outbound = self.part(snapshot, classes.outbound.clone()).await;
+        let inbound = self.part(snapshot, classes.inbound.clone()).await;
         Arc::new(Translation { outbound, inbound })
     }
 
@@ -262,17 +389,19 @@ impl TranslationCache {
         &self.interner
     }
 
-    async fn part(&self, snapshot: &Snapshot, class: Class) -> Arc<Part> {
+    async fn part(&self, snapshot: &Snapshot, class: Arc<Class>) -> Arc<Part> {
         let key = PartKey { version: snapshot.version, class };
         let cell = {
             let Ok(mut entries) = self.entries.lock() else {
                 return Arc::new(translate_part(&self.interner, snapshot, &key.class, None));
             };
-            // Older versions are never asked for again once a newer one is.
-            if !entries.contains_key(&key) {
-                entries.retain(|k, _| k.version + 1 >= snapshot.version);
+            // Older versions are never asked for again once a newer one is (the one before
+            // stays while streams finish pushing it).
+            if snapshot.version > entries.newest {
+                entries.newest = snapshot.version;
+                entries.parts.retain(|k, _| k.version + 1 >= snapshot.version);
             }
-            entries.entry(key.clone()).or_default().clone()
+            entries.parts.entry(key.clone()).or_default().clone()
         };
         let class = key.class;
         cell.get_or_init(|| async {
@@ -303,33 +432,42 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
         // Inbound listeners and clusters follow endpoint addresses only under capture,
         // where the workload is also known by its address.
         let inbound_moves = class.half == Half::Inbound && translate::captured(&class.proxy);
-        if !inbound_moves && let Some(eds) = types.get_mut(type_url::ENDPOINT) {
-            let moved: Vec<Arc<str>> =
-                change.hosts.iter().filter_map(|h| previous.clusters_of_host.get(h)).flatten().cloned().collect();
-            let eds = Arc::make_mut(eds);
-            let eds_changes = changes.entry(type_url::ENDPOINT).or_default();
-            for name in moved {
-                match translate::endpoints_of_cluster(snapshot, &class.proxy, &name) {
-                    Some(cla) => {
-                        let encoded = interner.encode(pack_any(cla));
-                        if eds.get(&name).map(|e| e.hash) != Some(encoded.hash) {
-                            eds_changes.updated.push(name.to_string());
+        if !inbound_moves && let Some(from) = types.get(type_url::ENDPOINT).cloned() {
+            let key = MovedKey {
+                from: Arc::as_ptr(&from) as usize,
+                since: previous.version,
+                namespace: class.proxy.namespace.clone(),
+            };
+            let (eds, eds_changes) = interner.moved(snapshot.version, key, &from, || {
+                let mut eds = (*from).clone();
+                let mut eds_changes = Changes { since: previous.version, ..Changes::default() };
+                let moved = change.hosts.iter().filter_map(|h| previous.clusters_of_host.get(h)).flatten();
+                for name in moved {
+                    match translate::endpoints_of_cluster(snapshot, &class.proxy, name) {
+                        Some(cla) => {
+                            let encoded = interner.encode(pack_any(cla));
+                            if eds.get(name).map(|e| e.hash) != Some(encoded.hash) {
+                                eds_changes.updated.push(name.to_string());
+                            }
+                            eds.insert(name.clone(), encoded);
                         }
-                        eds.insert(name, encoded);
-                    }
-                    None => {
-                        eds.remove(&name);
-                        eds_changes.removed.push(name.to_string());
+                        None => {
+                            eds.remove(name);
+                            eds_changes.removed.push(name.to_string());
+                        }
                     }
                 }
-            }
+                (eds, eds_changes)
+            });
+            types.insert(type_url::ENDPOINT, eds);
+            changes.insert(type_url::ENDPOINT, eds_changes);
             let clusters_of_host = previous.clusters_of_host.clone();
             return Part { version: snapshot.version, types, changes, clusters_of_host };
         }
     }
     let r = translate::half_for(snapshot, &class.proxy, &class.listener_names, class.half);
     let named = |items: Vec<(String, Any)>| -> Arc<Resources> {
-        Arc::new(items.into_iter().map(|(name, any)| (interner.name(&name), interner.encode(any))).collect())
+        interner.map(items.into_iter().map(|(name, any)| (interner.name(&name), interner.encode(any))).collect())
     };
     let mut types: HashMap<&'static str, Arc<Resources>> = HashMap::new();
     types.insert(type_url::CLUSTER, named(r.clusters.into_iter().map(|c| (c.name.clone(), pack_any(c))).collect()));

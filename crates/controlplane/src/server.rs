@@ -212,8 +212,12 @@ pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)>
 async fn watch_config(paths: Vec<PathBuf>, tx: watch::Sender<Arc<Snapshot>>, metrics: Arc<Metrics>) {
     let mut seen = fingerprint(&paths);
     let mut version = 1;
+    // The snapshot a change replaced. Freeing a large one takes a while, so it goes once
+    // its successor has been pushed, not while the proxies wait for the push.
+    let mut retired: Option<Arc<Snapshot>> = None;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
+        drop(retired.take());
         let now = fingerprint(&paths);
         if now == seen {
             continue;
@@ -240,7 +244,8 @@ async fn watch_config(paths: Vec<PathBuf>, tx: watch::Sender<Arc<Snapshot>>, met
                 if let Some(change) = &next.endpoint_change {
                     tracing::info!(version, hosts = change.hosts.len(), "only endpoints changed");
                 }
-                if tx.send(Arc::new(next)).is_err() {
+                retired = Some(tx.send_replace(Arc::new(next)));
+                if tx.is_closed() {
                     return;
                 }
             }

@@ -112,7 +112,7 @@ impl Ads {
             status,
             metrics,
             cache: Arc::new(TranslationCache::default()),
-            pushes: Arc::new(Semaphore::new(PUSH_CONCURRENCY)),
+            pushes: Arc::new(Semaphore::new(PUSH_BUDGET_KB)),
             revision: None,
             control_plane: Arc::new(identifier(None)),
         }
@@ -194,8 +194,23 @@ where
 /// holds at most this many proxies' responses in memory, as Istio's push throttle does.
 pub const PUSH_CONCURRENCY: usize = 100;
 
+/// The configuration in flight at once, in kB: a stream's slot weighs its proxy's whole
+/// configuration, so when each proxy gets megabytes (ten thousand services), fewer
+/// pushes run at once than [`PUSH_CONCURRENCY`].
+pub const PUSH_BUDGET_KB: usize = 256 << 10;
+
 /// Responses at least this large count against the push throttle.
 pub const THROTTLED_RESPONSE_BYTES: usize = 64 << 10;
+
+/// One delta response's content.
+struct Delta {
+    /// Resources added or changed.
+    resources: Vec<DeltaResource>,
+    /// Names removed.
+    removed: Vec<String>,
+    /// How many resources of the type the proxy has after it.
+    count: usize,
+}
 
 /// The workload identity in a client certificate, when the stream is mTLS.
 fn peer_identity<T>(request: &tonic::Request<T>) -> Option<weft_tls::ca::SpiffeId> {
@@ -275,8 +290,9 @@ impl Protocol for DeltaDiscoveryRequest {
 /// Per-type state of one stream.
 #[derive(Debug, Default)]
 struct Watch {
-    /// Requested names; empty with `wildcard` means everything.
-    names: BTreeSet<String>,
+    /// Requested names; empty with `wildcard` means everything. Held once across
+    /// streams: a thousand proxies subscribe to the same endpoint sets.
+    names: BTreeSet<Arc<str>>,
     wildcard: bool,
     /// Nonce of the last response.
     nonce: String,
@@ -349,10 +365,13 @@ impl Stream_ {
 
     /// Before a response of `bytes` goes out: large ones wait for a push slot (unless this
     /// stream holds one), small ones pass, so a full push is throttled and an endpoint
-    /// change is not. False if the server is closing.
-    async fn take_push_slot(&mut self, bytes: usize) -> bool {
+    /// change is not. The slot weighs `configuration` (the proxy's whole translation),
+    /// at least a [`PUSH_CONCURRENCY`]th of the budget. False if the server is closing.
+    async fn take_push_slot(&mut self, bytes: usize, configuration: usize) -> bool {
         if self.slot.is_none() && bytes >= THROTTLED_RESPONSE_BYTES {
-            match self.pushes.clone().acquire_owned().await {
+            let weight = (configuration >> 10).clamp(PUSH_BUDGET_KB / PUSH_CONCURRENCY, PUSH_BUDGET_KB);
+            let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+            match self.pushes.clone().acquire_many_owned(weight).await {
                 Ok(permit) => self.slot = Some(permit),
                 Err(_) => return false,
             }
@@ -444,7 +463,10 @@ impl Stream_ {
     async fn translation(&mut self, snapshot: &Snapshot) -> Arc<Translation> {
         let Some(proxy) = &self.proxy else { return Arc::default() };
         let listener_names: Vec<String> = if translate::listeners_by_name(proxy) {
-            self.watches.get(type_url::LISTENER).map(|w| w.names.iter().cloned().collect()).unwrap_or_default()
+            self.watches
+                .get(type_url::LISTENER)
+                .map(|w| w.names.iter().map(|n| n.to_string()).collect())
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -488,7 +510,7 @@ impl Stream_ {
     fn record_sent(&mut self, type_url: &str, version: &str, nonce: String, count: usize, snapshot_version: u64) {
         if type_url == type_url::LISTENER {
             let names: Vec<String> =
-                self.watches.get(type_url).map(|w| w.names.iter().cloned().collect()).unwrap_or_default();
+                self.watches.get(type_url).map(|w| w.names.iter().map(|n| n.to_string()).collect()).unwrap_or_default();
             self.status.update(self.id, |s| s.listener_names = names);
         }
         if let Some(w) = self.watches.get_mut(type_url) {
@@ -561,7 +583,7 @@ impl Stream_ {
         if !req.response_nonce.is_empty() && !is_response {
             return Ok(()); // a stale nonce: superseded by a later push
         }
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let names: BTreeSet<Arc<str>> = req.resource_names.iter().map(|n| self.cache.interner().name(n)).collect();
         let first = !self.watches.contains_key(&req.type_url);
         let w = self.watches.entry(req.type_url.clone()).or_default();
         let wildcard = names.is_empty() && matches!(req.type_url.as_str(), type_url::LISTENER | type_url::CLUSTER)
@@ -596,7 +618,7 @@ impl Stream_ {
         }
         let bytes: usize = chosen.iter().map(|e| e.any.value.len()).sum();
         let chosen: Vec<Any> = chosen.into_iter().map(|e| (*e.any).clone()).collect();
-        if !self.take_push_slot(bytes).await {
+        if !self.take_push_slot(bytes, translation.bytes()).await {
             return false;
         }
         let version = format!("{}-{digest:016x}", snapshot.version);
@@ -645,15 +667,16 @@ impl Stream_ {
             if name == "*" {
                 changed |= !w.wildcard;
                 w.wildcard = true;
-            } else {
-                changed |= w.names.insert(name.clone());
+            } else if !w.names.contains(name.as_str()) {
+                changed = true;
+                w.names.insert(self.cache.interner().name(name));
             }
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 w.wildcard = false;
             }
-            w.names.remove(name);
+            w.names.remove(name.as_str());
             w.sent.remove(name.as_str());
         }
         if changed && error.is_none() {
@@ -686,7 +709,7 @@ impl Stream_ {
             && let Some(changes) = translation.changes(type_url)
             && w.synced == Some(changes.since)
         {
-            let subscribed = |n: &String| w.wildcard || w.names.contains(n);
+            let subscribed = |n: &String| w.wildcard || w.names.contains(n.as_str());
             let updated: Vec<DeltaResource> = changes
                 .updated()
                 .filter(|n| subscribed(n))
@@ -715,7 +738,8 @@ impl Stream_ {
             if updated.is_empty() && removed.is_empty() {
                 return true;
             }
-            return self.send_delta_response(snapshot, type_url, updated, removed, all.len(), tx).await;
+            let delta = Delta { resources: updated, removed, count: all.len() };
+            return self.send_delta_response(snapshot, translation, type_url, delta, tx).await;
         }
         let wanted: BTreeMap<&str, &Encoded> = all
             .iter()
@@ -744,8 +768,8 @@ impl Stream_ {
         } else {
             w.names
                 .iter()
-                .filter(|n| !wanted.contains_key(n.as_str()) && !w.sent.contains_key(n.as_str()))
-                .cloned()
+                .filter(|n| !wanted.contains_key(&***n) && !w.sent.contains_key(&***n))
+                .map(|n| n.to_string())
                 .collect()
         };
         if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
@@ -766,22 +790,22 @@ impl Stream_ {
             w.sent.extend(changes);
             w.synced = Some(snapshot.version);
         }
-        let count = wanted.len();
-        self.send_delta_response(snapshot, type_url, updated, removed.into_iter().chain(missing).collect(), count, tx)
-            .await
+        let delta =
+            Delta { resources: updated, removed: removed.into_iter().chain(missing).collect(), count: wanted.len() };
+        self.send_delta_response(snapshot, translation, type_url, delta, tx).await
     }
 
     async fn send_delta_response(
         &mut self,
         snapshot: &Snapshot,
+        translation: &Translation,
         type_url: &str,
-        resources: Vec<DeltaResource>,
-        removed: Vec<String>,
-        count: usize,
+        delta: Delta,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
+        let Delta { resources, removed, count } = delta;
         let bytes: usize = resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
-        if !self.take_push_slot(bytes).await {
+        if !self.take_push_slot(bytes, translation.bytes()).await {
             return false;
         }
         let version = format!("{}", snapshot.version);

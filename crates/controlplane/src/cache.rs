@@ -48,6 +48,11 @@ impl Translation {
         }
     }
 
+    /// The size of every resource, encoded.
+    pub fn bytes(&self) -> usize {
+        self.outbound.bytes + self.inbound.bytes
+    }
+
     /// What changed in one type since the snapshot version both halves were last
     /// translated at; `None` when they were not compared with the same one.
     pub fn changes(&self, type_url: &str) -> Option<ChangesView<'_>> {
@@ -131,6 +136,13 @@ struct Part {
     /// The endpoint sets (EDS names) of each service host, so that an endpoint change
     /// finds what to rebuild without looking at every name.
     clusters_of_host: Arc<HashMap<String, Vec<Arc<str>>>>,
+    /// The size of every resource, encoded (as of the last full translation).
+    bytes: usize,
+}
+
+/// The size of every resource of these types, encoded.
+fn size(types: &HashMap<&'static str, Arc<Resources>>) -> usize {
+    types.values().flat_map(|r| r.values()).map(|e| e.any.value.len()).sum()
 }
 
 /// What changed in one type between two translations of a class.
@@ -462,7 +474,9 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
             types.insert(type_url::ENDPOINT, eds);
             changes.insert(type_url::ENDPOINT, eds_changes);
             let clusters_of_host = previous.clusters_of_host.clone();
-            return Part { version: snapshot.version, types, changes, clusters_of_host };
+            // Moved endpoints barely change the size: the throttle's weight needs no recount.
+            let bytes = previous.bytes;
+            return Part { version: snapshot.version, types, changes, clusters_of_host, bytes };
         }
     }
     let r = translate::half_for(snapshot, &class.proxy, &class.listener_names, class.half);
@@ -501,7 +515,8 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
             changes.insert(*t, Changes { since: previous.version, updated, removed });
         }
     }
-    Part { version: snapshot.version, types, changes, clusters_of_host: Arc::new(clusters_of_host) }
+    let bytes = size(&types);
+    Part { version: snapshot.version, types, changes, clusters_of_host: Arc::new(clusters_of_host), bytes }
 }
 
 #[cfg(test)]

@@ -203,9 +203,9 @@ pub const PUSH_BUDGET_KB: usize = 256 << 10;
 pub const THROTTLED_RESPONSE_BYTES: usize = 64 << 10;
 
 /// One delta response's content.
-struct Delta {
+struct Delta<'a> {
     /// Resources added or changed.
-    resources: Vec<DeltaResource>,
+    resources: Vec<(&'a Arc<str>, &'a Encoded)>,
     /// Names removed.
     removed: Vec<String>,
     /// How many resources of the type the proxy has after it.
@@ -617,10 +617,11 @@ impl Stream_ {
             return true;
         }
         let bytes: usize = chosen.iter().map(|e| e.any.value.len()).sum();
-        let chosen: Vec<Any> = chosen.into_iter().map(|e| (*e.any).clone()).collect();
+        // The slot first, the copies after: a stream waiting for its turn holds none.
         if !self.take_push_slot(bytes, translation.bytes()).await {
             return false;
         }
+        let chosen: Vec<Any> = chosen.into_iter().map(|e| (*e.any).clone()).collect();
         let version = format!("{}-{digest:016x}", snapshot.version);
         let nonce = self.next_nonce();
         let count = chosen.len();
@@ -710,29 +711,16 @@ impl Stream_ {
             && w.synced == Some(changes.since)
         {
             let subscribed = |n: &String| w.wildcard || w.names.contains(n.as_str());
-            let updated: Vec<DeltaResource> = changes
-                .updated()
-                .filter(|n| subscribed(n))
-                .filter_map(|n| {
-                    let e = all.get(n.as_str())?;
-                    Some(DeltaResource {
-                        name: n.clone(),
-                        version: format!("{:016x}", e.hash),
-                        resource: Some((*e.any).clone()),
-                        ..Default::default()
-                    })
-                })
-                .collect();
+            let updated: Vec<(&Arc<str>, &Encoded)> =
+                changes.updated().filter(|n| subscribed(n)).filter_map(|n| all.get_key_value(n.as_str())).collect();
             let removed: Vec<String> = changes.removed().filter(|n| w.sent.contains_key(n.as_str())).cloned().collect();
             if let Some(w) = self.watches.get_mut(type_url) {
                 w.synced = Some(snapshot.version);
                 for name in &removed {
                     w.sent.remove(name.as_str());
                 }
-                for u in &updated {
-                    if let Some((name, e)) = all.get_key_value(u.name.as_str()) {
-                        w.sent.insert(name.clone(), e.hash);
-                    }
+                for (name, e) in &updated {
+                    w.sent.insert((*name).clone(), e.hash);
                 }
             }
             if updated.is_empty() && removed.is_empty() {
@@ -741,22 +729,13 @@ impl Stream_ {
             let delta = Delta { resources: updated, removed, count: all.len() };
             return self.send_delta_response(snapshot, translation, type_url, delta, tx).await;
         }
-        let wanted: BTreeMap<&str, &Encoded> = all
+        let wanted: BTreeMap<&str, (&Arc<str>, &Encoded)> = all
             .iter()
             .filter(|(name, _)| w.wildcard || w.names.contains(&***name))
-            .map(|(name, e)| (&**name, e))
+            .map(|(name, e)| (&**name, (name, e)))
             .collect();
-        let mut updated = Vec::new();
-        for (name, e) in &wanted {
-            if w.sent.get(*name) != Some(&e.hash) {
-                updated.push(DeltaResource {
-                    name: (*name).to_owned(),
-                    version: format!("{:016x}", e.hash),
-                    resource: Some((*e.any).clone()),
-                    ..Default::default()
-                });
-            }
-        }
+        let updated: Vec<(&Arc<str>, &Encoded)> =
+            wanted.values().filter(|(name, e)| w.sent.get(&***name) != Some(&e.hash)).copied().collect();
         let removed: Vec<String> = if w.sent.len() + updated.len() > wanted.len() {
             w.sent.keys().filter(|n| !wanted.contains_key(&***n)).map(|n| n.to_string()).collect()
         } else {
@@ -779,15 +758,11 @@ impl Stream_ {
             return true;
         }
         // Only what changed is recorded: no per-push copy of every name.
-        let changes: Vec<(Arc<str>, u64)> = updated
-            .iter()
-            .filter_map(|u| all.get_key_value(u.name.as_str()).map(|(name, e)| (name.clone(), e.hash)))
-            .collect();
         if let Some(w) = self.watches.get_mut(type_url) {
             for name in &removed {
                 w.sent.remove(name.as_str());
             }
-            w.sent.extend(changes);
+            w.sent.extend(updated.iter().map(|(name, e)| ((*name).clone(), e.hash)));
             w.synced = Some(snapshot.version);
         }
         let delta =
@@ -800,14 +775,24 @@ impl Stream_ {
         snapshot: &Snapshot,
         translation: &Translation,
         type_url: &str,
-        delta: Delta,
+        delta: Delta<'_>,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> bool {
         let Delta { resources, removed, count } = delta;
-        let bytes: usize = resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
+        // The slot first, the copies after: a stream waiting for its turn holds none.
+        let bytes: usize = resources.iter().map(|(_, e)| e.any.value.len()).sum();
         if !self.take_push_slot(bytes, translation.bytes()).await {
             return false;
         }
+        let resources = resources
+            .into_iter()
+            .map(|(name, e)| DeltaResource {
+                name: name.to_string(),
+                version: format!("{:016x}", e.hash),
+                resource: Some((*e.any).clone()),
+                ..Default::default()
+            })
+            .collect();
         let version = format!("{}", snapshot.version);
         let nonce = self.next_nonce();
         let response = DeltaDiscoveryResponse {

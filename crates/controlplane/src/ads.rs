@@ -138,6 +138,11 @@ impl Ads {
         B: hyper::body::Body + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
+        // Requests are read uncompressed, as tonic's generated server does by default.
+        let encoding = request.headers().get("grpc-encoding").and_then(|v| v.to_str().ok());
+        if encoding.is_some_and(|e| e != "identity") {
+            return Status::unimplemented("compressed requests are not accepted").into_http();
+        }
         let request = tonic::Request::from_http(request);
         let mut stream = Stream_::new(self, P::NAME);
         stream.peer = peer_identity(&request);
@@ -538,7 +543,12 @@ impl Stream_ {
                 request = requests.next() => {
                     let request = match request {
                         Some(Ok(r)) => r,
-                        Some(Err(e)) => { tracing::debug!(error = %e, "stream ended"); break; }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "stream ended");
+                            // An undecodable request ends the stream with its reason.
+                            let _ = tx.send(Err(e)).await;
+                            break;
+                        }
                         None => break,
                     };
                     if let Err(status) = P::answer(&mut self, request, &tx).await {
@@ -659,7 +669,7 @@ impl Stream_ {
             // Resources the proxy already holds (after a reconnect) need not be resent.
             for (name, v) in &req.initial_resource_versions {
                 if let Ok(h) = u64::from_str_radix(v, 16) {
-                    w.sent.insert(Arc::from(name.as_str()), h);
+                    w.sent.insert(self.cache.interner().name(name), h);
                 }
             }
         }

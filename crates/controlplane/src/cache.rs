@@ -2,13 +2,12 @@
 //!
 //! A proxy's configuration is translated in two halves (see [`Half`]). The outbound half
 //! depends only on what [`translate::outbound_identity`] keeps of a proxy (role,
-//! namespace, labels, capture mode), so the replicas of a workload, and every proxy of a
-//! namespace with the same labels, share one translation per snapshot version: an
-//! endpoint change seen by a thousand sidecars is translated once. The inbound half is
-//! the workload's own and small. Results are encoded once too, with a hash per resource
-//! for change detection.
+//! namespace, labels, capture mode, cluster id, SDS), so the replicas of a workload share
+//! one translation per snapshot version: an endpoint change seen by a thousand sidecars
+//! is translated once per label set. The inbound half is the workload's own and small.
+//! Results are encoded once too, with a hash per resource for change detection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -70,8 +69,12 @@ pub struct View<'a> {
 
 impl<'a> View<'a> {
     /// Every resource: the outbound half's, then the inbound half's, each in name order.
+    /// A name in both (a Sidecar ingress and egress listener on the same address and
+    /// port) is the outbound one, once.
     pub fn iter(&self) -> impl Iterator<Item = (&'a Arc<str>, &'a Encoded)> + use<'a> {
-        self.parts.into_iter().flatten().flat_map(|r| r.iter())
+        let [outbound, inbound] = self.parts;
+        let shadowed = move |name: &str| outbound.is_some_and(|o| o.contains_key(name));
+        outbound.into_iter().flatten().chain(inbound.into_iter().flatten().filter(move |(n, _)| !shadowed(n)))
     }
 
     /// The resource of that name, with the shared name.
@@ -91,7 +94,9 @@ impl<'a> View<'a> {
 
     /// How many resources.
     pub fn len(&self) -> usize {
-        self.parts.into_iter().flatten().map(BTreeMap::len).sum()
+        let [outbound, inbound] = self.parts;
+        let shadowed = |name: &str| outbound.is_some_and(|o| o.contains_key(name));
+        outbound.map_or(0, BTreeMap::len) + inbound.map_or(0, |i| i.keys().filter(|n| !shadowed(n)).count())
     }
 
     /// Whether there are none.
@@ -138,6 +143,9 @@ struct Part {
     clusters_of_host: Arc<HashMap<String, Vec<Arc<str>>>>,
     /// The size of every resource, encoded (as of the last full translation).
     bytes: usize,
+    /// For a captured proxy's inbound half: the hosts with an endpoint that is the
+    /// workload, whose endpoint changes can change what it serves.
+    own_hosts: Arc<BTreeSet<String>>,
 }
 
 /// The size of every resource of these types, encoded.
@@ -321,20 +329,33 @@ impl Interner {
         from: &Arc<Resources>,
         rebuild: impl FnOnce() -> (Resources, Changes),
     ) -> (Arc<Resources>, Changes) {
-        let Ok(mut moved) = self.moved.lock() else {
-            let (map, changes) = rebuild();
-            return (Arc::new(map), changes);
-        };
-        if moved.version != version {
-            *moved = Moved { version, done: HashMap::new() };
+        if let Ok(mut moved) = self.moved.lock() {
+            if moved.version != version {
+                *moved = Moved { version, done: HashMap::new() };
+            }
+            if let Some((_, next, changes)) = moved.done.get(&key) {
+                return (next.clone(), changes.clone());
+            }
         }
-        if let Some((_, next, changes)) = moved.done.get(&key) {
-            return (next.clone(), changes.clone());
-        }
+        // Built without the lock: two classes may build the same map at once, and the
+        // first one kept is the one shared.
         let (map, changes) = rebuild();
         let next = Arc::new(map);
-        moved.done.insert(key, (from.clone(), next.clone(), changes.clone()));
+        let Ok(mut moved) = self.moved.lock() else { return (next, changes) };
+        if moved.version != version {
+            return (next, changes);
+        }
+        let (_, next, changes) = moved.done.entry(key).or_insert_with(|| (from.clone(), next, changes)).clone();
         (next, changes)
+    }
+
+    /// Forgets the rebuilt maps of versions before `version`.
+    fn forget_moved_before(&self, version: u64) {
+        if let Ok(mut moved) = self.moved.lock()
+            && moved.version < version
+        {
+            *moved = Moved::default();
+        }
     }
 
     /// The name, allocated once.
@@ -412,6 +433,7 @@ impl TranslationCache {
             if snapshot.version > entries.newest {
                 entries.newest = snapshot.version;
                 entries.parts.retain(|k, _| k.version + 1 >= snapshot.version);
+                self.interner.forget_moved_before(snapshot.version);
             }
             entries.parts.entry(key.clone()).or_default().clone()
         };
@@ -441,9 +463,18 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
         let mut types = previous.types.clone();
         let mut changes: HashMap<&'static str, Changes> =
             types.keys().map(|t| (*t, Changes { since: previous.version, ..Changes::default() })).collect();
-        // Inbound listeners and clusters follow endpoint addresses only under capture,
-        // where the workload is also known by its address.
-        let inbound_moves = class.half == Half::Inbound && translate::captured(&class.proxy);
+        // Inbound listeners and clusters follow endpoints only under capture (the
+        // workload is also known by its address), and only its own services' endpoints.
+        let own = |host: &String| {
+            previous.own_hosts.contains(host)
+                || snapshot
+                    .registry
+                    .services
+                    .get(host)
+                    .is_some_and(|s| s.endpoints.iter().any(|e| translate::is_own(&class.proxy, s, e)))
+        };
+        let inbound_moves =
+            class.half == Half::Inbound && translate::captured(&class.proxy) && change.hosts.iter().any(own);
         if !inbound_moves && let Some(from) = types.get(type_url::ENDPOINT).cloned() {
             let key = MovedKey {
                 from: Arc::as_ptr(&from) as usize,
@@ -475,8 +506,8 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
             changes.insert(type_url::ENDPOINT, eds_changes);
             let clusters_of_host = previous.clusters_of_host.clone();
             // Moved endpoints barely change the size: the throttle's weight needs no recount.
-            let bytes = previous.bytes;
-            return Part { version: snapshot.version, types, changes, clusters_of_host, bytes };
+            let (bytes, own_hosts) = (previous.bytes, previous.own_hosts.clone());
+            return Part { version: snapshot.version, types, changes, clusters_of_host, bytes, own_hosts };
         }
     }
     let r = translate::half_for(snapshot, &class.proxy, &class.listener_names, class.half);
@@ -516,7 +547,17 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
         }
     }
     let bytes = size(&types);
-    Part { version: snapshot.version, types, changes, clusters_of_host: Arc::new(clusters_of_host), bytes }
+    let own_hosts = if class.half == Half::Inbound && translate::captured(&class.proxy) {
+        let services = snapshot.registry.services.iter();
+        services
+            .filter(|(_, s)| s.endpoints.iter().any(|e| translate::is_own(&class.proxy, s, e)))
+            .map(|(h, _)| h.clone())
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let clusters_of_host = Arc::new(clusters_of_host);
+    Part { version: snapshot.version, types, changes, clusters_of_host, bytes, own_hosts: Arc::new(own_hosts) }
 }
 
 #[cfg(test)]
@@ -655,6 +696,45 @@ spec:
             assert!(Arc::ptr_eq(&e.any, &other.any), "{name} is encoded twice");
             assert!(Arc::ptr_eq(name, other_name), "{name} is allocated twice");
         }
+    }
+
+    #[tokio::test]
+    async fn a_captured_workload_follows_its_own_endpoints_across_endpoint_changes() {
+        // Known by its address only: when its WorkloadEntry moves away, the port it
+        // served is no longer captured inbound for it.
+        let mut p = proxy(Role::Sidecar, &[("app", "reviews")]);
+        (p.ip, p.interception_mode) = ("10.0.0.1".into(), "REDIRECT".into());
+        let first = Snapshot::new(1, resources(MESH));
+        let moved_mesh = MESH.replace("10.0.0.1", "10.0.0.2");
+        let moved = Snapshot::next(&first, 2, resources(&moved_mesh));
+        let cache = TranslationCache::default();
+        let before = cache.get(&first, &p, &[]).await;
+        let incremental = cache.get(&moved, &p, &[]).await;
+        let full = TranslationCache::default().get(&Snapshot::new(2, resources(&moved_mesh)), &p, &[]).await;
+        for t in type_url::PUSH_ORDER {
+            assert_eq!(held(&incremental, t), held(&full, t), "{t}");
+        }
+        let clusters = |t: &Translation| {
+            t.of(type_url::CLUSTER)
+                .iter()
+                .filter(|(n, _)| n.starts_with("inbound|"))
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!((clusters(&before), clusters(&incremental)), (vec!["inbound|9080||".to_owned()], vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_name_in_both_halves_is_sent_once() {
+        // The default egress bind is 127.0.0.1, and ingress listeners bind to the proxy's
+        // address: a proxy at 127.0.0.1 gets both on 127.0.0.1:9080.
+        let snapshot = Snapshot::new(1, resources(&format!("{MESH}{SIDECAR}")));
+        let mut p = proxy(Role::Sidecar, &[("app", "ratings")]);
+        p.ip = "127.0.0.1".into();
+        let t = TranslationCache::default().get(&snapshot, &p, &[]).await;
+        let listeners = t.of(type_url::LISTENER);
+        let names: Vec<String> = listeners.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!((names, listeners.len()), (vec!["127.0.0.1_9080".to_owned()], 1));
     }
 
     #[tokio::test]

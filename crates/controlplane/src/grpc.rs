@@ -20,6 +20,9 @@ use tonic::Status;
 /// The gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 
+/// The largest response sent; a larger one ends the stream with RESOURCE_EXHAUSTED.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// A streaming response body: each message from the channel as one gRPC message, then
 /// the status in the trailers (OK when the sender is dropped, or the error sent).
 #[derive(Debug)]
@@ -38,6 +41,9 @@ impl<T> Responses<T> {
 /// One message with its gRPC prefix, in a buffer of exactly its size.
 fn frame(message: &impl Message) -> Result<Bytes, Status> {
     let len = message.encoded_len();
+    if len > MAX_RESPONSE_BYTES {
+        return Err(Status::resource_exhausted(format!("a response of {len} bytes, above {MAX_RESPONSE_BYTES}")));
+    }
     let prefix = u32::try_from(len).map_err(|_| Status::resource_exhausted("response larger than 4 GiB"))?;
     let mut buf = Vec::with_capacity(PREFIX + len);
     buf.push(0);

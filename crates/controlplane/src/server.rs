@@ -212,8 +212,9 @@ pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)>
 async fn watch_config(paths: Vec<PathBuf>, tx: watch::Sender<Arc<Snapshot>>, metrics: Arc<Metrics>) {
     let mut seen = fingerprint(&paths);
     let mut version = 1;
-    // The snapshot a change replaced. Freeing a large one takes a while, so it goes once
-    // its successor has been pushed, not while the proxies wait for the push.
+    // The snapshot a change replaced. Freeing a large one takes a while, so it goes at
+    // the next poll (a push to a thousand proxies takes less), not while the proxies
+    // wait for the push.
     let mut retired: Option<Arc<Snapshot>> = None;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;

@@ -16,7 +16,7 @@ use super::cluster::{CONNECT_TIMEOUT, cluster_name, lb_endpoint_for};
 use super::listener::{RouteSource, http_chain, inbound_route, tcp_chain};
 use super::{duration, socket};
 use crate::node::ProxyIdentity;
-use crate::registry::Protocol;
+use crate::registry::{Endpoint, Protocol, Service};
 use crate::snapshot::Snapshot;
 
 /// Istio's outbound capture port.
@@ -35,16 +35,20 @@ pub fn captured(proxy: &ProxyIdentity) -> bool {
     matches!(proxy.interception_mode.as_str(), "REDIRECT" | "TPROXY")
 }
 
+/// Whether `endpoint` of `service` is this captured proxy's workload: by its
+/// WorkloadEntry's name, or by its address.
+pub fn is_own(proxy: &ProxyIdentity, service: &Service, endpoint: &Endpoint) -> bool {
+    endpoint.workload.as_deref() == Some(proxy.workload.as_str()) && service.namespace == proxy.namespace
+        || (!proxy.ip.is_empty() && endpoint.address == proxy.ip)
+}
+
 /// The ports this workload serves, with their protocols: the target ports of the
 /// services that select it.
 fn inbound_ports(snapshot: &Snapshot, proxy: &ProxyIdentity) -> BTreeMap<u32, Protocol> {
     let mut ports = BTreeMap::new();
     for service in snapshot.registry.services.values() {
         for endpoint in &service.endpoints {
-            let mine = endpoint.workload.as_deref() == Some(proxy.workload.as_str())
-                && service.namespace == proxy.namespace
-                || (!proxy.ip.is_empty() && endpoint.address == proxy.ip);
-            if !mine {
+            if !is_own(proxy, service, endpoint) {
                 continue;
             }
             for port in &service.ports {

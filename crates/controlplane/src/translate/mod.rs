@@ -30,7 +30,7 @@ use envoy_types::pb::google::protobuf::Duration;
 use crate::node::{ProxyIdentity, Role};
 use crate::snapshot::Snapshot;
 
-pub use capture::captured;
+pub use capture::{captured, is_own};
 pub use cluster::{cluster_name, clusters_for, clusters_of, endpoints_for, endpoints_of_cluster, parse_cluster_name};
 pub use gateway_api::GATEWAY_NAME_LABEL;
 pub use listener::{listeners_for, listeners_of};
@@ -107,8 +107,10 @@ pub fn half_for(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[St
 }
 
 /// What the outbound half may read of a proxy: its role, namespace, labels, capture mode,
-/// cluster and SDS, not its address, service account or node id. The workload name stays
-/// only when the labels have no `app`: tracing then names the service after it.
+/// cluster id and SDS, not its address, service account or node id. The workload name
+/// stays only when the labels have no `app`: tracing then names the service after it.
+/// Proxies equal in all of these (and, for proxyless clients, in the listeners they ask
+/// for) share one outbound half.
 pub fn outbound_identity(proxy: &ProxyIdentity) -> ProxyIdentity {
     ProxyIdentity {
         id: String::new(),

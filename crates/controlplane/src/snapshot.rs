@@ -71,7 +71,12 @@ fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, S
 
 impl Snapshot {
     /// A snapshot of `resources` (which must have passed validation).
-    pub fn new(version: u64, resources: Vec<Resource>) -> Self {
+    pub fn new(version: u64, mut resources: Vec<Resource>) -> Self {
+        // Field lines serve diagnostics, which validation has given: a snapshot keeps none
+        // (at 100 000 WorkloadEntries they would be hundreds of megabytes).
+        for r in &mut resources {
+            r.lines = Default::default();
+        }
         let registry = Registry::build(&resources);
         let mut index = KindIndex::default();
         for (i, r) in resources.iter().enumerate() {

@@ -434,6 +434,11 @@ impl TranslationCache {
                 entries.newest = snapshot.version;
                 entries.parts.retain(|k, _| k.version + 1 >= snapshot.version);
                 self.interner.forget_moved_before(snapshot.version);
+                // A class nothing refers to any more (its proxies gone, no recent
+                // translation) has no next translation to compare with its latest.
+                if let Ok(mut latest) = self.latest.lock() {
+                    latest.retain(|class, _| Arc::strong_count(class) > 1);
+                }
             }
             entries.parts.entry(key.clone()).or_default().clone()
         };
@@ -735,6 +740,27 @@ spec:
         let listeners = t.of(type_url::LISTENER);
         let names: Vec<String> = listeners.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!((names, listeners.len()), (vec!["127.0.0.1_9080".to_owned()], 1));
+    }
+
+    #[tokio::test]
+    async fn the_classes_of_proxies_gone_are_forgotten() {
+        let first = Snapshot::new(1, resources(MESH));
+        let cache = TranslationCache::default();
+        let mut gone = proxy(Role::Sidecar, &[("app", "gone")]);
+        gone.workload = "gone".into();
+        let staying = proxy(Role::Sidecar, &[("app", "ratings")]);
+        let _ = cache.get(&first, &gone, &[]).await;
+        let kept = TranslationCache::classes(&first, &staying, &[], None);
+        let _ = cache.translation(&first, &kept).await;
+        let latest = |cache: &TranslationCache| cache.latest.lock().map(|l| l.len()).unwrap_or_default();
+        assert_eq!(latest(&cache), 4, "two halves of two proxies");
+        // Two versions on, only the proxy still connected (holding its classes) is known.
+        let mut snapshot = first;
+        for version in 2..=3 {
+            snapshot = Snapshot::next(&snapshot, version, resources(MESH));
+            let _ = cache.translation(&snapshot, &kept).await;
+        }
+        assert_eq!(latest(&cache), 2);
     }
 
     #[tokio::test]

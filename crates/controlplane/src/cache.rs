@@ -703,22 +703,29 @@ spec:
         }
     }
 
+    /// `p`'s translation before and after reviews-v1 moves from 10.0.0.1 to 10.0.0.2 in
+    /// `mesh`, the second one incremental; asserts it equals a full translation.
+    async fn across_a_move(mesh: &str, p: &ProxyIdentity) -> [Arc<Translation>; 2] {
+        let moved_mesh = mesh.replace("10.0.0.1", "10.0.0.2");
+        let first = Snapshot::new(1, resources(mesh));
+        let moved = Snapshot::next(&first, 2, resources(&moved_mesh));
+        let cache = TranslationCache::default();
+        let before = cache.get(&first, p, &[]).await;
+        let incremental = cache.get(&moved, p, &[]).await;
+        let full = TranslationCache::default().get(&Snapshot::new(2, resources(&moved_mesh)), p, &[]).await;
+        for t in type_url::PUSH_ORDER {
+            assert_eq!(held(&incremental, t), held(&full, t), "{t}");
+        }
+        [before, incremental]
+    }
+
     #[tokio::test]
     async fn a_captured_workload_follows_its_own_endpoints_across_endpoint_changes() {
         // Known by its address only: when its WorkloadEntry moves away, the port it
         // served is no longer captured inbound for it.
         let mut p = proxy(Role::Sidecar, &[("app", "reviews")]);
         (p.ip, p.interception_mode) = ("10.0.0.1".into(), "REDIRECT".into());
-        let first = Snapshot::new(1, resources(MESH));
-        let moved_mesh = MESH.replace("10.0.0.1", "10.0.0.2");
-        let moved = Snapshot::next(&first, 2, resources(&moved_mesh));
-        let cache = TranslationCache::default();
-        let before = cache.get(&first, &p, &[]).await;
-        let incremental = cache.get(&moved, &p, &[]).await;
-        let full = TranslationCache::default().get(&Snapshot::new(2, resources(&moved_mesh)), &p, &[]).await;
-        for t in type_url::PUSH_ORDER {
-            assert_eq!(held(&incremental, t), held(&full, t), "{t}");
-        }
+        let [before, incremental] = across_a_move(MESH, &p).await;
         let clusters = |t: &Translation| {
             t.of(type_url::CLUSTER)
                 .iter()
@@ -765,17 +772,8 @@ spec:
 
     #[tokio::test]
     async fn incremental_translation_equals_full_translation_and_names_only_the_moved_endpoints() {
-        let moved_mesh = format!("{MESH}{SIDECAR}").replace("10.0.0.1", "10.0.0.2");
-        let first = Snapshot::new(1, resources(&format!("{MESH}{SIDECAR}")));
-        let moved = Snapshot::next(&first, 2, resources(&moved_mesh));
         let p = proxy(Role::Sidecar, &[("app", "ratings")]);
-        let cache = TranslationCache::default();
-        let _ = cache.get(&first, &p, &[]).await;
-        let incremental = cache.get(&moved, &p, &[]).await;
-        let full = TranslationCache::default().get(&Snapshot::new(2, resources(&moved_mesh)), &p, &[]).await;
-        for t in type_url::PUSH_ORDER {
-            assert_eq!(held(&incremental, t), held(&full, t), "{t}");
-        }
+        let [_, incremental] = across_a_move(&format!("{MESH}{SIDECAR}"), &p).await;
         let changes = |t: &str| incremental.changes(t).map(|c| (c.since, c.updated().cloned().collect::<Vec<_>>()));
         assert_eq!(
             changes(type_url::ENDPOINT),

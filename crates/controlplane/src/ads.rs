@@ -6,7 +6,7 @@
 //! routes, in that order). A NACK is logged with the proxy and the reason, recorded in
 //! the sync status, and not retried until the configuration changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +20,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_stream::StreamExt;
-use tonic::codec::Codec;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::cache::{Classes, Encoded, Translation, TranslationCache};
+use crate::held::Held;
 use crate::metrics::Metrics;
 use crate::node::ProxyIdentity;
 use crate::snapshot::Snapshot;
@@ -136,6 +135,7 @@ impl Ads {
     fn open<P: Protocol, B>(&self, request: hyper::Request<B>) -> hyper::Response<tonic::body::Body>
     where
         B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
         // Requests are read uncompressed, as tonic's generated server does by default.
@@ -146,8 +146,7 @@ impl Ads {
         let request = tonic::Request::from_http(request);
         let mut stream = Stream_::new(self, P::NAME);
         stream.peer = peer_identity(&request);
-        let decoder = tonic_prost::ProstCodec::<P::Response, P>::default().decoder();
-        let requests = Streaming::new_request(decoder, request.into_inner(), None, Some(MAX_REQUEST_BYTES));
+        let requests = crate::grpc::Requests::<P, B>::new(request.into_inner(), MAX_REQUEST_BYTES);
         // One response queued per stream: the next is built when gRPC has taken this one.
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(stream.run(requests, tx));
@@ -172,6 +171,7 @@ impl tonic::server::NamedService for AdsService {
 impl<B> tower_service::Service<hyper::Request<B>> for AdsService
 where
     B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     type Response = hyper::Response<tonic::body::Body>;
@@ -295,15 +295,17 @@ impl Protocol for DeltaDiscoveryRequest {
 /// Per-type state of one stream.
 #[derive(Debug, Default)]
 struct Watch {
-    /// Requested names; empty with `wildcard` means everything. Held once across
-    /// streams: a thousand proxies subscribe to the same endpoint sets.
-    names: BTreeSet<Arc<str>>,
+    /// Requested names; empty with `wildcard` means everything. The set is held once
+    /// across streams ([`crate::cache::Interner::names`]): a thousand proxies subscribe
+    /// to the same endpoint sets.
+    names: Arc<BTreeSet<Arc<str>>>,
     wildcard: bool,
     /// Nonce of the last response.
     nonce: String,
-    /// Hash of each resource last sent, by name (delta), or of the whole set (SotW, key "").
-    /// Names are the translation's own (shared), not copies per stream.
-    sent: HashMap<Arc<str>, u64>,
+    /// What the proxy holds (delta).
+    held: Held,
+    /// The hash of the whole set last sent (state of the world).
+    digest: Option<u64>,
     /// Snapshot version when the last response was sent, for convergence time.
     sent_at: Option<(u64, Instant)>,
     /// The version of the last response.
@@ -312,6 +314,18 @@ struct Watch {
     pending: bool,
     /// The snapshot version this stream holds in full for this type (delta).
     synced: Option<u64>,
+}
+
+impl Watch {
+    /// Whether the proxy subscribes to `name`.
+    fn subscribes(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The hash the proxy holds `name` at (delta).
+    fn holds(&self, name: &str) -> Option<u64> {
+        self.held.get(name, self.subscribes(name))
+    }
 }
 
 /// One proxy's stream.
@@ -536,7 +550,15 @@ impl Stream_ {
 
     /// Serves one stream until it ends: answers requests, pushes new snapshots. The two
     /// protocols differ only in how they answer and push ([`Protocol`]).
-    async fn run<P: Protocol>(mut self, mut requests: Streaming<P>, tx: mpsc::Sender<Result<P::Response, Status>>) {
+    async fn run<P: Protocol, B>(
+        mut self,
+        mut requests: crate::grpc::Requests<P, B>,
+        tx: mpsc::Sender<Result<P::Response, Status>>,
+    ) where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
         let mut snapshots = self.snapshots.clone();
         loop {
             tokio::select! {
@@ -593,7 +615,8 @@ impl Stream_ {
         if !req.response_nonce.is_empty() && !is_response {
             return Ok(()); // a stale nonce: superseded by a later push
         }
-        let names: BTreeSet<Arc<str>> = req.resource_names.iter().map(|n| self.cache.interner().name(n)).collect();
+        let interner = self.cache.interner();
+        let names = interner.names(req.resource_names.iter().map(|n| interner.name(n)).collect());
         let first = !self.watches.contains_key(&req.type_url);
         let w = self.watches.entry(req.type_url.clone()).or_default();
         let wildcard = names.is_empty() && matches!(req.type_url.as_str(), type_url::LISTENER | type_url::CLUSTER)
@@ -620,10 +643,9 @@ impl Stream_ {
     ) -> bool {
         let all = translation.of(type_url);
         let Some(w) = self.watches.get(type_url) else { return true };
-        let chosen: Vec<&Encoded> =
-            all.iter().filter(|(name, _)| w.wildcard || w.names.contains(&***name)).map(|(_, e)| e).collect();
+        let chosen: Vec<&Encoded> = all.iter().filter(|(name, _)| w.subscribes(name)).map(|(_, e)| e).collect();
         let digest = hash_all(&chosen);
-        if !force && w.sent.get("") == Some(&digest) {
+        if !force && w.digest == Some(digest) {
             return true;
         }
         let bytes: usize = chosen.iter().map(|e| e.any.value.len()).sum();
@@ -636,7 +658,7 @@ impl Stream_ {
         let nonce = self.next_nonce();
         let count = chosen.len();
         if let Some(w) = self.watches.get_mut(type_url) {
-            w.sent.insert(Arc::from(""), digest);
+            w.digest = Some(digest);
         }
         let response = DiscoveryResponse {
             version_info: version.clone(),
@@ -662,6 +684,7 @@ impl Stream_ {
         let version = self.watches.get(&req.type_url).map(|w| w.version.clone()).unwrap_or_default();
         self.acknowledge(&req.type_url, &req.response_nonce, &version, error.as_deref());
         let first = !self.watches.contains_key(&req.type_url);
+        let interner = self.cache.interner();
         let w = self.watches.entry(req.type_url.clone()).or_default();
         if first {
             w.wildcard = req.resource_names_subscribe.is_empty()
@@ -669,26 +692,41 @@ impl Stream_ {
             // Resources the proxy already holds (after a reconnect) need not be resent.
             for (name, v) in &req.initial_resource_versions {
                 if let Ok(h) = u64::from_str_radix(v, 16) {
-                    w.sent.insert(self.cache.interner().name(name), h);
+                    w.held.set(interner.name(name), Some(h));
                 }
             }
         }
         let mut changed = first;
-        for name in &req.resource_names_subscribe {
-            if name == "*" {
-                changed |= !w.wildcard;
-                w.wildcard = true;
-            } else if !w.names.contains(name.as_str()) {
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            let wildcard = w.wildcard;
+            let mut names = (*w.names).clone();
+            let wildcard_on = req.resource_names_subscribe.iter().any(|n| n == "*");
+            let wildcard_off = req.resource_names_unsubscribe.iter().any(|n| n == "*");
+            if (wildcard_on && !wildcard) || (wildcard_off && wildcard) {
+                // What counts as subscribed changes wholesale: hold what is held by name.
+                w.held.detach(|n| wildcard || names.contains(n));
+                w.wildcard = wildcard_on;
+                changed |= wildcard_on;
+            }
+            for name in &req.resource_names_subscribe {
+                if name == "*" || names.contains(name.as_str()) {
+                    continue;
+                }
                 changed = true;
-                w.names.insert(self.cache.interner().name(name));
+                let name = interner.name(name);
+                if !w.wildcard {
+                    w.held.subscribe(name.clone());
+                }
+                names.insert(name);
             }
-        }
-        for name in &req.resource_names_unsubscribe {
-            if name == "*" {
-                w.wildcard = false;
+            for name in req.resource_names_unsubscribe.iter().filter(|n| *n != "*") {
+                let name = interner.name(name);
+                names.remove(&name);
+                w.held.set(name, None);
             }
-            w.names.remove(name.as_str());
-            w.sent.remove(name.as_str());
+            if *w.names != names {
+                w.names = interner.names(names);
+            }
         }
         if changed && error.is_none() {
             // New subscriptions are answered from the full set, not from the changes.
@@ -719,19 +757,15 @@ impl Stream_ {
         if !force
             && let Some(changes) = translation.changes(type_url)
             && w.synced == Some(changes.since)
+            && changes.are_from(w.held.base())
         {
-            let subscribed = |n: &String| w.wildcard || w.names.contains(n.as_str());
             let updated: Vec<(&Arc<str>, &Encoded)> =
-                changes.updated().filter(|n| subscribed(n)).filter_map(|n| all.get_key_value(n.as_str())).collect();
-            let removed: Vec<String> = changes.removed().filter(|n| w.sent.contains_key(n.as_str())).cloned().collect();
+                changes.updated().filter(|n| w.subscribes(n)).filter_map(|n| all.get_key_value(n.as_str())).collect();
+            let removed: Vec<String> = changes.removed().filter(|n| w.holds(n).is_some()).cloned().collect();
             if let Some(w) = self.watches.get_mut(type_url) {
                 w.synced = Some(snapshot.version);
-                for name in &removed {
-                    w.sent.remove(name.as_str());
-                }
-                for (name, e) in &updated {
-                    w.sent.insert((*name).clone(), e.hash);
-                }
+                let changed = changes.updated().chain(changes.removed()).map(String::as_str);
+                w.held.advance(translation.maps(type_url), changed);
             }
             if updated.is_empty() && removed.is_empty() {
                 return true;
@@ -739,41 +773,30 @@ impl Stream_ {
             let delta = Delta { resources: updated, removed, count: all.len() };
             return self.send_delta_response(snapshot, translation, type_url, delta, tx).await;
         }
-        let wanted: BTreeMap<&str, (&Arc<str>, &Encoded)> = all
-            .iter()
-            .filter(|(name, _)| w.wildcard || w.names.contains(&***name))
-            .map(|(name, e)| (&**name, (name, e)))
-            .collect();
+        let wanted: BTreeMap<&str, (&Arc<str>, &Encoded)> =
+            all.iter().filter(|(name, _)| w.subscribes(name)).map(|(name, e)| (&**name, (name, e))).collect();
         let updated: Vec<(&Arc<str>, &Encoded)> =
-            wanted.values().filter(|(name, e)| w.sent.get(&***name) != Some(&e.hash)).copied().collect();
-        let removed: Vec<String> = if w.sent.len() + updated.len() > wanted.len() {
-            w.sent.keys().filter(|n| !wanted.contains_key(&***n)).map(|n| n.to_string()).collect()
-        } else {
-            Vec::new()
-        };
+            wanted.values().filter(|(name, e)| w.holds(name) != Some(e.hash)).copied().collect();
+        let removed: Vec<String> =
+            w.held.names(|n| w.subscribes(n)).filter(|n| !wanted.contains_key(&***n)).map(|n| n.to_string()).collect();
         // A subscribed name that does not exist is reported as removed, so the proxy stops waiting for it.
         let missing: Vec<String> = if w.wildcard {
             Vec::new()
         } else {
             w.names
                 .iter()
-                .filter(|n| !wanted.contains_key(&***n) && !w.sent.contains_key(&***n))
+                .filter(|n| !wanted.contains_key(&***n) && w.holds(n).is_none())
                 .map(|n| n.to_string())
                 .collect()
         };
-        if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
-            if let Some(w) = self.watches.get_mut(type_url) {
-                w.synced = Some(snapshot.version);
-            }
-            return true;
-        }
-        // Only what changed is recorded: no per-push copy of every name.
+        // Either way the proxy ends up holding exactly the subscribed part of this
+        // translation: that is all there is to record.
         if let Some(w) = self.watches.get_mut(type_url) {
-            for name in &removed {
-                w.sent.remove(name.as_str());
-            }
-            w.sent.extend(updated.iter().map(|(name, e)| ((*name).clone(), e.hash)));
+            w.held.reset(translation.maps(type_url));
             w.synced = Some(snapshot.version);
+        }
+        if updated.is_empty() && removed.is_empty() && missing.is_empty() && !force {
+            return true;
         }
         let delta =
             Delta { resources: updated, removed: removed.into_iter().chain(missing).collect(), count: wanted.len() };

@@ -31,6 +31,10 @@ pub struct Encoded {
 /// The resources of one type, by name.
 pub type Resources = BTreeMap<Arc<str>, Encoded>;
 
+/// The resources of one type in both halves of a translation, outbound first; a name in
+/// both is the outbound one.
+pub type Maps = [Option<Arc<Resources>>; 2];
+
 /// Everything one proxy is sent: its two halves, each shared with the proxies alike in
 /// what that half reads.
 #[derive(Debug, Default)]
@@ -50,6 +54,12 @@ impl Translation {
     /// The size of every resource, encoded.
     pub fn bytes(&self) -> usize {
         self.outbound.bytes + self.inbound.bytes
+    }
+
+    /// The resource maps of one type, one per half, to be held beyond this translation
+    /// (what a stream last sent, see [`crate::held::Held`]).
+    pub fn maps(&self, type_url: &str) -> Maps {
+        [self.outbound.types.get(type_url).cloned(), self.inbound.types.get(type_url).cloned()]
     }
 
     /// What changed in one type since the snapshot version both halves were last
@@ -123,6 +133,16 @@ impl<'a> ChangesView<'a> {
     pub fn removed(&self) -> impl Iterator<Item = &'a String> + use<'a> {
         self.parts.into_iter().flat_map(|c| &c.removed)
     }
+
+    /// Whether these are the changes from `maps`: the very maps, not only their version
+    /// (a proxy whose labels changed moved to another class, whose changes are relative
+    /// to that class's previous maps).
+    pub fn are_from(&self, maps: &Maps) -> bool {
+        self.parts.iter().zip(maps).all(|(c, m)| match (&c.from, m) {
+            (Some(from), Some(m)) => std::ptr::eq(from.as_ptr(), Arc::as_ptr(m)),
+            (from, m) => from.is_none() && m.is_none(),
+        })
+    }
 }
 
 /// Every resource of one half of a class's configuration, by type URL, then by name, and
@@ -158,6 +178,9 @@ fn size(types: &HashMap<&'static str, Arc<Resources>>) -> usize {
 struct Changes {
     /// The snapshot version compared with.
     since: u64,
+    /// The map compared with, if any: weak, yet its address stays its own while this
+    /// is held, so a map at that address is that map.
+    from: Option<Weak<Resources>>,
     /// Names added or changed.
     updated: Vec<String>,
     /// Names removed.
@@ -234,6 +257,7 @@ impl Classes {
 pub struct Interner {
     resources: Mutex<Pool<u64, Weak<Any>>>,
     names: Mutex<Pool<Arc<str>, ()>>,
+    name_sets: Mutex<Pool<u64, Weak<BTreeSet<Arc<str>>>>>,
     maps: Mutex<Pool<u64, Weak<Resources>>>,
     moved: Mutex<Moved>,
 }
@@ -358,6 +382,23 @@ impl Interner {
         }
     }
 
+    /// The set of names, held once: the proxies of a class subscribe to the same ones.
+    pub fn names(&self, set: BTreeSet<Arc<str>>) -> Arc<BTreeSet<Arc<str>>> {
+        let mut h = DefaultHasher::new();
+        set.hash(&mut h);
+        let digest = h.finish();
+        let Ok(mut pool) = self.name_sets.lock() else { return Arc::new(set) };
+        if let Some(held) = pool.entries.get(&digest).and_then(Weak::upgrade)
+            && *held == set
+        {
+            return held;
+        }
+        let set = Arc::new(set);
+        pool.entries.insert(digest, Arc::downgrade(&set));
+        pool.sweep(|_, weak| weak.strong_count() > 0);
+        set
+    }
+
     /// The name, allocated once.
     pub fn name(&self, name: &str) -> Arc<str> {
         let Ok(mut pool) = self.names.lock() else { return Arc::from(name) };
@@ -466,8 +507,12 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
         // Only endpoints moved: share everything else, rebuild the moved hosts' endpoints;
         // what changed is known without comparing every resource.
         let mut types = previous.types.clone();
-        let mut changes: HashMap<&'static str, Changes> =
-            types.keys().map(|t| (*t, Changes { since: previous.version, ..Changes::default() })).collect();
+        let mut changes: HashMap<&'static str, Changes> = types
+            .iter()
+            .map(|(t, m)| {
+                (*t, Changes { since: previous.version, from: Some(Arc::downgrade(m)), ..Changes::default() })
+            })
+            .collect();
         // Inbound listeners and clusters follow endpoints only under capture (the
         // workload is also known by its address), and only its own services' endpoints.
         let own = |host: &String| {
@@ -488,7 +533,8 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
             };
             let (eds, eds_changes) = interner.moved(snapshot.version, key, &from, || {
                 let mut eds = (*from).clone();
-                let mut eds_changes = Changes { since: previous.version, ..Changes::default() };
+                let mut eds_changes =
+                    Changes { since: previous.version, from: Some(Arc::downgrade(&from)), ..Changes::default() };
                 let moved = change.hosts.iter().filter_map(|h| previous.clusters_of_host.get(h)).flatten();
                 for name in moved {
                     match translate::endpoints_of_cluster(snapshot, &class.proxy, name) {
@@ -548,7 +594,7 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
                 .filter(|n| !now.contains_key(*n))
                 .map(|n| n.to_string())
                 .collect();
-            changes.insert(*t, Changes { since: previous.version, updated, removed });
+            changes.insert(*t, Changes { since: previous.version, from: before.map(Arc::downgrade), updated, removed });
         }
     }
     let bytes = size(&types);

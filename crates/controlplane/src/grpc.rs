@@ -1,18 +1,21 @@
-//! The response side of a server-streaming gRPC method, one buffer per message.
+//! Both sides of a bidirectional-streaming gRPC method, one buffer per message.
 //!
 //! tonic's generated servers encode a stream's responses into one buffer per stream, and
-//! that buffer keeps the capacity of the largest response for as long as the stream
-//! lives. An xDS stream's first responses are its largest (every cluster, every
-//! endpoint set), so a thousand connected proxies held a thousand copies of that
-//! capacity: about a gigabyte at 1 000 services, ten at 10 000. [`Responses`] frames
-//! each message into a buffer of its own, freed once the message is written.
-//! Requests are still decoded by tonic, and routing, TLS and HTTP/2 are tonic's and
-//! hyper's.
+//! decode its requests from another, and each buffer keeps the capacity of the largest
+//! message for as long as the stream lives. An xDS stream's first messages are its
+//! largest (every cluster and endpoint set sent; every endpoint set subscribed to), so a
+//! thousand connected proxies held a thousand copies of that capacity: about a gigabyte
+//! at 1 000 services, ten at 10 000. [`Responses`] frames each message into a buffer of
+//! its own, freed once the message is written; [`Requests`] decodes each message from a
+//! buffer that shrinks back once the message is decoded. Message types, routing, TLS and
+//! HTTP/2 are prost's, tonic's and hyper's.
 
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use hyper::body::{Bytes, Frame};
+use http_body_util::BodyExt;
+use hyper::body::{Buf, Bytes, Frame};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -87,6 +90,102 @@ impl<T: Message + Unpin> hyper::body::Body for Responses<T> {
     }
 }
 
+/// A request buffer up to this capacity is kept between messages; a larger one (a
+/// proxy's first subscription names every endpoint set) is freed once decoded.
+const KEPT_REQUEST_BUFFER: usize = 4 << 10;
+
+/// The messages of a streaming request body, each decoded once it has fully arrived.
+#[derive(Debug)]
+pub struct Requests<M, B> {
+    body: Pin<Box<B>>,
+    /// Received bytes not yet decoded: at most one message and the start of the next.
+    buf: Vec<u8>,
+    /// The largest message accepted; a larger one ends the stream with OUT_OF_RANGE.
+    max: usize,
+    /// The body ended or failed.
+    done: bool,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<M, B> Requests<M, B>
+where
+    M: Message + Default,
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// The messages of `body`, each at most `max` bytes.
+    pub fn new(body: B, max: usize) -> Self {
+        Requests { body: Box::pin(body), buf: Vec::new(), max, done: false, message: PhantomData }
+    }
+
+    /// The next message; `None` once the client has ended its side. An error ends the
+    /// stream. Cancel-safe: what arrived before a cancelled call is kept for the next.
+    pub async fn next(&mut self) -> Option<Result<M, Status>> {
+        loop {
+            if let Some(message) = self.decode() {
+                return Some(message);
+            }
+            if self.done {
+                return None;
+            }
+            match self.body.frame().await {
+                None => {
+                    self.done = true;
+                    if !self.buf.is_empty() {
+                        return Some(Err(Status::internal("the request stream ended within a message")));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(Status::from_error(e.into())));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first message in the buffer, if it has fully arrived.
+    fn decode(&mut self) -> Option<Result<M, Status>> {
+        if self.done && self.buf.is_empty() || self.buf.len() < PREFIX {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        let failed = if self.buf[0] != 0 {
+            Some(Status::unimplemented("compressed requests are not accepted"))
+        } else if len > self.max {
+            Some(Status::out_of_range(format!("a request of {len} bytes, above {}", self.max)))
+        } else {
+            None
+        };
+        if let Some(status) = failed {
+            self.done = true;
+            self.buf = Vec::new();
+            return Some(Err(status));
+        }
+        let end = PREFIX + len;
+        if self.buf.len() < end {
+            // The rest of this message, and no more: no doubling past what it needs.
+            self.buf.reserve_exact(end - self.buf.len());
+            return None;
+        }
+        let message = M::decode(&self.buf[PREFIX..end]).map_err(|e| Status::internal(e.to_string()));
+        self.buf.drain(..end);
+        if self.buf.capacity() > KEPT_REQUEST_BUFFER && self.buf.len() <= KEPT_REQUEST_BUFFER {
+            self.buf.shrink_to(KEPT_REQUEST_BUFFER);
+        }
+        Some(message)
+    }
+}
+
 /// The HTTP response of a streaming call whose messages come from `messages`.
 pub fn response<T: Message + Unpin + Send + 'static>(
     messages: mpsc::Receiver<Result<T, Status>>,
@@ -128,6 +227,53 @@ mod tests {
         let trailers = trailers.unwrap_or_else(|| panic!("no trailers"));
         assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"14"[..]));
         assert_eq!(trailers.get("grpc-message").map(|v| v.as_bytes()), Some(&b"moved"[..]));
+    }
+
+    /// A request body that yields the given frames, then ends.
+    fn body(
+        frames: Vec<Bytes>,
+    ) -> http_body_util::StreamBody<impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Status>>> {
+        http_body_util::StreamBody::new(tokio_stream::iter(frames.into_iter().map(|b| Ok(Frame::data(b)))))
+    }
+
+    fn framed(message: &str) -> Vec<u8> {
+        frame(&message.to_owned()).map(|b| b.to_vec()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn requests_split_across_frames_and_sharing_frames_are_decoded_in_order() {
+        let large = "x".repeat(100_000);
+        let mut bytes = framed("first");
+        bytes.extend(framed(&large));
+        bytes.extend(framed("third"));
+        // Frames of 7 bytes: every message boundary falls inside one.
+        let frames = bytes.chunks(7).map(Bytes::copy_from_slice).collect();
+        let mut requests = Requests::<String, _>::new(body(frames), 1 << 20);
+        let mut got = Vec::new();
+        while let Some(message) = requests.next().await {
+            got.push(message.unwrap_or_else(|e| panic!("{e}")));
+            // Once a large message is decoded, its buffer is not kept.
+            assert!(requests.buf.capacity() <= KEPT_REQUEST_BUFFER, "kept {} bytes", requests.buf.capacity());
+        }
+        assert_eq!(got, ["first".to_owned(), large, "third".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_request_above_the_limit_a_compressed_one_or_a_cut_one_ends_the_stream_with_its_reason() {
+        let mut requests = Requests::<String, _>::new(body(vec![Bytes::from(framed(&"x".repeat(100)))]), 10);
+        let status = requests.next().await.and_then(Result::err).map(|s| s.code());
+        assert_eq!(status, Some(tonic::Code::OutOfRange));
+        assert!(requests.next().await.is_none());
+
+        let mut compressed = framed("zipped");
+        compressed[0] = 1;
+        let mut requests = Requests::<String, _>::new(body(vec![Bytes::from(compressed)]), 1 << 20);
+        assert_eq!(requests.next().await.and_then(Result::err).map(|s| s.code()), Some(tonic::Code::Unimplemented));
+
+        let cut = framed("cut short");
+        let mut requests = Requests::<String, _>::new(body(vec![Bytes::copy_from_slice(&cut[..8])]), 1 << 20);
+        assert_eq!(requests.next().await.and_then(Result::err).map(|s| s.code()), Some(tonic::Code::Internal));
+        assert!(requests.next().await.is_none());
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod cache;
 pub mod debug;
 pub mod grpc;
+pub mod held;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -1,12 +1,13 @@
 //! The ADS protocol from a client's side, over a real gRPC stream: ACKs, a NACK that is
-//! recorded with its reason and not retried, a stale nonce ignored, a bad node refused.
+//! recorded with its reason and not retried, a stale nonce ignored, a bad node refused;
+//! in the delta protocol, only what changed among what the proxy subscribes to.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -35,7 +36,11 @@ struct Server {
 }
 
 async fn serve() -> Server {
-    let snapshot = Arc::new(Snapshot::new(1, weft_api::parse_text("m.yaml", MESH).resources));
+    serve_yaml(MESH).await
+}
+
+async fn serve_yaml(yaml: &str) -> Server {
+    let snapshot = Arc::new(Snapshot::new(1, weft_api::parse_text("m.yaml", yaml).resources));
     let (tx, rx) = watch::channel(snapshot);
     let status = Arc::new(SyncStatus::default());
     let metrics = Arc::new(Metrics::new());
@@ -143,4 +148,196 @@ async fn a_node_id_not_in_istio_form_is_refused_with_what_to_fix() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("TYPE~IP~NAME.NAMESPACE"), "{}", status.message());
     assert!(server.status.all().is_empty());
+}
+
+const SERVICES: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-1}
+spec: {address: 10.1.0.1, labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-1}
+spec: {address: 10.2.0.1, labels: {app: ratings}}
+";
+
+const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
+const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
+
+fn delta(type_url: &str, subscribe: &[&str], unsubscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: node("sidecar~10.0.0.1~a.default~default.svc.cluster.local"),
+        type_url: type_url.into(),
+        resource_names_subscribe: subscribe.iter().map(|n| n.to_string()).collect(),
+        resource_names_unsubscribe: unsubscribe.iter().map(|n| n.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// A delta stream: its requests, and its responses.
+struct DeltaStream {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl DeltaStream {
+    async fn open(server: &Server, first: DeltaDiscoveryRequest) -> DeltaStream {
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(server.addr.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(first).await.unwrap_or_else(|e| panic!("{e}"));
+        let responses = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner();
+        DeltaStream { tx, responses }
+    }
+
+    async fn send(&self, request: DeltaDiscoveryRequest) {
+        self.tx.send(request).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The next response, acknowledged.
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        let response = tokio::time::timeout(Duration::from_secs(5), self.responses.next())
+            .await
+            .ok()
+            .flatten()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("no response"));
+        self.send(delta(&response.type_url, &[], &[], &response.nonce)).await;
+        response
+    }
+
+    async fn quiet(&mut self, when: &str) {
+        let nothing = tokio::time::timeout(Duration::from_millis(300), self.responses.next()).await;
+        assert!(nothing.is_err(), "{when}: nothing should be sent, got {nothing:?}");
+    }
+}
+
+/// The names of a response's resources, with the endpoint addresses of each.
+fn endpoints(response: &DeltaDiscoveryResponse) -> Vec<(String, Vec<String>)> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use prost::Message;
+    let mut found: Vec<(String, Vec<String>)> = response
+        .resources
+        .iter()
+        .map(|r| {
+            let any = r.resource.clone().unwrap_or_default();
+            let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap_or_else(|e| panic!("{e}"));
+            let addresses = cla
+                .endpoints
+                .iter()
+                .flat_map(|l| &l.lb_endpoints)
+                .filter_map(|e| match &e.host_identifier {
+                    Some(HostIdentifier::Endpoint(e)) => e.address.clone(),
+                    _ => None,
+                })
+                .filter_map(|a| match a.address {
+                    Some(Address::SocketAddress(s)) => Some(s.address),
+                    _ => None,
+                })
+                .collect();
+            (r.name.clone(), addresses)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn a_delta_stream_gets_what_changed_among_what_it_subscribes_to_and_nothing_it_holds() {
+    let server = serve_yaml(SERVICES).await;
+    let mut version = 1;
+    let mut yaml = SERVICES.to_owned();
+    let mut publish = |from: &str, to: &str| {
+        let previous = server.snapshots.borrow().clone();
+        yaml = yaml.replace(from, to);
+        version += 1;
+        let next = Snapshot::next(&previous, version, weft_api::parse_text("m.yaml", &yaml).resources);
+        assert!(next.endpoint_change.is_some(), "an endpoint-only change");
+        server.snapshots.send(Arc::new(next)).unwrap_or_else(|e| panic!("{e}"));
+    };
+
+    let mut stream = DeltaStream::open(&server, delta(type_url::CLUSTER, &[], &[], "")).await;
+    let clusters = stream.next().await;
+    let mut names: Vec<&str> = clusters.resources.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, [RATINGS, REVIEWS]);
+    stream.send(delta(type_url::ENDPOINT, &[REVIEWS, RATINGS], &[], "")).await;
+    let first = stream.next().await;
+    assert_eq!(
+        endpoints(&first),
+        [(RATINGS.to_owned(), vec!["10.2.0.1".to_owned()]), (REVIEWS.to_owned(), vec!["10.1.0.1".to_owned()])]
+    );
+
+    // One endpoint moves: only its endpoint set is sent, and no cluster.
+    publish("10.1.0.1", "10.1.0.9");
+    let moved = stream.next().await;
+    assert_eq!(moved.type_url, type_url::ENDPOINT);
+    assert_eq!(endpoints(&moved), [(REVIEWS.to_owned(), vec!["10.1.0.9".to_owned()])]);
+    assert!(moved.removed_resources.is_empty());
+    stream.quiet("after an endpoint move").await;
+
+    // What the proxy no longer subscribes to is not sent when it changes...
+    stream.send(delta(type_url::ENDPOINT, &[], &[RATINGS], "")).await;
+    stream.quiet("after an unsubscription").await;
+    publish("10.2.0.1", "10.2.0.9");
+    stream.quiet("after a move of an unsubscribed endpoint set").await;
+    // ...and is sent as it is now when subscribed to again.
+    stream.send(delta(type_url::ENDPOINT, &[RATINGS], &[], "")).await;
+    let again = stream.next().await;
+    assert_eq!(endpoints(&again), [(RATINGS.to_owned(), vec!["10.2.0.9".to_owned()])]);
+    stream.quiet("after the resubscription").await;
+
+    // Both move again: both are sent, in one response.
+    publish("10.1.0.9", "10.1.0.1");
+    publish("10.2.0.9", "10.2.0.1");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(endpoints(&stream.next().await));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [(RATINGS.to_owned(), vec!["10.2.0.1".to_owned()]), (REVIEWS.to_owned(), vec!["10.1.0.1".to_owned()])]
+    );
+    let reviews_version = {
+        // A reconnecting proxy that says it holds the current reviews gets only ratings.
+        let mut probe = DeltaStream::open(&server, delta(type_url::ENDPOINT, &[REVIEWS], &[], "")).await;
+        probe.next().await.resources.first().map(|r| r.version.clone()).unwrap_or_default()
+    };
+    let mut reconnect = delta(type_url::ENDPOINT, &[REVIEWS, RATINGS], &[], "");
+    reconnect.initial_resource_versions = [(REVIEWS.to_owned(), reviews_version)].into_iter().collect();
+    let mut resumed = DeltaStream::open(&server, reconnect).await;
+    let resumed_first = resumed.next().await;
+    assert_eq!(endpoints(&resumed_first), [(RATINGS.to_owned(), vec!["10.2.0.1".to_owned()])]);
+    // A later move of what it said it held is still sent to it.
+    publish("10.1.0.1", "10.1.0.5");
+    assert_eq!(endpoints(&resumed.next().await), [(REVIEWS.to_owned(), vec!["10.1.0.5".to_owned()])]);
 }

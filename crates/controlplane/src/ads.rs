@@ -16,9 +16,9 @@ use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::google::protobuf::Any;
+use hyper::body::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::Status;
 
@@ -207,6 +207,9 @@ pub const PUSH_BUDGET_KB: usize = 256 << 10;
 /// Responses at least this large count against the push throttle.
 pub const THROTTLED_RESPONSE_BYTES: usize = 64 << 10;
 
+/// Where a stream's framed responses go (see [`crate::wire`]).
+type Tx = mpsc::Sender<Result<Bytes, Status>>;
+
 /// One delta response's content.
 struct Delta<'a> {
     /// Resources added or changed.
@@ -231,18 +234,14 @@ trait Protocol: prost::Message + Default + Sized + Send + 'static {
     /// The protocol's name in the sync status.
     const NAME: &'static str;
 
-    fn answer(
-        stream: &mut Stream_,
-        request: Self,
-        tx: &mpsc::Sender<Result<Self::Response, Status>>,
-    ) -> impl Future<Output = Result<(), Status>> + Send;
+    fn answer(stream: &mut Stream_, request: Self, tx: &Tx) -> impl Future<Output = Result<(), Status>> + Send;
 
     fn push(
         stream: &mut Stream_,
         snapshot: &Snapshot,
         translation: &Translation,
         type_url: &str,
-        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+        tx: &Tx,
     ) -> impl Future<Output = bool> + Send;
 }
 
@@ -250,11 +249,7 @@ impl Protocol for DiscoveryRequest {
     type Response = DiscoveryResponse;
     const NAME: &'static str = "sotw";
 
-    fn answer(
-        stream: &mut Stream_,
-        request: Self,
-        tx: &mpsc::Sender<Result<Self::Response, Status>>,
-    ) -> impl Future<Output = Result<(), Status>> + Send {
+    fn answer(stream: &mut Stream_, request: Self, tx: &Tx) -> impl Future<Output = Result<(), Status>> + Send {
         stream.on_sotw_request(request, tx)
     }
 
@@ -263,7 +258,7 @@ impl Protocol for DiscoveryRequest {
         snapshot: &Snapshot,
         translation: &Translation,
         type_url: &str,
-        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+        tx: &Tx,
     ) -> impl Future<Output = bool> + Send {
         stream.send_sotw(snapshot, translation, type_url, false, tx)
     }
@@ -273,11 +268,7 @@ impl Protocol for DeltaDiscoveryRequest {
     type Response = DeltaDiscoveryResponse;
     const NAME: &'static str = "delta";
 
-    fn answer(
-        stream: &mut Stream_,
-        request: Self,
-        tx: &mpsc::Sender<Result<Self::Response, Status>>,
-    ) -> impl Future<Output = Result<(), Status>> + Send {
+    fn answer(stream: &mut Stream_, request: Self, tx: &Tx) -> impl Future<Output = Result<(), Status>> + Send {
         stream.on_delta_request(request, tx)
     }
 
@@ -286,7 +277,7 @@ impl Protocol for DeltaDiscoveryRequest {
         snapshot: &Snapshot,
         translation: &Translation,
         type_url: &str,
-        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+        tx: &Tx,
     ) -> impl Future<Output = bool> + Send {
         stream.send_delta(snapshot, translation, type_url, false, tx)
     }
@@ -550,11 +541,8 @@ impl Stream_ {
 
     /// Serves one stream until it ends: answers requests, pushes new snapshots. The two
     /// protocols differ only in how they answer and push ([`Protocol`]).
-    async fn run<P: Protocol, B>(
-        mut self,
-        mut requests: crate::grpc::Requests<P, B>,
-        tx: mpsc::Sender<Result<P::Response, Status>>,
-    ) where
+    async fn run<P: Protocol, B>(mut self, mut requests: crate::grpc::Requests<P, B>, tx: Tx)
+    where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
@@ -604,11 +592,7 @@ impl Stream_ {
 
     // ------------------------------------------------------------ state of the world
 
-    async fn on_sotw_request(
-        &mut self,
-        req: DiscoveryRequest,
-        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) -> Result<(), Status> {
+    async fn on_sotw_request(&mut self, req: DiscoveryRequest, tx: &Tx) -> Result<(), Status> {
         self.identify(req.node.as_ref())?;
         let error = req.error_detail.as_ref().map(|e| e.message.clone());
         let is_response = self.acknowledge(&req.type_url, &req.response_nonce, &req.version_info, error.as_deref());
@@ -639,7 +623,7 @@ impl Stream_ {
         translation: &Translation,
         type_url: &str,
         force: bool,
-        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: &Tx,
     ) -> bool {
         let all = translation.of(type_url);
         let Some(w) = self.watches.get(type_url) else { return true };
@@ -649,36 +633,31 @@ impl Stream_ {
             return true;
         }
         let bytes: usize = chosen.iter().map(|e| e.any.value.len()).sum();
-        // The slot first, the copies after: a stream waiting for its turn holds none.
+        // The slot first, the encoding after: a stream waiting for its turn holds none.
         if !self.take_push_slot(bytes, translation.bytes()).await {
             return false;
         }
-        let chosen: Vec<Any> = chosen.into_iter().map(|e| (*e.any).clone()).collect();
         let version = format!("{}-{digest:016x}", snapshot.version);
         let nonce = self.next_nonce();
         let count = chosen.len();
         if let Some(w) = self.watches.get_mut(type_url) {
             w.digest = Some(digest);
         }
-        let response = DiscoveryResponse {
+        let fields = DiscoveryResponse {
             version_info: version.clone(),
-            resources: chosen,
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
             control_plane: Some((*self.control_plane).clone()),
             ..Default::default()
         };
+        let response = crate::wire::sotw(&fields, &chosen);
         self.record_sent(type_url, &version, nonce, count, snapshot.version);
-        tx.send(Ok(response)).await.is_ok()
+        tx.send(response).await.is_ok()
     }
 
     // ------------------------------------------------------------ delta
 
-    async fn on_delta_request(
-        &mut self,
-        req: DeltaDiscoveryRequest,
-        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) -> Result<(), Status> {
+    async fn on_delta_request(&mut self, req: DeltaDiscoveryRequest, tx: &Tx) -> Result<(), Status> {
         self.identify(req.node.as_ref())?;
         let error = req.error_detail.as_ref().map(|e| e.message.clone());
         let version = self.watches.get(&req.type_url).map(|w| w.version.clone()).unwrap_or_default();
@@ -748,7 +727,7 @@ impl Stream_ {
         translation: &Translation,
         type_url: &str,
         force: bool,
-        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: &Tx,
     ) -> bool {
         let all = translation.of(type_url);
         let Some(w) = self.watches.get(type_url) else { return true };
@@ -809,36 +788,27 @@ impl Stream_ {
         translation: &Translation,
         type_url: &str,
         delta: Delta<'_>,
-        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: &Tx,
     ) -> bool {
         let Delta { resources, removed, count } = delta;
-        // The slot first, the copies after: a stream waiting for its turn holds none.
+        // The slot first, the encoding after: a stream waiting for its turn holds none.
         let bytes: usize = resources.iter().map(|(_, e)| e.any.value.len()).sum();
         if !self.take_push_slot(bytes, translation.bytes()).await {
             return false;
         }
-        let resources = resources
-            .into_iter()
-            .map(|(name, e)| DeltaResource {
-                name: name.to_string(),
-                version: format!("{:016x}", e.hash),
-                resource: Some((*e.any).clone()),
-                ..Default::default()
-            })
-            .collect();
         let version = format!("{}", snapshot.version);
         let nonce = self.next_nonce();
-        let response = DeltaDiscoveryResponse {
+        let fields = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
-            resources,
             type_url: type_url.to_owned(),
             removed_resources: removed,
             nonce: nonce.clone(),
             control_plane: Some((*self.control_plane).clone()),
             ..Default::default()
         };
+        let response = crate::wire::delta(&fields, &resources);
         self.record_sent(type_url, &version, nonce, count, snapshot.version);
-        tx.send(Ok(response)).await.is_ok()
+        tx.send(response).await.is_ok()
     }
 
     fn close(&mut self) {

@@ -26,24 +26,32 @@ const PREFIX: usize = 5;
 /// The largest response sent; a larger one ends the stream with RESOURCE_EXHAUSTED.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
-/// A streaming response body: each message from the channel as one gRPC message, then
-/// the status in the trailers (OK when the sender is dropped, or the error sent).
+/// A streaming response body: each framed message from the channel (see [`frame`]),
+/// then the status in the trailers (OK when the sender is dropped, or the error sent).
 #[derive(Debug)]
-pub struct Responses<T> {
-    messages: mpsc::Receiver<Result<T, Status>>,
+pub struct Responses {
+    messages: mpsc::Receiver<Result<Bytes, Status>>,
     done: bool,
 }
 
-impl<T> Responses<T> {
-    /// The body of the messages sent on `messages`.
-    pub fn new(messages: mpsc::Receiver<Result<T, Status>>) -> Self {
+impl Responses {
+    /// The body of the framed messages sent on `messages`.
+    pub fn new(messages: mpsc::Receiver<Result<Bytes, Status>>) -> Self {
         Responses { messages, done: false }
     }
 }
 
 /// One message with its gRPC prefix, in a buffer of exactly its size.
-fn frame(message: &impl Message) -> Result<Bytes, Status> {
-    let len = message.encoded_len();
+pub fn frame(message: &impl Message) -> Result<Bytes, Status> {
+    frame_with(message.encoded_len(), |buf| message.encode(buf))
+}
+
+/// One message of `len` bytes, written by `write`, with its gRPC prefix, in a buffer of
+/// exactly its size.
+pub fn frame_with(
+    len: usize,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), prost::EncodeError>,
+) -> Result<Bytes, Status> {
     if len > MAX_RESPONSE_BYTES {
         return Err(Status::resource_exhausted(format!("a response of {len} bytes, above {MAX_RESPONSE_BYTES}")));
     }
@@ -51,7 +59,10 @@ fn frame(message: &impl Message) -> Result<Bytes, Status> {
     let mut buf = Vec::with_capacity(PREFIX + len);
     buf.push(0);
     buf.extend_from_slice(&prefix.to_be_bytes());
-    message.encode(&mut buf).map_err(|e| Status::internal(e.to_string()))?;
+    write(&mut buf).map_err(|e| Status::internal(e.to_string()))?;
+    if buf.len() != PREFIX + len {
+        return Err(Status::internal(format!("a response of {} bytes, announced as {len}", buf.len() - PREFIX)));
+    }
     Ok(Bytes::from(buf))
 }
 
@@ -65,7 +76,7 @@ fn trailers(status: &Status) -> hyper::HeaderMap {
     map
 }
 
-impl<T: Message + Unpin> hyper::body::Body for Responses<T> {
+impl hyper::body::Body for Responses {
     type Data = Bytes;
     type Error = Status;
 
@@ -74,10 +85,7 @@ impl<T: Message + Unpin> hyper::body::Body for Responses<T> {
             return Poll::Ready(None);
         }
         let end = match std::task::ready!(self.messages.poll_recv(cx)) {
-            Some(Ok(message)) => match frame(&message) {
-                Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                Err(status) => status,
-            },
+            Some(Ok(framed)) => return Poll::Ready(Some(Ok(Frame::data(framed)))),
             Some(Err(status)) => status,
             None => Status::ok(""),
         };
@@ -186,10 +194,8 @@ where
     }
 }
 
-/// The HTTP response of a streaming call whose messages come from `messages`.
-pub fn response<T: Message + Unpin + Send + 'static>(
-    messages: mpsc::Receiver<Result<T, Status>>,
-) -> hyper::Response<tonic::body::Body> {
+/// The HTTP response of a streaming call whose framed messages come from `messages`.
+pub fn response(messages: mpsc::Receiver<Result<Bytes, Status>>) -> hyper::Response<tonic::body::Body> {
     let mut response = hyper::Response::new(tonic::body::Body::new(Responses::new(messages)));
     response
         .headers_mut()
@@ -206,7 +212,7 @@ mod tests {
     async fn each_message_is_framed_alone_and_the_status_ends_the_stream() {
         let (tx, rx) = mpsc::channel(4);
         for value in ["first", "second"] {
-            let _ = tx.send(Ok(value.to_owned())).await;
+            let _ = tx.send(frame(&value.to_owned())).await;
         }
         let _ = tx.send(Err(Status::unavailable("moved"))).await;
         let mut body = Responses::new(rx);
@@ -278,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_sender_ends_the_stream_with_ok() {
-        let (tx, rx) = mpsc::channel::<Result<String, Status>>(1);
+        let (tx, rx) = mpsc::channel::<Result<Bytes, Status>>(1);
         drop(tx);
         let collected = Responses::new(rx).collect().await.unwrap_or_else(|e| panic!("{e}"));
         let trailers = collected.trailers().cloned().unwrap_or_default();

@@ -19,3 +19,4 @@ pub mod server;
 pub mod snapshot;
 pub mod testing;
 pub mod translate;
+pub mod wire;

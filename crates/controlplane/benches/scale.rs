@@ -502,13 +502,21 @@ fn simulate(addr: &str, proxies: usize, delta: bool) {
     });
 }
 
+/// What one proxy's translation holds, and the control plane's RSS before any proxy.
+struct Shape {
+    clusters: usize,
+    endpoint_sets: usize,
+    virtual_hosts: usize,
+    loaded_rss_mb: f64,
+}
+
 fn report_one(
     services: usize,
     endpoints: usize,
     proxies: usize,
     build: Duration,
     translation: Duration,
-    r: &translate::Resources,
+    shape: &Shape,
     o: &Outcome,
 ) {
     println!("{services} services × {endpoints} endpoints × {proxies} proxies (delta only)");
@@ -516,8 +524,9 @@ fn report_one(
     println!(
         "  translation, one proxy           {:>10.1} ms  ({} clusters)",
         translation.as_secs_f64() * 1e3,
-        r.clusters.len()
+        shape.clusters
     );
+    println!("  RSS with the configuration loaded {:>9.1} MB (no proxy connected yet)", shape.loaded_rss_mb);
     println!(
         "  delta endpoint change ({} rounds, medians): p50 {:>7.1} ms  p99 {:>7.1} ms (worst round {:.1} ms)  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",
         rounds(),
@@ -565,11 +574,21 @@ fn main() {
         let t = Instant::now();
         let r = translate::resources_for(&first, &proxy, &[]);
         let translation = t.elapsed();
+        // Only its shape is reported: the translation itself is not held during the run,
+        // so that the control plane's RSS is the server's alone.
+        let shape = Shape {
+            clusters: r.clusters.len(),
+            endpoint_sets: r.endpoints.len(),
+            virtual_hosts: r.routes.iter().map(|x| x.virtual_hosts.len()).sum(),
+            loaded_rss_mb: 0.0,
+        };
+        drop(r);
+        let shape = Shape { loaded_rss_mb: rss_mb(), ..shape };
         let delta = runtime.block_on(run_protocol(true, first.clone(), mesh, proxies));
         // WEFT_BENCH_DELTA_ONLY=1 skips state of the world, whose full pushes to a thousand
         // proxies need far more memory than delta's.
         if std::env::var_os("WEFT_BENCH_DELTA_ONLY").is_some() {
-            report_one(services, endpoints, proxies, build, translation, &r, &delta);
+            report_one(services, endpoints, proxies, build, translation, &shape, &delta);
             continue;
         }
         let sotw = runtime.block_on(run_protocol(false, first, mesh, proxies));
@@ -578,10 +597,11 @@ fn main() {
         println!(
             "  translation, one proxy           {:>10.1} ms  ({} clusters, {} endpoint sets, {} virtual hosts)",
             translation.as_secs_f64() * 1e3,
-            r.clusters.len(),
-            r.endpoints.len(),
-            r.routes.iter().map(|x| x.virtual_hosts.len()).sum::<usize>()
+            shape.clusters,
+            shape.endpoint_sets,
+            shape.virtual_hosts
         );
+        println!("  RSS with the configuration loaded {:>9.1} MB (no proxy connected yet)", shape.loaded_rss_mb);
         for (name, o) in [("sotw ", &sotw), ("delta", &delta)] {
             println!(
                 "  {name} endpoint change ({} rounds, medians): p50 {:>7.1} ms  p99 {:>7.1} ms (worst round {:.1} ms)  max {:>7.1} ms  | initial push {:>8.1} MB total, change {:>8.1} kB/proxy",

@@ -160,13 +160,16 @@ struct Part {
     changes: HashMap<&'static str, Changes>,
     /// The endpoint sets (EDS names) of each service host, so that an endpoint change
     /// finds what to rebuild without looking at every name.
-    clusters_of_host: Arc<HashMap<String, Vec<Arc<str>>>>,
+    clusters_of_host: Arc<HostClusters>,
     /// The size of every resource, encoded (as of the last full translation).
     bytes: usize,
     /// For a captured proxy's inbound half: the hosts with an endpoint that is the
     /// workload, whose endpoint changes can change what it serves.
     own_hosts: Arc<BTreeSet<String>>,
 }
+
+/// The endpoint sets (EDS names) of each service host.
+type HostClusters = HashMap<String, Vec<Arc<str>>>;
 
 /// The size of every resource of these types, encoded.
 fn size(types: &HashMap<&'static str, Arc<Resources>>) -> usize {
@@ -258,6 +261,8 @@ pub struct Interner {
     resources: Mutex<Pool<u64, Weak<Any>>>,
     names: Mutex<Pool<Arc<str>, ()>>,
     name_sets: Mutex<Pool<u64, Weak<BTreeSet<Arc<str>>>>>,
+    /// By the address of the endpoint map they index (which its weak reference keeps).
+    host_clusters: Mutex<Pool<usize, (Weak<Resources>, Weak<HostClusters>)>>,
     maps: Mutex<Pool<u64, Weak<Resources>>>,
     moved: Mutex<Moved>,
 }
@@ -380,6 +385,31 @@ impl Interner {
         {
             *moved = Moved::default();
         }
+    }
+
+    /// The endpoint sets of each host in `eds`, indexed once per map: the classes that
+    /// share an endpoint map share its index.
+    fn clusters_of_host(&self, eds: &Arc<Resources>) -> Arc<HostClusters> {
+        let key = Arc::as_ptr(eds) as usize;
+        if let Ok(pool) = self.host_clusters.lock()
+            && let Some((map, index)) = pool.entries.get(&key)
+            && map.strong_count() > 0
+            && let Some(index) = index.upgrade()
+        {
+            return index;
+        }
+        let mut index = HostClusters::new();
+        for name in eds.keys() {
+            if let Some((_, _, host)) = translate::parse_cluster_name(name) {
+                index.entry(host.to_owned()).or_default().push(name.clone());
+            }
+        }
+        let index = Arc::new(index);
+        if let Ok(mut pool) = self.host_clusters.lock() {
+            pool.entries.insert(key, (Arc::downgrade(eds), Arc::downgrade(&index)));
+            pool.sweep(|_, (map, index)| map.strong_count() > 0 && index.strong_count() > 0);
+        }
+        index
     }
 
     /// The set of names, held once: the proxies of a class subscribe to the same ones.
@@ -573,12 +603,7 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
     );
     types.insert(type_url::LISTENER, named(r.listeners.into_iter().map(|l| (l.name.clone(), pack_any(l))).collect()));
     types.insert(type_url::ROUTE, named(r.routes.into_iter().map(|rc| (rc.name.clone(), pack_any(rc))).collect()));
-    let mut clusters_of_host: HashMap<String, Vec<Arc<str>>> = HashMap::new();
-    for name in types.get(type_url::ENDPOINT).into_iter().flat_map(|eds| eds.keys()) {
-        if let Some((_, _, host)) = translate::parse_cluster_name(name) {
-            clusters_of_host.entry(host.to_owned()).or_default().push(name.clone());
-        }
-    }
+    let clusters_of_host = types.get(type_url::ENDPOINT).map(|eds| interner.clusters_of_host(eds)).unwrap_or_default();
     let mut changes = HashMap::new();
     if let Some(previous) = previous {
         for (t, now) in &types {
@@ -607,7 +632,6 @@ fn translate_part(interner: &Interner, snapshot: &Snapshot, class: &Class, previ
     } else {
         BTreeSet::new()
     };
-    let clusters_of_host = Arc::new(clusters_of_host);
     Part { version: snapshot.version, types, changes, clusters_of_host, bytes, own_hosts: Arc::new(own_hosts) }
 }
 

@@ -171,6 +171,10 @@ struct Part {
 /// The endpoint sets (EDS names) of each service host.
 type HostClusters = HashMap<String, Vec<Arc<str>>>;
 
+/// An endpoint map and its [`HostClusters`], both weak: the entry lives no longer than
+/// the classes that use them.
+type IndexOf = (Weak<Resources>, Weak<HostClusters>);
+
 /// The size of every resource of these types, encoded.
 fn size(types: &HashMap<&'static str, Arc<Resources>>) -> usize {
     types.values().flat_map(|r| r.values()).map(|e| e.any.value.len()).sum()
@@ -262,7 +266,7 @@ pub struct Interner {
     names: Mutex<Pool<Arc<str>, ()>>,
     name_sets: Mutex<Pool<u64, Weak<BTreeSet<Arc<str>>>>>,
     /// By the address of the endpoint map they index (which its weak reference keeps).
-    host_clusters: Mutex<Pool<usize, (Weak<Resources>, Weak<HostClusters>)>>,
+    host_clusters: Mutex<Pool<usize, IndexOf>>,
     maps: Mutex<Pool<u64, Weak<Resources>>>,
     moved: Mutex<Moved>,
 }

@@ -354,6 +354,8 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> 
         ));
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let mut child = tokio::process::Command::new(exe)
+        // A heap profiler loaded into the control plane (heaptrack) stays out of the proxies.
+        .env_remove("LD_PRELOAD")
         .args(["--simulate", &addr, &proxies.to_string(), if delta { "delta" } else { "sotw" }])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -365,6 +367,12 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> 
     let said = lines.next_line().await.ok().flatten().unwrap_or_default();
     assert_eq!(said, "ready", "the simulated proxies did not get ready");
     let synced_rss_mb = rss_mb();
+    // WEFT_BENCH_STOP_SYNCED=1: exit here, so that what a heap profiler finds still
+    // allocated at exit is the control plane's heap with every proxy in sync.
+    if std::env::var_os("WEFT_BENCH_STOP_SYNCED").is_some() {
+        println!("every proxy in sync; control plane RSS {synced_rss_mb:.1} MB; stopping (WEFT_BENCH_STOP_SYNCED)");
+        std::process::exit(0);
+    }
     let mut current = first;
     let mut seen: Vec<Vec<f64>> = Vec::new();
     let mut initial_bytes = 0.0;

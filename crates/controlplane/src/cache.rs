@@ -247,8 +247,8 @@ pub struct Classes {
 }
 
 impl Classes {
-    fn new(seen: ProxyIdentity, listener_names: &[String]) -> Classes {
-        let outbound = Class::new(Half::Outbound, translate::outbound_identity(&seen), listener_names.to_vec());
+    fn new(seen: ProxyIdentity, outbound: ProxyIdentity, listener_names: &[String]) -> Classes {
+        let outbound = Class::new(Half::Outbound, outbound, listener_names.to_vec());
         // The node id and versions are read by neither half.
         let inbound =
             ProxyIdentity { id: String::new(), revision: String::new(), istio_version: String::new(), ..seen.clone() };
@@ -479,9 +479,12 @@ impl TranslationCache {
         previous: Option<Arc<Classes>>,
     ) -> Arc<Classes> {
         let seen = snapshot.with_workload(proxy);
+        // What the outbound half reads of the proxy depends on the snapshot too (the
+        // labels it selects on).
+        let outbound = translate::outbound_identity(snapshot, &seen);
         match previous {
-            Some(p) if p.seen == seen && p.listener_names == listener_names => p,
-            _ => Arc::new(Classes::new(seen, listener_names)),
+            Some(p) if p.seen == seen && p.listener_names == listener_names && p.outbound.proxy == outbound => p,
+            _ => Arc::new(Classes::new(seen, outbound, listener_names)),
         }
     }
 
@@ -758,16 +761,49 @@ spec:
         assert_eq!(listeners(&b), ["127.0.0.1_9080", "127.0.0.22_9080"]);
     }
 
+    /// A route for the callers labelled `app: one`.
+    const BY_SOURCE: &str = "
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-for-one}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: one}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+";
+
+    /// Tracing for every workload (a Telemetry in the root namespace).
+    const TRACED: &str = "
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing: [{randomSamplingPercentage: 10}]
+";
+
     #[tokio::test]
-    async fn workloads_without_an_app_label_share_encodings_but_not_the_outbound_half() {
+    async fn the_outbound_half_tells_workloads_apart_only_by_what_translation_reads_of_them() {
+        let mut one = proxy(Role::Sidecar, &[("app", "one"), ("pod-template-hash", "5f7c")]);
+        one.workload = "one".into();
+        let mut two = proxy(Role::Sidecar, &[("app", "two"), ("pod-template-hash", "9d2b")]);
+        two.workload = "two".into();
+        // Nothing selects on these labels and nothing traces: one translation for both.
         let snapshot = Snapshot::new(1, resources(MESH));
         let cache = TranslationCache::default();
-        let mut one = proxy(Role::Sidecar, &[]);
-        one.workload = "one".into();
-        let mut two = one.clone();
-        two.workload = "two".into();
         let (a, b) = (cache.get(&snapshot, &one, &[]).await, cache.get(&snapshot, &two, &[]).await);
-        assert!(!Arc::ptr_eq(&a.outbound, &b.outbound), "tracing names the service after the workload");
+        assert!(Arc::ptr_eq(&a.outbound, &b.outbound), "no resource tells the two apart");
+        // A VirtualService routing by `app` does.
+        let routed = Snapshot::new(1, resources(&format!("{MESH}{BY_SOURCE}")));
+        let (a, b) = (cache.get(&routed, &one, &[]).await, cache.get(&routed, &two, &[]).await);
+        assert!(!Arc::ptr_eq(&a.outbound, &b.outbound), "a route matches the source's app label");
+        // So does tracing, which names the service after `app`; what is the same in both
+        // is still encoded once.
+        let snapshot = Snapshot::new(1, resources(&format!("{MESH}{TRACED}")));
+        let (a, b) = (cache.get(&snapshot, &one, &[]).await, cache.get(&snapshot, &two, &[]).await);
+        assert!(!Arc::ptr_eq(&a.outbound, &b.outbound), "tracing names the service after the app label");
         let (ca, cb) = (a.of(type_url::CLUSTER), b.of(type_url::CLUSTER));
         assert!(!ca.is_empty());
         for (name, e) in ca.iter() {
@@ -829,6 +865,7 @@ spec:
         let cache = TranslationCache::default();
         let mut gone = proxy(Role::Sidecar, &[("app", "gone")]);
         gone.workload = "gone".into();
+        gone.namespace = "elsewhere".into();
         let staying = proxy(Role::Sidecar, &[("app", "ratings")]);
         let _ = cache.get(&first, &gone, &[]).await;
         let kept = TranslationCache::classes(&first, &staying, &[], None);

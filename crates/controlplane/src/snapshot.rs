@@ -37,7 +37,86 @@ pub struct Snapshot {
     pub mesh: std::sync::Arc<crate::mesh::MeshConfig>,
     /// Set when this snapshot differs from the previous one only in where endpoints are.
     pub endpoint_change: Option<EndpointChange>,
+    /// What of a sidecar's labels any resource selects on, and whether any Telemetry
+    /// configures tracing (see [`Snapshot::outbound_label_keys`]).
+    selected: std::sync::Arc<Selected>,
 }
+
+/// The label keys resources select workloads by.
+#[derive(Debug, Clone, Default)]
+struct Selected {
+    keys: std::collections::BTreeSet<String>,
+    telemetry_traces: bool,
+}
+
+impl Selected {
+    fn of(resources: &[Resource]) -> Selected {
+        let mut selected = Selected::default();
+        for r in resources {
+            let spec = match &r.spec {
+                Spec::VirtualService(s) => serde_json::to_value(s),
+                Spec::DestinationRule(s) => serde_json::to_value(s),
+                Spec::Gateway(s) => serde_json::to_value(s),
+                Spec::Sidecar(s) => serde_json::to_value(s),
+                Spec::AuthorizationPolicy(s) => serde_json::to_value(s),
+                Spec::PeerAuthentication(s) => serde_json::to_value(s),
+                Spec::RequestAuthentication(s) => serde_json::to_value(s),
+                Spec::Telemetry(s) => {
+                    selected.telemetry_traces |= !s.tracing.is_empty();
+                    serde_json::to_value(s)
+                }
+                Spec::EnvoyFilter(s) => serde_json::to_value(s),
+                Spec::WasmPlugin(s) => serde_json::to_value(s),
+                Spec::TrafficExtension(s) => serde_json::to_value(s),
+                Spec::ProxyConfig(s) => serde_json::to_value(s),
+                // Services, their endpoints, namespaces and the Gateway API select
+                // endpoints or gateways, not what a sidecar is sent.
+                _ => continue,
+            };
+            if let Ok(spec) = spec {
+                selector_keys(&spec, "", &mut selected.keys);
+            }
+        }
+        selected
+    }
+}
+
+/// Collects the label keys of every selector in a spec: `matchLabels`, `sourceLabels`,
+/// a `workloadSelector`'s `labels`, a Gateway's `selector`, and `matchExpressions` keys.
+fn selector_keys(value: &serde_json::Value, parent: &str, keys: &mut std::collections::BTreeSet<String>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let selects = matches!(key.as_str(), "matchLabels" | "sourceLabels" | "selector")
+                    || (key == "labels" && parent == "workloadSelector");
+                match v {
+                    Value::Object(labels) if selects => {
+                        keys.extend(labels.iter().filter(|(_, v)| v.is_string()).map(|(k, _)| k.clone()));
+                        selector_keys(v, key, keys);
+                    }
+                    Value::Array(items) if key == "matchExpressions" => {
+                        keys.extend(items.iter().filter_map(|e| e.get("key")?.as_str().map(str::to_owned)));
+                    }
+                    _ => selector_keys(v, key, keys),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| selector_keys(v, parent, keys)),
+        _ => {}
+    }
+}
+
+/// The labels tracing reads (Istio's canonical service and revision, and `app` for the
+/// service name).
+const TRACING_LABELS: &[&str] = &[
+    "app",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/version",
+    "service.istio.io/canonical-name",
+    "service.istio.io/canonical-revision",
+    "version",
+];
 
 /// A change that moved endpoints and nothing else: translation may reuse everything but
 /// the endpoints of these hosts.
@@ -78,6 +157,7 @@ impl Snapshot {
             r.lines = Default::default();
         }
         let registry = Registry::build(&resources);
+        let selected = std::sync::Arc::new(Selected::of(&resources));
         let mut index = KindIndex::default();
         for (i, r) in resources.iter().enumerate() {
             match r.spec {
@@ -105,7 +185,21 @@ impl Snapshot {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
             mesh: std::sync::Arc::default(),
             endpoint_change: None,
+            selected,
         }
+    }
+
+    /// Whether tracing may be configured for some proxy: a mesh default provider, or a
+    /// Telemetry with tracing.
+    pub fn may_trace(&self) -> bool {
+        self.selected.telemetry_traces || self.mesh.default_providers.as_ref().is_some_and(|d| !d.tracing.is_empty())
+    }
+
+    /// Whether a sidecar's outbound configuration may depend on its label `key`: some
+    /// resource selects workloads by it (a Sidecar, a policy, a Telemetry, a
+    /// VirtualService's `sourceLabels`), or tracing may read it.
+    pub fn outbound_reads_label(&self, key: &str) -> bool {
+        self.selected.keys.contains(key) || (self.may_trace() && TRACING_LABELS.contains(&key))
     }
 
     /// The snapshot after `previous`, noting whether only endpoints moved.

@@ -91,7 +91,7 @@ pub enum Half {
 /// are requested by name (`host:port`), `listener_names` says which to build.
 pub fn resources_for(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[String]) -> Resources {
     let proxy = snapshot.with_workload(proxy);
-    let mut out = half_for(snapshot, &outbound_identity(&proxy), listener_names, Half::Outbound);
+    let mut out = half_for(snapshot, &outbound_identity(snapshot, &proxy), listener_names, Half::Outbound);
     out.extend(half_for(snapshot, &proxy, listener_names, Half::Inbound));
     out
 }
@@ -106,12 +106,27 @@ pub fn half_for(snapshot: &Snapshot, proxy: &ProxyIdentity, listener_names: &[St
     Resources { clusters, endpoints, listeners, routes }
 }
 
-/// What the outbound half may read of a proxy: its role, namespace, labels, capture mode,
-/// cluster id and SDS, not its address, service account or node id. The workload name
-/// stays only when the labels have no `app`: tracing then names the service after it.
-/// Proxies equal in all of these (and, for proxyless clients, in the listeners they ask
-/// for) share one outbound half.
-pub fn outbound_identity(proxy: &ProxyIdentity) -> ProxyIdentity {
+/// What the outbound half reads of a proxy in `snapshot`: [`outbound_view`], and of a
+/// sidecar's labels only those some resource selects on (or tracing reads, when tracing
+/// may be on), and its workload name only when tracing may be on. Proxies equal in these
+/// (and, for proxyless clients, in the listeners they ask for) share one outbound half:
+/// sidecars of a hundred Deployments that no policy tells apart get one translation.
+pub fn outbound_identity(snapshot: &Snapshot, proxy: &ProxyIdentity) -> ProxyIdentity {
+    let mut out = outbound_view(proxy);
+    if out.role == Role::Sidecar {
+        out.labels.retain(|key, _| snapshot.outbound_reads_label(key));
+        if !snapshot.may_trace() {
+            out.workload.clear();
+        }
+    }
+    out
+}
+
+/// What the outbound half may read of a proxy whatever the snapshot: its role, namespace,
+/// labels, capture mode, cluster id and SDS, not its address, service account or node id.
+/// The workload name stays only when the labels have no `app`: tracing then names the
+/// service after it.
+pub fn outbound_view(proxy: &ProxyIdentity) -> ProxyIdentity {
     ProxyIdentity {
         id: String::new(),
         ip: String::new(),

@@ -366,6 +366,9 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> 
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout"))).lines();
     let said = lines.next_line().await.ok().flatten().unwrap_or_default();
     assert_eq!(said, "ready", "the simulated proxies did not get ready");
+    // Steady state: a few seconds after the last push, as a control plane runs between
+    // changes (it returns what the initial pushes freed once they are over).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let synced_rss_mb = rss_mb();
     // WEFT_BENCH_STOP_SYNCED=1: exit here, so that what a heap profiler finds still
     // allocated at exit is the control plane's heap with every proxy in sync.

@@ -126,8 +126,12 @@ impl Ads {
         self
     }
 
-    /// The gRPC service, for a tonic server.
+    /// The gRPC service, for a tonic server. Within a tokio runtime, it also starts
+    /// [`release_after_pushes`], for as long as snapshots are published.
     pub fn into_service(self) -> AdsService {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(release_after_pushes(self.pushes.clone(), self.snapshots.clone()));
+        }
         AdsService { ads: self }
     }
 
@@ -194,6 +198,39 @@ where
     }
 }
 
+/// How often [`release_after_pushes`] looks whether a burst has ended.
+const RELEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After each burst of work (a new snapshot, large pushes), once no push is in flight,
+/// gives the memory the burst freed back to the system ([`crate::memory`]): a thousand
+/// proxies' first pushes leave the allocator holding gigabytes it no longer uses. Ends
+/// when snapshots are no longer published.
+async fn release_after_pushes(pushes: Arc<Semaphore>, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+    let mut tick = tokio::time::interval(RELEASE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The configuration was just loaded: that is a burst too.
+    let mut busy = true;
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                busy = true;
+            }
+            _ = tick.tick() => {
+                if pushes.available_permits() < PUSH_BUDGET_KB {
+                    busy = true;
+                } else if busy {
+                    busy = false;
+                    let released = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+                    tracing::debug!(released = released.unwrap_or(false), "returned freed memory to the system");
+                }
+            }
+        }
+    }
+}
+
 /// Streams with an unacknowledged push at once. A stream takes a slot to push and gives
 /// it back when the proxy has acknowledged everything, so a push to a thousand proxies
 /// holds at most this many proxies' responses in memory, as Istio's push throttle does.
@@ -202,7 +239,7 @@ pub const PUSH_CONCURRENCY: usize = 100;
 /// The configuration in flight at once, in kB: a stream's slot weighs its proxy's whole
 /// configuration, so when each proxy gets megabytes (ten thousand services), fewer
 /// pushes run at once than [`PUSH_CONCURRENCY`].
-pub const PUSH_BUDGET_KB: usize = 256 << 10;
+pub const PUSH_BUDGET_KB: usize = 64 << 10;
 
 /// Responses at least this large count against the push throttle.
 pub const THROTTLED_RESPONSE_BYTES: usize = 64 << 10;

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod debug;
 pub mod grpc;
 pub mod held;
+pub mod memory;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -94,6 +94,8 @@ impl SyncStatus {
 pub struct Ads {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     pushes: Arc<Semaphore>,
+    /// How many push slots have been taken, for [`release_after_pushes`].
+    slots_taken: Arc<AtomicU64>,
     status: Arc<SyncStatus>,
     metrics: Arc<Metrics>,
     cache: Arc<TranslationCache>,
@@ -112,6 +114,7 @@ impl Ads {
             metrics,
             cache: Arc::new(TranslationCache::default()),
             pushes: Arc::new(Semaphore::new(PUSH_BUDGET_KB)),
+            slots_taken: Arc::default(),
             revision: None,
             control_plane: Arc::new(identifier(None)),
         }
@@ -130,7 +133,7 @@ impl Ads {
     /// [`release_after_pushes`], for as long as snapshots are published.
     pub fn into_service(self) -> AdsService {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(release_after_pushes(self.pushes.clone(), self.snapshots.clone()));
+            runtime.spawn(release_after_pushes(self.slots_taken.clone(), self.snapshots.clone()));
         }
         AdsService { ads: self }
     }
@@ -201,15 +204,17 @@ where
 /// How often [`release_after_pushes`] looks whether a burst has ended.
 const RELEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// After each burst of work (a new snapshot, large pushes), once no push is in flight,
-/// gives the memory the burst freed back to the system ([`crate::memory`]): a thousand
-/// proxies' first pushes leave the allocator holding gigabytes it no longer uses. Ends
-/// when snapshots are no longer published.
-async fn release_after_pushes(pushes: Arc<Semaphore>, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+/// After each burst of work (a new snapshot, large pushes), once no large push has
+/// started for a while, gives the memory the burst freed back to the system
+/// ([`crate::memory`]): a thousand proxies' first pushes leave the allocator holding
+/// gigabytes it no longer uses. `slots_taken` counts the push slots taken. Ends when
+/// snapshots are no longer published.
+async fn release_after_pushes(slots_taken: Arc<AtomicU64>, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
     let mut tick = tokio::time::interval(RELEASE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The configuration was just loaded: that is a burst too.
     let mut busy = true;
+    let mut seen = slots_taken.load(Ordering::Relaxed);
     loop {
         tokio::select! {
             changed = snapshots.changed() => {
@@ -219,7 +224,9 @@ async fn release_after_pushes(pushes: Arc<Semaphore>, mut snapshots: watch::Rece
                 busy = true;
             }
             _ = tick.tick() => {
-                if pushes.available_permits() < PUSH_BUDGET_KB {
+                let taken = slots_taken.load(Ordering::Relaxed);
+                if taken != seen {
+                    seen = taken;
                     busy = true;
                 } else if busy {
                     busy = false;
@@ -365,6 +372,7 @@ struct Stream_ {
     metrics: Arc<Metrics>,
     cache: Arc<TranslationCache>,
     pushes: Arc<Semaphore>,
+    slots_taken: Arc<AtomicU64>,
     revision: Option<Arc<str>>,
     control_plane: Arc<ControlPlane>,
     /// This stream's push slot, held while a response is unacknowledged.
@@ -399,6 +407,7 @@ impl Stream_ {
             metrics: ads.metrics.clone(),
             cache: ads.cache.clone(),
             pushes: ads.pushes.clone(),
+            slots_taken: ads.slots_taken.clone(),
             revision: ads.revision.clone(),
             control_plane: ads.control_plane.clone(),
             slot: None,
@@ -419,7 +428,10 @@ impl Stream_ {
             let weight = (configuration >> 10).clamp(PUSH_BUDGET_KB / PUSH_CONCURRENCY, PUSH_BUDGET_KB);
             let weight = u32::try_from(weight).unwrap_or(u32::MAX);
             match self.pushes.clone().acquire_many_owned(weight).await {
-                Ok(permit) => self.slot = Some(permit),
+                Ok(permit) => {
+                    self.slot = Some(permit);
+                    self.slots_taken.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(_) => return false,
             }
         }
@@ -775,9 +787,16 @@ impl Stream_ {
             && w.synced == Some(changes.since)
             && changes.are_from(w.held.base())
         {
-            let updated: Vec<(&Arc<str>, &Encoded)> =
-                changes.updated().filter(|n| w.subscribes(n)).filter_map(|n| all.get_key_value(n.as_str())).collect();
-            let removed: Vec<String> = changes.removed().filter(|n| w.holds(n).is_some()).cloned().collect();
+            // A name one half dropped that the other still has (a Sidecar ingress and
+            // egress listener on one address and port) changed, and is not removed.
+            let (still, gone): (Vec<&String>, Vec<&String>) = changes.removed().partition(|n| all.contains_key(n));
+            let updated: Vec<(&Arc<str>, &Encoded)> = changes
+                .updated()
+                .chain(still)
+                .filter(|n| w.subscribes(n))
+                .filter_map(|n| all.get_key_value(n.as_str()))
+                .collect();
+            let removed: Vec<String> = gone.into_iter().filter(|n| w.holds(n).is_some()).cloned().collect();
             if let Some(w) = self.watches.get_mut(type_url) {
                 w.synced = Some(snapshot.version);
                 let changed = changes.updated().chain(changes.removed()).map(String::as_str);

@@ -181,8 +181,10 @@ where
         }
         let end = PREFIX + len;
         if self.buf.len() < end {
-            // The rest of this message, and no more: no doubling past what it needs.
-            self.buf.reserve_exact(end - self.buf.len());
+            // Room as the message arrives (doubling), never past its end: a length
+            // announced is not memory taken before the bytes come.
+            let room = (end - self.buf.len()).min(self.buf.capacity().max(KEPT_REQUEST_BUFFER));
+            self.buf.reserve_exact(room);
             return None;
         }
         let message = M::decode(&self.buf[PREFIX..end]).map_err(|e| Status::internal(e.to_string()));

@@ -341,3 +341,49 @@ async fn a_delta_stream_gets_what_changed_among_what_it_subscribes_to_and_nothin
     publish("10.1.0.1", "10.1.0.5");
     assert_eq!(endpoints(&resumed.next().await), [(REVIEWS.to_owned(), vec!["10.1.0.5".to_owned()])]);
 }
+
+/// A Sidecar whose ingress and egress listeners are one listener for a proxy at
+/// 127.0.0.1 (the egress default bind, and the proxy's own address).
+const SAME_LISTENER: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  ingress: [{port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: 127.0.0.1:8080}]
+  egress: [{port: {number: 9080, protocol: HTTP, name: http}, hosts: [./*]}]
+";
+
+#[tokio::test]
+async fn a_listener_one_half_drops_and_the_other_still_has_is_sent_again_not_removed() {
+    let server = serve_yaml(SAME_LISTENER).await;
+    let mut first = delta(type_url::LISTENER, &[], &[], "");
+    first.node = node("sidecar~127.0.0.1~ratings-1.default~default.svc.cluster.local");
+    let mut stream = DeltaStream::open(&server, first).await;
+    let listeners = stream.next().await;
+    let names: Vec<&str> = listeners.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["127.0.0.1_9080"], "one listener, the egress one");
+
+    // The egress listener goes; the ingress one, of the same name, stays.
+    let without_egress =
+        SAME_LISTENER.replace("  egress: [{port: {number: 9080, protocol: HTTP, name: http}, hosts: [./*]}]\n", "");
+    let snapshot = Snapshot::next(
+        &server.snapshots.borrow().clone(),
+        2,
+        weft_api::parse_text("m.yaml", &without_egress).resources,
+    );
+    server.snapshots.send(Arc::new(snapshot)).unwrap_or_else(|e| panic!("{e}"));
+    let changed = stream.next().await;
+    assert!(changed.removed_resources.is_empty(), "the listener still exists: {:?}", changed.removed_resources);
+    let names: Vec<&str> = changed.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["127.0.0.1_9080"], "sent again, as the ingress listener");
+    assert_ne!(changed.resources[0].version, listeners.resources[0].version);
+}

@@ -325,6 +325,8 @@ struct Outcome {
     simulator_rss_mb: f64,
     /// The control plane's resident memory once every proxy is in sync, before the change.
     synced_rss_mb: f64,
+    /// The control plane's peak RSS before the first change (the initial pushes).
+    synced_peak_mb: f64,
     /// CPU time per change, from the change until every proxy has it: the control plane's,
     /// and the simulated proxies'.
     cpu_ms: f64,
@@ -370,6 +372,7 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> 
     // changes (it returns what the initial pushes freed once they are over).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let synced_rss_mb = rss_mb();
+    let synced_peak_mb = peak_rss_mb();
     // WEFT_BENCH_STOP_SYNCED=1: exit here, so that what a heap profiler finds still
     // allocated at exit is the control plane's heap with every proxy in sync.
     if std::env::var_os("WEFT_BENCH_STOP_SYNCED").is_some() {
@@ -442,6 +445,7 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> 
         update_kb_per_proxy: median(4) / 1e3 / proxies as f64,
         simulator_rss_mb: worst(6),
         synced_rss_mb,
+        synced_peak_mb,
         simulator_cpu_ms: median(7),
         cpu_ms: median(8),
     }
@@ -553,9 +557,10 @@ fn report_one(
         o.cpu_ms, o.simulator_cpu_ms
     );
     println!(
-        "  peak RSS so far                  {:>10.1} MB control plane ({:.1} MB once synced); simulated proxies {:.1} MB\n",
+        "  peak RSS so far                  {:>10.1} MB control plane ({:.1} MB once synced, {:.1} MB peak before the first change); simulated proxies {:.1} MB\n",
         peak_rss_mb(),
         o.synced_rss_mb,
+        o.synced_peak_mb,
         o.simulator_rss_mb
     );
 }

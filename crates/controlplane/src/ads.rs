@@ -129,8 +129,9 @@ impl Ads {
         self
     }
 
-    /// The gRPC service, for a tonic server. Within a tokio runtime, it also starts
-    /// [`release_after_pushes`], for as long as snapshots are published.
+    /// The gRPC service, for a tonic server. Within a tokio runtime, it also starts the
+    /// task that returns freed memory to the system after bursts of pushes
+    /// ([`crate::memory`]), for as long as snapshots are published.
     pub fn into_service(self) -> AdsService {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(release_after_pushes(self.slots_taken.clone(), self.snapshots.clone()));

@@ -8,7 +8,8 @@
 //! once, into one buffer of its exact size: its own fields by prost, then each resource
 //! as an entry of the repeated `resources` field, written with prost's encoding
 //! functions from the shared `Any`. Concatenated encodings of a message are that
-//! message merged, so the result is what prost would encode for the whole message.
+//! message merged, so the result decodes as the whole message does (its fields in
+//! another order than prost's, and of the same length).
 
 use std::sync::Arc;
 

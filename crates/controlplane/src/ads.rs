@@ -757,11 +757,12 @@ impl Stream_ {
                 w.names = interner.names(names);
             }
         }
+        // New subscriptions are answered from the full set, not from the changes (also
+        // when they come with a NACK, and the answer waits for the next push).
+        if changed && let Some(w) = self.watches.get_mut(&req.type_url) {
+            w.synced = None;
+        }
         if changed && error.is_none() {
-            // New subscriptions are answered from the full set, not from the changes.
-            if let Some(w) = self.watches.get_mut(&req.type_url) {
-                w.synced = None;
-            }
             let snapshot = self.snapshots.borrow().clone();
             let translation = self.translation(&snapshot).await;
             self.send_delta(&snapshot, &translation, &req.type_url, first, tx).await;

@@ -38,9 +38,14 @@ impl Held {
         self.changed.insert(name, hash);
     }
 
-    /// Records a new subscription to `name`: not held until it is sent.
+    /// Records a new subscription to `name`: not held until it is sent. Only a name the
+    /// base has needs a record: a proxy's first subscription to ten thousand endpoint
+    /// sets, waiting for its push, records nothing. (The next push must then compare in
+    /// full: a base advanced to maps that have the name would otherwise say it is held.)
     pub fn subscribe(&mut self, name: Arc<str>) {
-        self.changed.entry(name).or_insert(None);
+        if self.base.iter().flatten().any(|m| m.contains_key(&*name)) {
+            self.changed.entry(name).or_insert(None);
+        }
     }
 
     /// Every name held, given what is subscribed now.

@@ -810,6 +810,13 @@ impl Stream_ {
             let delta = Delta { resources: updated, removed, count: all.len() };
             return self.send_delta_response(snapshot, translation, type_url, delta, tx).await;
         }
+        // A large type is compared in full only once this stream holds its push slot: a
+        // thousand streams waiting their turn hold no tables of what they will send.
+        let size: usize = all.iter().map(|(_, e)| e.any.value.len()).sum();
+        if !self.take_push_slot(size, translation.bytes()).await {
+            return false;
+        }
+        let Some(w) = self.watches.get(type_url) else { return true };
         let wanted: BTreeMap<&str, (&Arc<str>, &Encoded)> =
             all.iter().filter(|(name, _)| w.subscribes(name)).map(|(name, e)| (&**name, (name, e))).collect();
         let updated: Vec<(&Arc<str>, &Encoded)> =

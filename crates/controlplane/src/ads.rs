@@ -789,16 +789,9 @@ impl Stream_ {
             && w.synced == Some(changes.since)
             && changes.are_from(w.held.base())
         {
-            // A name one half dropped that the other still has (a Sidecar ingress and
-            // egress listener on one address and port) changed, and is not removed.
-            let (still, gone): (Vec<&String>, Vec<&String>) = changes.removed().partition(|n| all.contains_key(n));
-            let updated: Vec<(&Arc<str>, &Encoded)> = changes
-                .updated()
-                .chain(still)
-                .filter(|n| w.subscribes(n))
-                .filter_map(|n| all.get_key_value(n.as_str()))
-                .collect();
-            let removed: Vec<String> = gone.into_iter().filter(|n| w.holds(n).is_some()).cloned().collect();
+            let updated: Vec<(&Arc<str>, &Encoded)> =
+                changes.updated().filter(|n| w.subscribes(n)).filter_map(|n| all.get_key_value(n.as_str())).collect();
+            let removed: Vec<String> = changes.removed().filter(|n| w.holds(n).is_some()).cloned().collect();
             if let Some(w) = self.watches.get_mut(type_url) {
                 w.synced = Some(snapshot.version);
                 let changed = changes.updated().chain(changes.removed()).map(String::as_str);

@@ -67,7 +67,11 @@ impl Translation {
     pub fn changes(&self, type_url: &str) -> Option<ChangesView<'_>> {
         let outbound = self.outbound.changes.get(type_url)?;
         let inbound = self.inbound.changes.get(type_url)?;
-        (outbound.since == inbound.since).then_some(ChangesView { since: outbound.since, parts: [outbound, inbound] })
+        (outbound.since == inbound.since).then_some(ChangesView {
+            since: outbound.since,
+            parts: [outbound, inbound],
+            now: self.of(type_url),
+        })
     }
 }
 
@@ -121,17 +125,23 @@ pub struct ChangesView<'a> {
     /// The snapshot version compared with.
     pub since: u64,
     parts: [&'a Changes; 2],
+    /// The resources now, both halves as one.
+    now: View<'a>,
 }
 
 impl<'a> ChangesView<'a> {
-    /// Names added or changed.
+    /// Names added or changed. A name one half removed that the other still has (a
+    /// Sidecar ingress and egress listener on one address and port) changed.
     pub fn updated(&self) -> impl Iterator<Item = &'a String> + use<'a> {
-        self.parts.into_iter().flat_map(|c| &c.updated)
+        let now = self.now;
+        let still = self.parts.into_iter().flat_map(|c| &c.removed).filter(move |n| now.contains_key(n));
+        self.parts.into_iter().flat_map(|c| &c.updated).chain(still)
     }
 
-    /// Names removed.
+    /// Names removed from both halves.
     pub fn removed(&self) -> impl Iterator<Item = &'a String> + use<'a> {
-        self.parts.into_iter().flat_map(|c| &c.removed)
+        let now = self.now;
+        self.parts.into_iter().flat_map(|c| &c.removed).filter(move |n| !now.contains_key(n))
     }
 
     /// Whether these are the changes from `maps`: the very maps, not only their version

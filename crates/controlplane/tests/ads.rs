@@ -342,17 +342,9 @@ async fn a_delta_stream_gets_what_changed_among_what_it_subscribes_to_and_nothin
     assert_eq!(endpoints(&resumed.next().await), [(REVIEWS.to_owned(), vec!["10.1.0.5".to_owned()])]);
 }
 
-/// A Sidecar whose ingress and egress listeners are one listener for a proxy at
-/// 127.0.0.1 (the egress default bind, and the proxy's own address).
+/// With [`MESH`], a Sidecar whose ingress and egress listeners are one listener for a
+/// proxy at 127.0.0.1 (the egress default bind, and the proxy's own address).
 const SAME_LISTENER: &str = "
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http, protocol: HTTP}]
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -364,7 +356,8 @@ spec:
 
 #[tokio::test]
 async fn a_listener_one_half_drops_and_the_other_still_has_is_sent_again_not_removed() {
-    let server = serve_yaml(SAME_LISTENER).await;
+    let yaml = format!("{MESH}{SAME_LISTENER}");
+    let server = serve_yaml(&yaml).await;
     let mut first = delta(type_url::LISTENER, &[], &[], "");
     first.node = node("sidecar~127.0.0.1~ratings-1.default~default.svc.cluster.local");
     let mut stream = DeltaStream::open(&server, first).await;
@@ -374,7 +367,7 @@ async fn a_listener_one_half_drops_and_the_other_still_has_is_sent_again_not_rem
 
     // The egress listener goes; the ingress one, of the same name, stays.
     let without_egress =
-        SAME_LISTENER.replace("  egress: [{port: {number: 9080, protocol: HTTP, name: http}, hosts: [./*]}]\n", "");
+        yaml.replace("  egress: [{port: {number: 9080, protocol: HTTP, name: http}, hosts: [./*]}]\n", "");
     let snapshot = Snapshot::next(
         &server.snapshots.borrow().clone(),
         2,

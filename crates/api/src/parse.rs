@@ -208,7 +208,7 @@ fn parse_object(value: Value, lines: LineIndex, origin: Origin, parsed: &mut Par
         parsed.diagnostics.extend(findings);
         return;
     };
-    let resource = Resource { api_version, kind, meta, spec, origin, lines };
+    let resource = Resource { api_version, kind, meta: Box::new(meta), spec, origin, lines };
     if mesh {
         findings.extend(validate::resource(&resource));
         findings.extend(support_note(&resource));

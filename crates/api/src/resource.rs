@@ -116,7 +116,7 @@ pub struct Resource {
     /// The kind, as in YAML.
     pub kind: String,
     /// Kubernetes object metadata.
-    pub meta: ObjectMeta,
+    pub meta: Box<ObjectMeta>,
     /// The typed spec.
     pub spec: Spec,
     /// The file and first line of the object.

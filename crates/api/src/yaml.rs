@@ -6,8 +6,6 @@
 //! source spans, then turned into a `serde_json::Value` plus an index from field path to
 //! line, which is what diagnostics point at.
 
-use std::collections::HashMap;
-
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::{Map, Number, Value};
 
@@ -38,49 +36,106 @@ pub struct SyntaxError {
 }
 
 /// From field path to the line it starts on.
+///
+/// Held compactly, as a resource keeps it until it is validated: every path encoded into
+/// one string (a segment is a tag, its text and an end mark), with where each path ends and
+/// its line. A resource has few paths, so a lookup is a scan. Map keys and object fields
+/// are both YAML mapping keys and are encoded alike.
 #[derive(Debug, Clone, Default)]
-pub struct LineIndex(HashMap<FieldPath, usize>);
+pub struct LineIndex {
+    paths: String,
+    /// `(end of the path in paths, line)`, in the order the paths were recorded.
+    entries: Vec<(u32, u32)>,
+}
+
+/// Ends each encoded segment.
+const END: char = '\u{1f}';
 
 impl LineIndex {
     /// The line of `path`, or of its nearest ancestor that has one.
     pub fn line_of(&self, path: &FieldPath) -> Option<usize> {
-        let mut current = Some(path.clone());
-        while let Some(p) = current {
-            if let Some(line) = self.0.get(&p) {
-                return Some(*line);
+        let encoded = encode(path);
+        let mut current = encoded.as_str();
+        loop {
+            if let Some(line) = self.get(current) {
+                return Some(line);
             }
-            current = p.parent();
+            if current.is_empty() {
+                return None;
+            }
+            // One segment up: back to the end of the previous segment, or the root.
+            let inner = &current[..current.len() - END.len_utf8()];
+            current = inner.rfind(END).map_or("", |i| &current[..i + END.len_utf8()]);
         }
-        None
     }
 
     /// The index of the subtree under `prefix`, re-rooted there (used for `List` items).
     pub fn subtree(&self, prefix: &FieldPath) -> LineIndex {
-        let n = prefix.segments().len();
-        LineIndex(
-            self.0
-                .iter()
-                .filter(|(p, _)| p.segments().len() >= n && p.segments()[..n] == *prefix.segments())
-                .map(|(p, line)| {
-                    let rest = p.segments()[n..].iter().cloned().fold(FieldPath::root(), |acc, s| match s {
-                        Segment::Field(f) => acc.field(&f),
-                        Segment::Index(i) => acc.index(i),
-                        Segment::Key(k) => acc.key(&k),
-                    });
-                    (rest, *line)
-                })
-                .collect(),
-        )
+        let prefix = encode(prefix);
+        let mut out = LineIndex::default();
+        for (path, line) in self.iter() {
+            if let Some(rest) = path.strip_prefix(prefix.as_str()) {
+                out.record(rest, line);
+            }
+        }
+        out.shrink();
+        out
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
+        let mut start = 0;
+        self.entries.iter().map(move |&(end, line)| {
+            let path = self.paths.get(start..end as usize).unwrap_or("");
+            start = end as usize;
+            (path, line as usize)
+        })
+    }
+
+    fn get(&self, encoded: &str) -> Option<usize> {
+        self.iter().find(|(path, _)| *path == encoded).map(|(_, line)| line)
+    }
+
+    fn record(&mut self, encoded: &str, line: usize) {
+        self.paths.push_str(encoded);
+        let end = u32::try_from(self.paths.len()).unwrap_or(u32::MAX);
+        self.entries.push((end, u32::try_from(line).unwrap_or(u32::MAX)));
+    }
+
+    fn shrink(&mut self) {
+        self.paths.shrink_to_fit();
+        self.entries.shrink_to_fit();
     }
 }
 
-/// Splits a stream into documents and parses each. Empty documents are skipped.
-pub fn parse_stream(text: &str) -> Vec<Result<Document, SyntaxError>> {
+fn encode(path: &FieldPath) -> String {
+    let mut out = String::new();
+    for segment in path.segments() {
+        match segment {
+            Segment::Field(name) | Segment::Key(name) => push_name(&mut out, name),
+            Segment::Index(i) => push_index(&mut out, *i),
+        }
+    }
+    out
+}
+
+fn push_name(encoded: &mut String, name: &str) {
+    encoded.push('.');
+    encoded.push_str(name);
+    encoded.push(END);
+}
+
+fn push_index(encoded: &mut String, i: usize) {
+    use std::fmt::Write;
+    let _ = write!(encoded, "#{i}{END}");
+}
+
+/// Splits a stream into documents and parses each as it is taken, so that a large stream
+/// is never held whole as JSON. Empty documents are skipped.
+pub fn parse_stream(text: &str) -> impl Iterator<Item = Result<Document, SyntaxError>> + '_ {
     split_documents(text)
         .into_iter()
         .filter(|(_, chunk)| chunk.lines().any(|l| !is_blank_or_comment(l)))
         .map(|(first_line, chunk)| parse_document(chunk, first_line))
-        .collect()
 }
 
 fn is_blank_or_comment(line: &str) -> bool {
@@ -120,7 +175,9 @@ fn parse_document(chunk: &str, first_line: usize) -> Result<Document, SyntaxErro
     };
     let mut lines = LineIndex::default();
     let line = root.span.start.line() + shift;
-    let value = convert(&root, &FieldPath::root(), shift, &mut lines, 0)?;
+    lines.record("", line);
+    let value = convert(&root, &mut String::new(), shift, &mut lines, 0)?;
+    lines.shrink();
     Ok(Document { value, lines, line })
 }
 
@@ -131,9 +188,10 @@ fn last_line(chunk: &str, first_line: usize) -> usize {
     first_line + breaks
 }
 
+/// Converts `node`, whose encoded path is `path` and whose line is already recorded.
 fn convert(
     node: &MarkedYaml<'_>,
-    path: &FieldPath,
+    path: &mut String,
     shift: usize,
     lines: &mut LineIndex,
     depth: usize,
@@ -142,17 +200,20 @@ fn convert(
     if depth > MAX_DEPTH {
         return Err(SyntaxError { line, message: format!("nesting deeper than {MAX_DEPTH} levels") });
     }
-    lines.0.entry(path.clone()).or_insert(line);
+    let at = path.len();
     Ok(match &node.data {
         YamlData::Value(scalar) => scalar_to_json(scalar),
         YamlData::Representation(text, _, _) => Value::String(text.to_string()),
-        YamlData::Sequence(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| convert(item, &path.index(i), shift, lines, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
+        YamlData::Sequence(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                push_index(path, i);
+                lines.record(path, item.span.start.line() + shift);
+                out.push(convert(item, path, shift, lines, depth + 1)?);
+                path.truncate(at);
+            }
+            Value::Array(out)
+        }
         YamlData::Mapping(entries) => {
             let mut map = Map::new();
             for (key, value) in entries {
@@ -160,9 +221,11 @@ fn convert(
                     line: key.span.start.line() + shift,
                     message: "mapping keys must be scalars".into(),
                 })?;
-                let child = path.field(&name);
-                lines.0.insert(child.clone(), key.span.start.line() + shift);
-                let converted = convert(value, &child, shift, lines, depth + 1)?;
+                push_name(path, &name);
+                // A field is where its key is.
+                lines.record(path, key.span.start.line() + shift);
+                let converted = convert(value, path, shift, lines, depth + 1)?;
+                path.truncate(at);
                 map.insert(name, converted);
             }
             Value::Object(map)
@@ -205,7 +268,7 @@ mod tests {
     use super::*;
 
     fn only(text: &str) -> Document {
-        let mut docs = parse_stream(text);
+        let mut docs: Vec<_> = parse_stream(text).collect();
         assert_eq!(docs.len(), 1, "{docs:?}");
         docs.remove(0).unwrap_or_else(|e| panic!("{e:?}"))
     }
@@ -217,11 +280,30 @@ mod tests {
         assert_eq!(doc.lines.line_of(&FieldPath::parse("b.c[1].y")), Some(6));
         assert_eq!(doc.lines.line_of(&FieldPath::parse("b.c[1]")), Some(5));
         assert_eq!(doc.lines.line_of(&FieldPath::parse("b.c[1].missing")), Some(5));
+        assert_eq!(doc.lines.line_of(&FieldPath::parse("missing.deeper")), Some(1));
+    }
+
+    #[test]
+    fn map_keys_are_found_where_they_are_written() {
+        let doc = only("spec:\n  portLevelMtls:\n    \"8080\":\n      mode: DISABLE\n");
+        let key = FieldPath::root().field("spec").field("portLevelMtls").key("8080");
+        assert_eq!(doc.lines.line_of(&key), Some(3));
+        assert_eq!(doc.lines.line_of(&key.field("mode")), Some(4));
+    }
+
+    #[test]
+    fn a_subtree_is_re_rooted() {
+        let doc = only("kind: List\nitems:\n- kind: A\n  spec:\n    x: 1\n- kind: B\n  spec:\n    y: 2\n");
+        let second = doc.lines.subtree(&FieldPath::parse("items[1]"));
+        assert_eq!(second.line_of(&FieldPath::root()), Some(6));
+        assert_eq!(second.line_of(&FieldPath::parse("spec.y")), Some(8));
+        assert_eq!(second.line_of(&FieldPath::parse("spec.x")), Some(7));
+        assert_eq!(second.line_of(&FieldPath::parse("kind")), Some(6));
     }
 
     #[test]
     fn splits_documents_and_keeps_stream_lines() {
-        let docs = parse_stream("# head\na: 1\n---\nb: 2\n---\n\n---\nc: [1, 2\n---\nd: 4\n");
+        let docs: Vec<_> = parse_stream("# head\na: 1\n---\nb: 2\n---\n\n---\nc: [1, 2\n---\nd: 4\n").collect();
         assert_eq!(docs.len(), 4);
         assert_eq!(docs[1].as_ref().map(|d| d.line).ok(), Some(4));
         let err = docs[2].as_ref().err().cloned();
@@ -244,7 +326,7 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused() {
-        assert!(parse_stream("a: 1\na: 2\n")[0].is_err());
+        assert!(parse_stream("a: 1\na: 2\n").next().is_some_and(|d| d.is_err()));
     }
 
     #[test]
@@ -254,6 +336,6 @@ mod tests {
             let prev = i - 1;
             text.push_str(&format!("a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"));
         }
-        assert!(parse_stream(&text)[0].is_err());
+        assert!(parse_stream(&text).next().is_some_and(|d| d.is_err()));
     }
 }

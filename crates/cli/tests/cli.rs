@@ -40,8 +40,8 @@ fn json_and_yaml_output_carry_the_same_findings() {
     assert_eq!(first["documentationUrl"], "https://istio.io/latest/docs/reference/config/analysis/ist0106/");
 
     let yaml = run_in(&workspace_root(), &["analyze", "-o", "yaml", "-"], Some(BAD_WEIGHT));
-    let docs = weft_api::yaml::parse_stream(&stdout(&yaml));
-    let parsed = docs.first().and_then(|d| d.as_ref().ok()).map(|d| d.value.clone());
+    let text = stdout(&yaml);
+    let parsed = weft_api::yaml::parse_stream(&text).next().and_then(Result::ok).map(|d| d.value);
     assert_eq!(parsed.as_ref(), Some(&findings), "{}", stdout(&yaml));
     assert_eq!(json.status.code(), Some(1));
     assert_eq!(yaml.status.code(), Some(1));

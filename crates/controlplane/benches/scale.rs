@@ -58,10 +58,15 @@ fn mesh_yaml(services: usize, endpoints: usize, moved: bool) -> String {
     out
 }
 
-fn resources(yaml: &str) -> Vec<weft_api::Resource> {
-    let parsed = weft_api::parse_text("bench.yaml", yaml);
-    assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics.iter().find(|d| d.is_error()));
-    parsed.resources
+/// The mesh read as the control plane reads it on a file change: written to a file in
+/// `dir`, then loaded and analyzed (`server::load`).
+fn load(dir: &std::path::Path, yaml: String) -> Vec<weft_api::Resource> {
+    std::fs::write(dir.join("mesh.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
+    match weft_controlplane::server::load(&[dir.to_owned()]) {
+        Ok(parsed) => parsed.resources,
+        Err(weft_controlplane::server::ServerError::Invalid(d)) => panic!("{:?}", d.iter().find(|d| d.is_error())),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// How many replicas each simulated workload has (`WEFT_BENCH_REPLICAS`, default 10):
@@ -340,7 +345,12 @@ fn rounds() -> u32 {
 
 /// One run: the proxies connect and sync with `first`, then one endpoint moves back and
 /// forth, one change per round, each the next snapshot built from `mesh(moved)`.
-async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> String, proxies: usize) -> Outcome {
+async fn run_protocol(
+    delta: bool,
+    first: Arc<Snapshot>,
+    mesh: impl Fn(bool) -> Vec<weft_api::Resource>,
+    proxies: usize,
+) -> Outcome {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let (snapshots_tx, snapshots_rx) = watch::channel(first.clone());
     let ads = Ads::new(snapshots_rx, Arc::new(SyncStatus::default()), Arc::new(Metrics::new()));
@@ -383,7 +393,7 @@ async fn run_protocol(delta: bool, first: Arc<Snapshot>, mesh: impl Fn(bool) -> 
     let mut seen: Vec<Vec<f64>> = Vec::new();
     let mut initial_bytes = 0.0;
     for round in 1..=rounds() {
-        let next = Arc::new(Snapshot::next(&current, current.version + 1, resources(&mesh(round % 2 == 1))));
+        let next = Arc::new(Snapshot::next(&current, current.version + 1, mesh(round % 2 == 1)));
         assert!(next.endpoint_change.is_some(), "not an endpoint-only change");
         // WEFT_BENCH_PAUSE=SECONDS: time to attach a profiler (`perf record -p PID`) first.
         if let Some(pause) = std::env::var("WEFT_BENCH_PAUSE").ok().and_then(|p| p.parse::<u64>().ok()) {
@@ -535,7 +545,7 @@ fn report_one(
     o: &Outcome,
 ) {
     println!("{services} services × {endpoints} endpoints × {proxies} proxies (delta only)");
-    println!("  parse + snapshot build           {:>10.1} ms", build.as_secs_f64() * 1e3);
+    println!("  load, analysis, snapshot build   {:>10.1} ms", build.as_secs_f64() * 1e3);
     println!(
         "  translation, one proxy           {:>10.1} ms  ({} clusters)",
         translation.as_secs_f64() * 1e3,
@@ -581,11 +591,14 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
     println!("weft control plane scale (delta as a ratio to state-of-the-world, same run)\n");
     for (services, endpoints, proxies) in sizes {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let t = Instant::now();
-        let first = Arc::new(Snapshot::new(1, resources(&mesh_yaml(services, endpoints, false))));
+        let first = Arc::new(Snapshot::new(1, load(dir.path(), mesh_yaml(services, endpoints, false))));
         let build = t.elapsed();
-        // As the control plane does on a file change: the next snapshot notes that only endpoints moved.
-        let mesh = move |moved: bool| mesh_yaml(services, endpoints, moved);
+        // As the control plane does on a file change: the file is read again, and the
+        // next snapshot notes that only endpoints moved.
+        let path = dir.path().to_owned();
+        let mesh = move |moved: bool| load(&path, mesh_yaml(services, endpoints, moved));
         let proxy = ProxyIdentity::from_node(Some(&node(0))).unwrap_or_else(|e| panic!("{e}"));
         let t = Instant::now();
         let r = translate::resources_for(&first, &proxy, &[]);
@@ -600,16 +613,16 @@ fn main() {
         };
         drop(r);
         let shape = Shape { loaded_rss_mb: rss_mb(), ..shape };
-        let delta = runtime.block_on(run_protocol(true, first.clone(), mesh, proxies));
+        let delta = runtime.block_on(run_protocol(true, first.clone(), &mesh, proxies));
         // WEFT_BENCH_DELTA_ONLY=1 skips state of the world, whose full pushes to a thousand
         // proxies need far more memory than delta's.
         if std::env::var_os("WEFT_BENCH_DELTA_ONLY").is_some() {
             report_one(services, endpoints, proxies, build, translation, &shape, &delta);
             continue;
         }
-        let sotw = runtime.block_on(run_protocol(false, first, mesh, proxies));
+        let sotw = runtime.block_on(run_protocol(false, first, &mesh, proxies));
         println!("{services} services × {endpoints} endpoints × {proxies} proxies");
-        println!("  parse + snapshot build           {:>10.1} ms", build.as_secs_f64() * 1e3);
+        println!("  load, analysis, snapshot build   {:>10.1} ms", build.as_secs_f64() * 1e3);
         println!(
             "  translation, one proxy           {:>10.1} ms  ({} clusters, {} endpoint sets, {} virtual hosts)",
             translation.as_secs_f64() * 1e3,

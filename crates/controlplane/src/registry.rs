@@ -69,6 +69,51 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
+/// An endpoint's labels, held as a sorted list. Most endpoints carry one or two, for
+/// which a `BTreeMap`'s node (over 500 bytes) would be most of the endpoint's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(String, String)]>);
+
+impl Labels {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Whether `key` is set.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Every label, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A later value of a key replaces an earlier one.
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(items: I) -> Self {
+        let mut all: Vec<(String, String)> = items.into_iter().collect();
+        // Stable, so that equal keys keep their order and the last one is kept.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(String, String)> = Vec::with_capacity(all.len());
+        for (k, v) in all {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => out.push((k, v)),
+            }
+        }
+        Labels(out.into_boxed_slice())
+    }
+}
+
 /// One instance serving a service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
@@ -77,7 +122,7 @@ pub struct Endpoint {
     /// Port numbers by service port name.
     pub ports: BTreeMap<String, u32>,
     /// Labels (subsets select on them).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// `region/zone/subzone`.
     pub locality: String,
     /// Load-balancing weight (0 means default).
@@ -143,8 +188,10 @@ impl Registry {
         let mut services = BTreeMap::new();
         for r in resources {
             let Spec::ServiceEntry(se) = &r.spec else { continue };
-            let endpoints = endpoints_of(r, se, &workload_entries);
-            for host in &se.hosts {
+            let mut endpoints = endpoints_of(r, se, &workload_entries);
+            for (i, host) in se.hosts.iter().enumerate() {
+                // Each host of the entry has the same endpoints; the last takes them.
+                let endpoints = if i + 1 < se.hosts.len() { endpoints.clone() } else { std::mem::take(&mut endpoints) };
                 let hostname = resolve_host(host, r.namespace());
                 let ports = se
                     .ports
@@ -165,7 +212,7 @@ impl Registry {
                     resolution: se.resolution.unwrap_or(Resolution::None),
                     location: se.location.unwrap_or(Location::MeshExternal),
                     export_to: se.export_to.clone(),
-                    endpoints: endpoints.clone(),
+                    endpoints,
                 };
                 // The first declaration of a host wins, as in Istio (oldest first).
                 services.entry(hostname).or_insert(service);
@@ -183,7 +230,7 @@ impl Registry {
 /// WorkloadEntries by namespace and label, so a selector looks at the entries that
 /// carry its first label rather than at every entry.
 struct WorkloadIndex<'a> {
-    entries: Vec<(&'a Resource, &'a WorkloadEntrySpec, BTreeMap<String, String>)>,
+    entries: Vec<(&'a Resource, &'a WorkloadEntrySpec, Labels)>,
     by_label: HashMap<(&'a str, String, String), Vec<usize>>,
 }
 
@@ -192,10 +239,10 @@ impl<'a> WorkloadIndex<'a> {
         let mut index = WorkloadIndex { entries: Vec::new(), by_label: HashMap::new() };
         for r in resources {
             let Spec::WorkloadEntry(we) = &r.spec else { continue };
-            let labels = labels_of(r, we);
+            let labels: Labels = labels_of(r, we).into_iter().collect();
             let i = index.entries.len();
-            for (k, v) in &labels {
-                index.by_label.entry((r.namespace(), k.clone(), v.clone())).or_default().push(i);
+            for (k, v) in labels.iter() {
+                index.by_label.entry((r.namespace(), k.to_owned(), v.to_owned())).or_default().push(i);
             }
             index.entries.push((r, we.as_ref(), labels));
         }
@@ -206,7 +253,7 @@ impl<'a> WorkloadIndex<'a> {
         &self,
         namespace: &str,
         selector: &BTreeMap<String, String>,
-    ) -> Vec<&(&'a Resource, &'a WorkloadEntrySpec, BTreeMap<String, String>)> {
+    ) -> Vec<&(&'a Resource, &'a WorkloadEntrySpec, Labels)> {
         let Some((k, v)) = selector.iter().next() else {
             return self.entries.iter().filter(|(r, _, _)| r.namespace() == namespace).collect();
         };
@@ -220,7 +267,7 @@ impl<'a> WorkloadIndex<'a> {
 }
 
 fn endpoints_of(r: &Resource, se: &ServiceEntrySpec, workload_entries: &WorkloadIndex) -> Vec<Endpoint> {
-    let inline = se.endpoints.iter().map(|e| endpoint(e, None, BTreeMap::new()));
+    let inline = se.endpoints.iter().map(|e| endpoint(e, None, e.labels.clone().into_iter().collect()));
     let selected = se
         .workload_selector
         .iter()
@@ -236,9 +283,8 @@ pub fn labels_of(r: &Resource, we: &WorkloadEntrySpec) -> BTreeMap<String, Strin
     labels
 }
 
-fn endpoint(we: &WorkloadEntrySpec, workload: Option<String>, extra_labels: BTreeMap<String, String>) -> Endpoint {
-    let mut labels = extra_labels;
-    labels.extend(we.labels.clone());
+/// The endpoint of a WorkloadEntry (or of a ServiceEntry's inline entry), with `labels`.
+fn endpoint(we: &WorkloadEntrySpec, workload: Option<String>, labels: Labels) -> Endpoint {
     Endpoint {
         address: we.address.clone().unwrap_or_default(),
         ports: we.ports.clone(),

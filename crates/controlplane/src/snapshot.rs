@@ -156,6 +156,7 @@ impl Snapshot {
         for r in &mut resources {
             r.lines = Default::default();
         }
+        resources.shrink_to_fit();
         let registry = Registry::build(&resources);
         let selected = std::sync::Arc::new(Selected::of(&resources));
         let mut index = KindIndex::default();

@@ -12,12 +12,7 @@ const DIR: &str = "crates/cli/tests/migrate";
 
 /// The YAML documents of `text`, as JSON.
 fn docs(text: &str) -> Vec<Value> {
-    weft_api::yaml::parse_stream(text)
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|d| d.value)
-        .filter(|v| !v.is_null())
-        .collect()
+    weft_api::yaml::parse_stream(text).filter_map(Result::ok).map(|d| d.value).filter(|v| !v.is_null()).collect()
 }
 
 fn migrate(file: &str) -> (i32, Vec<Value>, String) {

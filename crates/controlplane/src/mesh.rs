@@ -242,7 +242,7 @@ impl MeshConfig {
 pub fn load(path: &Path) -> Result<MeshConfig, String> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
-    let mut docs = weft_api::yaml::parse_stream(&text).into_iter();
+    let mut docs = weft_api::yaml::parse_stream(&text);
     let doc = match docs.next() {
         None => return Ok(MeshConfig::default()),
         Some(Err(e)) => return Err(format!("{name}:{}: {}", e.line, e.message)),

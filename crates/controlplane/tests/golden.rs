@@ -220,7 +220,7 @@ fn a_sidecars_outbound_half_depends_only_on_the_labels_the_configuration_selects
         }
         let snapshot = Snapshot::new(1, parsed.resources);
         let mut label_sets = vec![vec![("app".to_owned(), "client".to_owned())]];
-        for doc in weft_api::yaml::parse_stream(&yaml).into_iter().flatten() {
+        for doc in weft_api::yaml::parse_stream(&yaml).flatten() {
             string_maps(&doc.value, &mut label_sets);
         }
         for labels in &label_sets {

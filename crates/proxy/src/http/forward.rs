@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::capture_connection;
 
 use super::{Connection, authority};
@@ -28,7 +28,7 @@ use crate::state::DataPlane;
 use crate::telemetry::Reporter;
 use crate::upstream::connect::Uses;
 use crate::upstream::lb::hash_of;
-use crate::upstream::{Host, Outcome, Upstream};
+use crate::upstream::{Host, Outcome, Upstream, h1};
 
 /// Bodies up to this size are buffered so that a request can be retried or mirrored.
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
@@ -580,8 +580,20 @@ async fn attempts(
         }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
-        let connection = (per_connection > 0).then(|| capture_connection(&mut req));
+        // HTTP/1.1 requests go on connections they drive themselves; upgrades, whose
+        // connections outlive the response, go through the pool that runs connections
+        // as tasks, as does HTTP/2.
+        let pooled =
+            host.h1.as_ref().filter(|_| upgrade_of(&parts.headers).is_none() && parts.method != Method::CONNECT);
         let sent = async {
+            if let Some(pool) = pooled {
+                let response = pool.request(req, per_connection).await.map_err(|e| match e {
+                    h1::Error::Connect(_) => Failure::Connect,
+                    h1::Error::Reset => Failure::Reset,
+                })?;
+                return Ok(response.map(UpstreamBody::Driven));
+            }
+            let connection = (per_connection > 0).then(|| capture_connection(&mut req));
             let response = host
                 .client
                 .request(req)
@@ -594,7 +606,7 @@ async fn attempts(
             {
                 connected.poison();
             }
-            Ok(response)
+            Ok(response.map(UpstreamBody::Pooled))
         };
         let result = match retry.and_then(|r| r.per_try_timeout) {
             Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::PerTryTimeout)),
@@ -684,9 +696,17 @@ impl Drop for InFlight {
     }
 }
 
+/// An upstream response's body, from either kind of connection pool.
+enum UpstreamBody {
+    /// From a connection the request drives itself (HTTP/1.1).
+    Driven(h1::PooledBody),
+    /// From a connection run as a task of its own (HTTP/2, upgrades).
+    Pooled(Incoming),
+}
+
 /// A response body that keeps its request in flight until it is done.
 struct Tracked {
-    inner: Incoming,
+    inner: UpstreamBody,
     _guard: InFlight,
 }
 
@@ -695,15 +715,24 @@ impl HttpBody for Tracked {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match &mut self.inner {
+            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            UpstreamBody::Driven(b) => b.is_end_stream(),
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            UpstreamBody::Driven(b) => b.size_hint(),
+            UpstreamBody::Pooled(b) => b.size_hint(),
+        }
     }
 }
 

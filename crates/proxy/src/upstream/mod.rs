@@ -6,6 +6,7 @@
 //! outlier state.
 
 pub mod connect;
+pub mod h1;
 pub mod lb;
 
 use std::collections::HashMap;
@@ -32,8 +33,11 @@ pub struct Host {
     pub address: Arc<str>,
     /// Requests in flight to this host (least-request balancing).
     pub active: AtomicU32,
-    /// The pool of connections to this host.
+    /// The pool of connections to this host (HTTP/2, upgrades and mirrors).
     pub client: Client<HostConnector, Body>,
+    /// HTTP/1.1 connections driven by the requests that use them (clusters that do not
+    /// speak HTTP/2 upstream).
+    pub h1: Option<Arc<h1::Pool>>,
     connector: HostConnector,
     /// Open connections.
     pub open_connections: Arc<AtomicU64>,
@@ -246,6 +250,7 @@ impl Upstream {
     }
 
     fn host(&self, e: &Endpoint, address: String) -> Host {
+        let idle_timeout = self.spec.idle_timeout.unwrap_or(Duration::from_secs(3600));
         let open = Arc::new(AtomicU64::new(0));
         let total = Arc::new(AtomicU64::new(0));
         let connector = HostConnector {
@@ -260,15 +265,17 @@ impl Upstream {
         builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.spec.idle_timeout.unwrap_or(Duration::from_secs(3600)))
+            .pool_idle_timeout(idle_timeout)
             .retry_canceled_requests(false)
             .set_host(false)
             .http2_only(self.spec.http2);
+        let h1 = (!self.spec.http2).then(|| Arc::new(h1::Pool::new(connector.clone(), idle_timeout)));
         Host {
             endpoint: e.clone(),
             address: address.into(),
             active: AtomicU32::new(0),
             client: builder.build(connector.clone()),
+            h1,
             connector,
             open_connections: open,
             total_connections: total,

@@ -294,12 +294,15 @@ def cpu_seconds(pid):
 
 
 def memory_kb(pid):
+    """Peak RSS, RSS, and the RSS's anonymous part: memory the process allocated, as
+    opposed to pages of its executable and libraries, which the kernel maps (and reads
+    ahead) as it pleases and shares between processes running the same files."""
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
+        if key in ("VmHWM", "VmRSS", "RssAnon"):
             values[key] = int(rest.split()[0])
-    return values.get("VmHWM", 0), values.get("VmRSS", 0)
+    return values.get("VmHWM", 0), values.get("VmRSS", 0), values.get("RssAnon", 0)
 
 
 @dataclass
@@ -307,21 +310,23 @@ class Reading:
     cpu_s: float
     hwm_kb: int
     rss_kb: int
+    anon_kb: int
 
 
 def read_proxy(pid):
     """CPU, peak RSS and RSS of a proxy: the process and its children (nginx's master and
     worker), added up."""
-    cpu, hwm, rss = 0.0, 0, 0
+    cpu, hwm, rss, anon = 0.0, 0, 0, 0
     for p in process_tree(pid):
         try:
             cpu += cpu_seconds(p)
-            h, r = memory_kb(p)
+            h, r, a = memory_kb(p)
         except (OSError, IndexError, ValueError):
             continue
         hwm += h
         rss += r
-    return Reading(cpu, hwm, rss)
+        anon += a
+    return Reading(cpu, hwm, rss, anon)
 
 
 # ---------------------------------------------------------------------------
@@ -1023,12 +1028,14 @@ def proxy_figures(proxies, before, after, requests):
         "cpu_s_per_1000_per_proxy": per_1000(sum(cpu) / n),
         "vmhwm_mb_per_proxy": round(sum(a.hwm_kb for a in after) / n / 1024, 1),
         "vmrss_mb_per_proxy": round(sum(a.rss_kb for a in after) / n / 1024, 1),
+        "rssanon_mb_per_proxy": round(sum(a.anon_kb for a in after) / n / 1024, 1),
         "proxies": [{
             "name": proc.bench_name,
             "cpu_s": round(c, 3),
             "cpu_s_per_1000": per_1000(c),
             "vmhwm_mb": round(a.hwm_kb / 1024, 1),
             "vmrss_mb": round(a.rss_kb / 1024, 1),
+            "rssanon_mb": round(a.anon_kb / 1024, 1),
         } for proc, c, a in zip(proxies, cpu, after)],
     }
 
@@ -1063,6 +1070,7 @@ FIGURES = [
     ("cpu", "CPU s/1k/proxy", lambda r: r.get("cpu_s_per_1000_per_proxy")),
     ("hwm", "HWM MB/proxy", lambda r: r.get("vmhwm_mb_per_proxy")),
     ("rss", "RSS MB/proxy", lambda r: r.get("vmrss_mb_per_proxy")),
+    ("anon", "anon MB/proxy", lambda r: r.get("rssanon_mb_per_proxy")),
 ]
 
 RATIO_PAIRS = [

@@ -580,11 +580,15 @@ async fn attempts(
         }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
-        // HTTP/1.1 requests go on connections they drive themselves; upgrades, whose
-        // connections outlive the response, go through the pool that runs connections
-        // as tasks, as does HTTP/2.
-        let pooled =
-            host.h1.as_ref().filter(|_| upgrade_of(&parts.headers).is_none() && parts.method != Method::CONNECT);
+        // HTTP/1.1 requests whose body is whole go on connections they drive themselves.
+        // A streamed body goes through the pool that runs each connection as a task, as
+        // do HTTP/2 and upgrades (whose connections outlive the response): its upload
+        // must go on even while nobody reads the response.
+        let whole = matches!(body, Replay::Buffered(_));
+        let pooled = host
+            .h1
+            .as_ref()
+            .filter(|_| whole && upgrade_of(&parts.headers).is_none() && parts.method != Method::CONNECT);
         let sent = async {
             if let Some(pool) = pooled {
                 let response = pool.request(req, per_connection).await.map_err(|e| match e {

@@ -6,8 +6,10 @@
 //! task one wake-up per direction, rather than a hand-off to a connection task and back
 //! for the request, and again for the response.
 //!
-//! An idle connection is polled by nobody. It is checked when taken: one the host closed
-//! in the meantime, or idle for longer than the cluster's idle timeout, is dropped.
+//! An idle connection is polled by nobody but the pool's sweeper, a task that runs while
+//! the pool has idle connections and drops, every [`SWEEP`], those the host has closed or
+//! that have been idle for longer than the cluster's idle timeout. A connection is also
+//! checked when taken.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -27,6 +29,9 @@ use crate::body::Body;
 
 type Driver = Pin<Box<http1::Connection<TokioIo<Stream>, Body>>>;
 
+/// How often idle connections are checked.
+pub const SWEEP: Duration = Duration::from_secs(1);
+
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum Error {
@@ -42,6 +47,8 @@ pub struct Pool {
     connector: HostConnector,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// Whether the sweeper runs.
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 /// A connection with no request on it.
@@ -80,7 +87,7 @@ impl Conn {
 impl Pool {
     /// An empty pool of connections made by `connector`.
     pub fn new(connector: HostConnector, idle_timeout: Duration) -> Pool {
-        Pool { connector, idle_timeout, idle: Mutex::new(Vec::new()) }
+        Pool { connector, idle_timeout, idle: Mutex::new(Vec::new()), sweeping: Default::default() }
     }
 
     /// Connections waiting for a request.
@@ -144,12 +151,38 @@ impl Pool {
         Ok(Conn { send, driver: Box::pin(driver), uses: 0 })
     }
 
-    fn put(&self, conn: Conn) {
+    fn put(self: &Arc<Self>, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
-            // Those idle too long go now rather than when next looked at.
-            let timeout = self.idle_timeout;
-            idle.retain(|i| i.since.elapsed() < timeout);
             idle.push(Idle { conn, since: Instant::now() });
+        }
+        if !self.sweeping.swap(true, std::sync::atomic::Ordering::AcqRel)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Drops the idle connections that are closed or have been idle too long; false once
+    /// none is left.
+    fn sweep(&self) -> bool {
+        let Ok(mut idle) = self.idle.lock() else { return false };
+        let timeout = self.idle_timeout;
+        idle.retain_mut(|i| i.since.elapsed() < timeout && i.conn.ready());
+        !idle.is_empty()
+    }
+}
+
+/// Sweeps `pool` every [`SWEEP`] while it has idle connections and is not dropped.
+async fn sweep(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(SWEEP).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if !pool.sweep() {
+            pool.sweeping.store(false, std::sync::atomic::Ordering::Release);
+            // A connection put back between the sweep and now has no sweeper yet.
+            if pool.idle() == 0 || pool.sweeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return;
+            }
         }
     }
 }
@@ -213,7 +246,8 @@ impl HttpBody for PooledBody {
         match &frame {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Err(_))) => this.conn = None,
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            // Trailers come after the body's data: the message is over.
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() || this.inner.is_end_stream() => this.release(),
             _ => {}
         }
         frame
@@ -260,8 +294,18 @@ mod tests {
                         let path = req.uri().path().to_owned();
                         let mut response = Response::new(match path.as_str() {
                             "/empty" => empty(),
+                            "/trailers" => {
+                                let mut trailers = hyper::HeaderMap::new();
+                                trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                                frames_body([Frame::data(Bytes::from("data")), Frame::trailers(trailers)])
+                            }
                             _ => full(req.uri().to_string()),
                         });
+                        if path == "/trailers" {
+                            response
+                                .headers_mut()
+                                .insert("trailer", hyper::header::HeaderValue::from_static("grpc-status"));
+                        }
                         if path == "/close" {
                             response
                                 .headers_mut()
@@ -277,17 +321,29 @@ mod tests {
         addr
     }
 
+    /// A body of these frames.
+    fn frames_body(frames: [Frame<Bytes>; 2]) -> Body {
+        http_body_util::StreamBody::new(tokio_stream::iter(frames.map(Ok))).boxed()
+    }
+
+    /// A pool for `addr`, with its counters of open connections and connections made.
     fn pool(addr: std::net::SocketAddr) -> (Arc<Pool>, Arc<AtomicU64>) {
+        let (pool, _, total) = counted(addr);
+        (pool, total)
+    }
+
+    fn counted(addr: std::net::SocketAddr) -> (Arc<Pool>, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let open = Arc::new(AtomicU64::new(0));
         let total = Arc::new(AtomicU64::new(0));
         let connector = HostConnector {
             target: addr.to_string().into(),
             host: "backend".into(),
             timeout: Duration::from_secs(5),
             tls: None,
-            open: Arc::new(AtomicU64::new(0)),
+            open: open.clone(),
             total: total.clone(),
         };
-        (Arc::new(Pool::new(connector, Duration::from_secs(60))), total)
+        (Arc::new(Pool::new(connector, Duration::from_secs(60))), open, total)
     }
 
     async fn get(pool: &Arc<Pool>, path: &str, max_uses: u32) -> String {
@@ -300,20 +356,48 @@ mod tests {
 
     #[tokio::test]
     async fn requests_in_turn_share_one_connection_sent_in_origin_form() {
-        let (pool, total) = pool(server().await);
+        let (pool, open, total) = counted(server().await);
         for i in 0..5 {
             assert_eq!(get(&pool, &format!("/r{i}?q=1"), 0).await, format!("/r{i}?q=1"));
         }
         assert_eq!(get(&pool, "/empty", 0).await, "");
         assert_eq!(get(&pool, "/after-empty", 0).await, "/after-empty");
         assert_eq!(total.load(Ordering::Relaxed), 1);
+        assert_eq!(open.load(Ordering::Relaxed), 1);
         assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_trailers_gives_its_connection_back() {
+        let (pool, total) = pool(server().await);
+        for _ in 0..2 {
+            let req = Request::builder()
+                .uri("/trailers")
+                .header("te", "trailers")
+                .body(empty())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut body = pool.request(req, 0).await.unwrap_or_else(|e| panic!("{e:?}")).into_body();
+            let mut trailers = false;
+            // As a server does: frames until the trailers, and no poll after them.
+            while let Some(frame) = body.frame().await {
+                let frame = frame.unwrap_or_else(|e| panic!("{e}"));
+                if frame.is_trailers() {
+                    trailers = true;
+                    break;
+                }
+            }
+            assert!(trailers);
+            drop(body);
+            assert_eq!(pool.idle(), 1);
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_host_closes_is_not_reused() {
         let (pool, total) = pool(server().await);
         assert_eq!(get(&pool, "/close", 0).await, "/close");
+        assert_eq!(pool.idle(), 0);
         assert_eq!(get(&pool, "/next", 0).await, "/next");
         assert_eq!(total.load(Ordering::Relaxed), 2);
     }
@@ -336,13 +420,18 @@ mod tests {
                 });
             }
         });
-        let (pool, total) = pool(addr);
+        let (pool, open, total) = counted(addr);
         assert_eq!(get(&pool, "/", 0).await, "ok");
         assert_eq!(pool.idle(), 1);
         // Until the host has closed it.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(get(&pool, "/", 0).await, "ok");
         assert_eq!(total.load(Ordering::Relaxed), 2);
+        // The sweeper drops the second once the host has closed it too, with no request
+        // to notice.
+        tokio::time::sleep(SWEEP * 2 + Duration::from_millis(500)).await;
+        assert_eq!(pool.idle(), 0);
+        assert_eq!(open.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

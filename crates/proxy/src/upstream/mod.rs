@@ -269,7 +269,9 @@ impl Upstream {
             .retry_canceled_requests(false)
             .set_host(false)
             .http2_only(self.spec.http2);
-        let h1 = (!self.spec.http2).then(|| Arc::new(h1::Pool::new(connector.clone(), idle_timeout)));
+        // A server that may choose HTTP/2 by ALPN is left to the pool that follows it.
+        let may_choose_h2 = connector.tls.as_ref().is_some_and(|t| t.config.alpn_protocols.iter().any(|p| p == b"h2"));
+        let h1 = (!self.spec.http2 && !may_choose_h2).then(|| Arc::new(h1::Pool::new(connector.clone(), idle_timeout)));
         Host {
             endpoint: e.clone(),
             address: address.into(),

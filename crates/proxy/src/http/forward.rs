@@ -583,12 +583,11 @@ async fn attempts(
         // HTTP/1.1 requests whose body is whole go on connections they drive themselves.
         // A streamed body goes through the pool that runs each connection as a task, as
         // do HTTP/2 and upgrades (whose connections outlive the response): its upload
-        // must go on even while nobody reads the response.
+        // must go on even while nobody reads the response. `forward` has already kept
+        // `Upgrade` only on upgrades, so its presence is enough to tell.
         let whole = matches!(body, Replay::Buffered(_));
-        let pooled = host
-            .h1
-            .as_ref()
-            .filter(|_| whole && upgrade_of(&parts.headers).is_none() && parts.method != Method::CONNECT);
+        let upgrading = parts.headers.contains_key(hyper::header::UPGRADE) || parts.method == Method::CONNECT;
+        let pooled = host.h1.as_ref().filter(|_| whole && !upgrading);
         let sent = async {
             if let Some(pool) = pooled {
                 let response = pool.request(req, per_connection).await.map_err(|e| match e {

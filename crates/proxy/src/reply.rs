@@ -112,9 +112,9 @@ impl LocalReply {
             let mut r = Response::new(crate::body::empty());
             let headers = r.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert("grpc-status", HeaderValue::from(status));
+            headers.insert(crate::http::names::GRPC_STATUS, HeaderValue::from(status));
             if !self.body.is_empty() {
-                headers.insert("grpc-message", HeaderValue::from_static(self.body));
+                headers.insert(crate::http::names::GRPC_MESSAGE, HeaderValue::from_static(self.body));
             }
             r
         } else {

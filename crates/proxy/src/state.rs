@@ -34,15 +34,18 @@ pub mod types {
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 }
 
+/// The hasher of the maps requests look names up in (every request reads them).
+type Fast = foldhash::fast::RandomState;
+
 /// What requests read: every listener, route table and cluster of one configuration.
 #[derive(Debug, Default)]
 pub struct DataPlane {
     /// Listeners by name (those with something to bind).
     pub listeners: BTreeMap<String, Arc<ListenerSpec>>,
     /// Route tables by name.
-    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub routes: HashMap<String, Arc<RouteTable>, Fast>,
     /// Clusters by name.
-    pub clusters: HashMap<String, Arc<Upstream>>,
+    pub clusters: HashMap<String, Arc<Upstream>, Fast>,
     /// The version of each type this configuration holds.
     pub versions: BTreeMap<&'static str, String>,
 }
@@ -221,7 +224,7 @@ impl Store {
     /// change (their pools and outlier state survive). A listener whose routes have not
     /// arrived yet keeps its previous version, as Envoy warms listeners.
     pub fn build(&self, previous: &DataPlane) -> DataPlane {
-        let mut clusters = HashMap::with_capacity(self.clusters.len());
+        let mut clusters = HashMap::with_capacity_and_hasher(self.clusters.len(), Fast::default());
         for (name, c) in &self.clusters {
             let reused = previous.clusters.get(name).filter(|u| *u.spec == *c.compiled).cloned();
             let upstream = reused.unwrap_or_else(|| Arc::new(Upstream::new(c.compiled.clone())));
@@ -235,7 +238,7 @@ impl Store {
             }
             clusters.insert(name.clone(), upstream);
         }
-        let routes: HashMap<String, Arc<RouteTable>> =
+        let routes: HashMap<String, Arc<RouteTable>, Fast> =
             self.routes.iter().map(|(n, r)| (n.clone(), r.compiled.clone())).collect();
         let mut listeners = BTreeMap::new();
         for (name, l) in &self.listeners {

@@ -13,10 +13,11 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::capture_connection;
 
-use super::{Connection, authority};
+use super::{Connection, names};
 use crate::body::{Body, BoxError, full};
 use crate::model::cluster::Discovery;
 use crate::model::route::{
@@ -34,7 +35,14 @@ use crate::upstream::{Host, Outcome, Upstream, h1};
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
 
 /// Headers that belong to one connection, never forwarded.
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"];
+const HOP_BY_HOP: [HeaderName; 6] = [
+    hyper::header::CONNECTION,
+    names::KEEP_ALIVE,
+    names::PROXY_CONNECTION,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::TE,
+    hyper::header::UPGRADE,
+];
 
 /// The route a request matched, with its enclosing virtual host and table.
 pub struct Matched<'a> {
@@ -46,6 +54,8 @@ pub struct Matched<'a> {
     pub route: &'a Route,
     /// Its forwarding action.
     pub fwd: &'a Forward,
+    /// The request's authority, as routing read it.
+    pub authority: &'a str,
 }
 
 /// The request body, kept for replay when it is small enough.
@@ -186,7 +196,6 @@ pub async fn forward(
         return Err(LocalReply::UPGRADE_FAILED);
     }
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let host = authority(&req).unwrap_or_default();
     let (mut parts, body) = req.into_parts();
 
     forward_client_cert(conn, &mut parts.headers);
@@ -205,35 +214,29 @@ pub async fn forward(
         parts.headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(hyper::header::UPGRADE, u.clone());
     }
-    if !parts.headers.contains_key("x-forwarded-proto") {
+    if !parts.headers.contains_key(names::X_FORWARDED_PROTO) {
         let proto = if conn.tls { "https" } else { "http" };
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        parts.headers.insert(names::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !parts.headers.contains_key("x-request-id") {
-        parts.headers.insert("x-request-id", request_id());
+    if !parts.headers.contains_key(names::X_REQUEST_ID) {
+        parts.headers.insert(names::X_REQUEST_ID, request_id());
     }
     if let Some(span) = &observed.span {
         let decorator = m.route.decorator.as_ref().filter(|d| d.propagate).map(|d| d.operation.as_str());
         crate::trace::inject(span, decorator, &mut parts.headers);
     }
     if let Some(t) = fwd.timeout {
-        parts.headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
+        parts.headers.insert(names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, HeaderValue::from(t.as_millis() as u64));
     }
     let authority = match &fwd.host_rewrite {
-        Some(h) => h.to_str().unwrap_or(&host).to_owned(),
-        None => host,
+        Some(h) => h.to_str().unwrap_or(m.authority),
+        None => m.authority,
     };
-    let path = rewrite_path(parts.uri.path_and_query().map_or("/", |p| p.as_str()), fwd, m.route);
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(path.as_str())
-        .build()
-        .map_err(|_| LocalReply::BAD_REQUEST)?;
+    let uri = upstream_uri(&parts.uri, authority, fwd, m.route).ok_or(LocalReply::BAD_REQUEST)?;
     if upstream.spec.http2 {
         parts.headers.remove(HOST);
-    } else {
-        parts.headers.insert(HOST, HeaderValue::from_str(&authority).map_err(|_| LocalReply::BAD_REQUEST)?);
+    } else if !is_only_host(&parts.headers, authority) {
+        parts.headers.insert(HOST, HeaderValue::from_str(authority).map_err(|_| LocalReply::BAD_REQUEST)?);
     }
 
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -249,7 +252,8 @@ pub async fn forward(
         }
     }
 
-    let attempts = attempts(&upstream, conn.destination, &parts, &uri, &mut body, fwd.retry.as_ref(), hash, &mut flags);
+    let attempts =
+        attempts(&upstream, conn.destination, &mut parts, &uri, &mut body, fwd.retry.as_ref(), hash, &mut flags);
     let result = match fwd.timeout {
         Some(t) => match tokio::time::timeout(t, attempts).await {
             Ok(r) => r,
@@ -284,7 +288,7 @@ pub async fn forward(
     m.route.response_headers.apply(headers);
     m.vhost.response_headers.apply(headers);
     m.table.response_headers.apply(headers);
-    headers.insert("x-envoy-upstream-service-time", HeaderValue::from(start.elapsed().as_millis() as u64));
+    headers.insert(names::X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(start.elapsed().as_millis() as u64));
     response.extensions_mut().insert(flags);
     Ok(response)
 }
@@ -361,7 +365,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     let te_trailers =
         headers.get(hyper::header::TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("trailers"));
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -375,7 +379,29 @@ pub(crate) fn request_id() -> HeaderValue {
     HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes()).unwrap_or(HeaderValue::from_static("-"))
 }
 
-fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> String {
+/// Whether the request's one `Host` header already names `authority`.
+fn is_only_host(headers: &HeaderMap, authority: &str) -> bool {
+    let mut hosts = headers.get_all(HOST).iter();
+    hosts.next().is_some_and(|h| h.as_bytes() == authority.as_bytes()) && hosts.next().is_none()
+}
+
+/// The URI the request goes upstream with: the authority it is routed by, and its path
+/// and query (rewritten if the route says so; otherwise the request's own, not copied).
+fn upstream_uri(downstream: &Uri, authority: &str, fwd: &Forward, route: &Route) -> Option<Uri> {
+    let original = downstream.path_and_query();
+    let path_and_query = match rewrite_path(original.map_or("/", |p| p.as_str()), fwd, route) {
+        Some(rewritten) => PathAndQuery::from_maybe_shared(Bytes::from(rewritten)).ok()?,
+        None => original.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_bytes())).ok()?);
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
+}
+
+/// The path and query after the route's rewrite, if it has one.
+fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> Option<String> {
     let (path, query) = original.split_once('?').map_or((original, None), |(p, q)| (p, Some(q)));
     let new_path = if let Some(prefix) = &fwd.prefix_rewrite {
         let rest = route.matcher.prefix_len().and_then(|n| path.get(n..)).unwrap_or("");
@@ -385,12 +411,12 @@ fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> String {
     } else if let Some((re, sub)) = &fwd.regex_rewrite {
         re.replace_all(path, sub.as_str()).into_owned()
     } else {
-        return original.to_owned();
+        return None;
     };
-    match query {
+    Some(match query {
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
-    }
+    })
 }
 
 /// The request body as it arrives from the client, counted (for metrics and logs).
@@ -523,7 +549,7 @@ fn retriable_response(p: &RetryPolicy, status: u16, headers: &HeaderMap) -> bool
     {
         return true;
     }
-    let grpc = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+    let grpc = headers.get(names::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
     match grpc {
         Some(1) => on.grpc_cancelled,
         Some(4) => on.grpc_deadline_exceeded,
@@ -545,7 +571,7 @@ fn backoff(p: &RetryPolicy, n: u32) -> Duration {
 async fn attempts(
     upstream: &Arc<Upstream>,
     destination: SocketAddr,
-    parts: &Parts,
+    parts: &mut Parts,
     uri: &Uri,
     body: &mut Replay,
     retry: Option<&RetryPolicy>,
@@ -555,6 +581,13 @@ async fn attempts(
     let mut tried: Vec<usize> = Vec::new();
     let mut retries = 0u32;
     let mut _retry_slot = None;
+    // HTTP/1.1 requests whose body is whole go on connections they drive themselves.
+    // A streamed body goes through the pool that runs each connection as a task, as do
+    // HTTP/2 and upgrades (whose connections outlive the response): its upload must go
+    // on even while nobody reads the response. `forward` has already kept `Upgrade` only
+    // on upgrades, so its presence is enough to tell.
+    let whole = matches!(body, Replay::Buffered(_));
+    let upgrading = parts.headers.contains_key(hyper::header::UPGRADE) || parts.method == Method::CONNECT;
     loop {
         let host = if upstream.spec.discovery == Discovery::OriginalDst {
             upstream.original_dst_host(destination).ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?
@@ -573,20 +606,14 @@ async fn attempts(
         let mut req = Request::new(attempt_body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
-        *req.headers_mut() = parts.headers.clone();
+        // Without a retry policy there is only this attempt: it takes the headers.
+        *req.headers_mut() = if retry.is_some() { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
         *req.version_mut() = if upstream.spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         if retries > 0 {
-            req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(retries + 1));
+            req.headers_mut().insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(retries + 1));
         }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
-        // HTTP/1.1 requests whose body is whole go on connections they drive themselves.
-        // A streamed body goes through the pool that runs each connection as a task, as
-        // do HTTP/2 and upgrades (whose connections outlive the response): its upload
-        // must go on even while nobody reads the response. `forward` has already kept
-        // `Upgrade` only on upgrades, so its presence is enough to tell.
-        let whole = matches!(body, Replay::Buffered(_));
-        let upgrading = parts.headers.contains_key(hyper::header::UPGRADE) || parts.method == Method::CONNECT;
         let pooled = host.h1.as_ref().filter(|_| whole && !upgrading);
         let sent = async {
             if let Some(pool) = pooled {
@@ -751,7 +778,7 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
 /// SPIFFE id>`, the form Istio's sidecars forward to applications.
 fn forward_client_cert(conn: &Connection, headers: &mut HeaderMap) {
     use crate::model::listener::ForwardClientCert as F;
-    const XFCC: &str = "x-forwarded-client-cert";
+    const XFCC: HeaderName = names::X_FORWARDED_CLIENT_CERT;
     let mode = conn.spec.forward_client_cert;
     let Some(cert) = &conn.peer_certificate else {
         if mode != F::AlwaysForwardOnly {

@@ -4,6 +4,7 @@
 
 mod filters;
 pub(crate) mod forward;
+pub(crate) mod names;
 pub mod normalize;
 mod observe;
 
@@ -27,9 +28,6 @@ use crate::model::listener::{Codec, HttpSpec, RouteSource};
 use crate::model::route::{Action, RouteTable};
 use crate::reply::{Flags, LocalReply};
 use crate::stats::HttpStats;
-
-/// Most request headers Envoy accepts by default.
-const MAX_HEADERS: usize = 100;
 
 /// What a request knows about its connection.
 #[derive(Debug)]
@@ -99,8 +97,9 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(spec.headers_timeout.unwrap_or(Duration::from_secs(60)))
-        .max_buf_size(spec.max_headers_bytes.max(8192))
-        .max_headers(MAX_HEADERS);
+        // No `max_headers`: hyper's default is Envoy's, 100 headers, and hyper keeps it
+        // on the stack; set explicitly, every request would allocate and fill room for it.
+        .max_buf_size(spec.max_headers_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -189,8 +188,8 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
     let mut observed = observe::Observed::default();
     if let Some(tracer) = &conn.spec.tracing {
         // The request id is the span's `guid:x-request-id`.
-        if !req.headers().contains_key("x-request-id") {
-            req.headers_mut().insert("x-request-id", forward::request_id());
+        if !req.headers().contains_key(names::X_REQUEST_ID) {
+            req.headers_mut().insert(names::X_REQUEST_ID, forward::request_id());
         }
         observed.span = tracer.begin(&mut req, conn.peer, conn.tls, &conn.shared.config.node);
     }
@@ -257,10 +256,12 @@ async fn route(
         let normalized = if conn.spec.normalize_path {
             normalize::normalize(original, conn.spec.merge_slashes)
         } else {
-            Some(original.to_owned())
+            Some(original.into())
         }
         .ok_or(LocalReply::BAD_REQUEST)?;
-        if normalized != original {
+        if let std::borrow::Cow::Owned(normalized) = normalized
+            && normalized != original
+        {
             let mut parts = req.uri().clone().into_parts();
             parts.path_and_query = normalized.parse().ok();
             *req.uri_mut() = hyper::Uri::from_parts(parts).map_err(|_| LocalReply::BAD_REQUEST)?;
@@ -309,8 +310,15 @@ async fn route(
         Action::Redirect(r) => filters::redirect(r, &req, &host, route.matcher.prefix_len()),
         Action::Direct { status, body } => filters::direct(*status, body),
         Action::Forward(fwd) => {
-            forward::forward(conn, &data, req, forward::Matched { table: &table, vhost, route, fwd }, flags, observed)
-                .await?
+            forward::forward(
+                conn,
+                &data,
+                req,
+                forward::Matched { table: &table, vhost, route, fwd, authority: &host },
+                flags,
+                observed,
+            )
+            .await?
         }
     };
     if let Some((policy, origin)) = origin {

@@ -3,14 +3,20 @@
 //! percent-encoding normalization (unreserved characters decoded, other escapes in upper
 //! case) and dot-segment removal; with `merge_slashes`, runs of `/` become one.
 
+use std::borrow::Cow;
+
 /// The normalized path and query, or None when the path is not usable (Envoy answers 400).
-pub fn normalize(path_and_query: &str, merge_slashes: bool) -> Option<String> {
+/// A path that is normal already (most are) comes back as it is, without a copy.
+pub fn normalize(path_and_query: &str, merge_slashes: bool) -> Option<Cow<'_, str>> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
     if !path.starts_with('/') {
         return None;
+    }
+    if is_normal(path, merge_slashes) {
+        return Some(Cow::Borrowed(path_and_query));
     }
     let decoded = decode_unreserved(path)?;
     let mut out = remove_dot_segments(&decoded);
@@ -27,7 +33,15 @@ pub fn normalize(path_and_query: &str, merge_slashes: bool) -> Option<String> {
         out.push('?');
         out.push_str(q);
     }
-    Some(out)
+    Some(Cow::Owned(out))
+}
+
+/// Whether normalizing `path` would leave it as it is: nothing percent-encoded, no dot
+/// segment, and no run of slashes when they are merged.
+fn is_normal(path: &str, merge_slashes: bool) -> bool {
+    let escaped = path.contains('%');
+    let doubled = merge_slashes && path.contains("//");
+    !escaped && !doubled && path.split('/').all(|segment| segment != "." && segment != "..")
 }
 
 fn decode_unreserved(path: &str) -> Option<String> {
@@ -101,5 +115,15 @@ mod tests {
         assert_eq!(normalize("//admin//x", true).as_deref(), Some("/admin/x"));
         assert_eq!(normalize("/bad%zz", false), None);
         assert_eq!(normalize("/bad%4", false), None);
+    }
+
+    #[test]
+    fn a_normal_path_is_not_copied() {
+        for input in ["/", "/admin/x", "/a.b/..c/.d?q=/../x", "//a//b"] {
+            assert!(matches!(normalize(input, false), Some(Cow::Borrowed(p)) if p == input), "{input}");
+        }
+        for input in ["/a/./b", "/a/..", "/%61", "//a"] {
+            assert!(matches!(normalize(input, true), Some(Cow::Owned(_))), "{input}");
+        }
     }
 }

@@ -28,7 +28,7 @@ pub struct Observed {
     /// The cluster the request went to.
     pub cluster: Option<Arc<ClusterSpec>>,
     /// The route's name.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The server's workload, from its metadata in the response (outbound).
     pub peer: Option<Arc<Workload>>,
     /// Request body bytes read from the client, counted as they go upstream.
@@ -142,8 +142,11 @@ impl Start {
             };
             metrics.service_for_host(authority.rsplit_once(':').map_or(authority, |(h, _)| h))
         });
-        let grpc_status =
-            response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let grpc_status = response
+            .headers()
+            .get(super::names::GRPC_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let labels = Labels {
             reporter: conn.spec.reporter,
             source,
@@ -166,7 +169,7 @@ impl Start {
                 if response.extensions().get::<UpstreamHost>().is_some() { "via_upstream" } else { "local_reply" };
             entry.upstream_host = response.extensions().get::<UpstreamHost>().map(|h| h.0.to_string());
             entry.cluster = observed.cluster.as_ref().map(|c| c.name.clone());
-            entry.route = observed.route.clone();
+            entry.route = observed.route.as_deref().map(str::to_owned);
             entry
         });
         let pending = Pending {
@@ -209,7 +212,7 @@ struct Pending {
     captured: Option<Box<crate::telemetry::overrides::Captured>>,
     source: std::net::SocketAddr,
     destination: std::net::SocketAddr,
-    route: Option<String>,
+    route: Option<Arc<str>>,
     cluster: Option<Arc<ClusterSpec>>,
     upstream: Option<Arc<str>>,
 }
@@ -283,8 +286,10 @@ impl HttpBody for Counted {
                         p.body_bytes += data.len() as u64;
                     } else if let Some(trailers) = frame.trailers_ref() {
                         p.response_bytes += header_bytes(trailers);
-                        if let Some(status) =
-                            trailers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+                        if let Some(status) = trailers
+                            .get(super::names::GRPC_STATUS)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
                         {
                             p.labels.grpc_status = Some(status);
                         }

@@ -31,7 +31,7 @@ pub struct RouteTable {
     pub name: String,
     /// Virtual hosts in configuration order.
     pub virtual_hosts: Vec<VirtualHost>,
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     suffixes: Vec<(String, usize)>,
     prefixes: Vec<(String, usize)>,
     any: Option<usize>,
@@ -59,8 +59,8 @@ pub struct VirtualHost {
 /// A route.
 #[derive(Debug)]
 pub struct Route {
-    /// Its name, for stats and logs.
-    pub name: String,
+    /// Its name, for stats and logs (shared with each request's metrics and log entry).
+    pub name: Arc<str>,
     /// When it applies.
     pub matcher: RouteMatcher,
     /// What it does.
@@ -564,7 +564,7 @@ pub fn compile_route_table(rc: &RouteConfiguration) -> Result<RouteTable, Config
     let mut table = RouteTable {
         name: rc.name.clone(),
         virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
-        exact: HashMap::new(),
+        exact: HashMap::default(),
         suffixes: Vec::new(),
         prefixes: Vec::new(),
         any: None,
@@ -644,7 +644,7 @@ fn compile_route(r: &EnvoyRoute) -> Result<Route, ConfigError> {
         None => return Err(ctx(ConfigError::new("a route needs an action"))),
     };
     Ok(Route {
-        name: r.name.clone(),
+        name: r.name.as_str().into(),
         matcher: RouteMatcher { path, case_sensitive, headers, query, fraction },
         action,
         fault: fault_of(&r.typed_per_filter_config).map_err(ctx)?,

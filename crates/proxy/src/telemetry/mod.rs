@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use base64::Engine;
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use hyper::HeaderMap;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder};
 use prometheus_client::metrics::MetricType;
@@ -37,9 +37,9 @@ use crate::config::NodeInfo;
 use crate::reply::Flags;
 
 /// The header carrying a proxy's workload metadata.
-pub const PEER_METADATA: &str = "x-envoy-peer-metadata";
+pub const PEER_METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata");
 /// The header carrying a proxy's node id.
-pub const PEER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
+pub const PEER_METADATA_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 /// At most this many distinct peers are remembered; later ones count as `unknown`.
 pub const MAX_PEERS: usize = 1024;
 const UNKNOWN: &str = "unknown";
@@ -465,7 +465,7 @@ pub struct IstioMetrics {
     tcp: Arc<TcpMap>,
     tcp_overridden: Arc<TcpOverriddenMap>,
     own: Own,
-    peers: Mutex<HashMap<HeaderValue, Arc<Workload>>>,
+    peers: Mutex<HashMap<HeaderValue, Arc<Workload>, foldhash::fast::RandomState>>,
     hosts: Mutex<HashMap<String, Arc<Service>>>,
 }
 
@@ -500,7 +500,7 @@ impl IstioMetrics {
             tcp,
             tcp_overridden,
             own,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::default()),
             hosts: Mutex::new(HashMap::new()),
         }
     }

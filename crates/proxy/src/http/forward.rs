@@ -166,10 +166,6 @@ impl HttpBody for Tee {
     }
 }
 
-/// The upstream host that answered, on a response's extensions.
-#[derive(Debug, Clone)]
-pub struct UpstreamHost(pub Arc<str>);
-
 /// Forwards a matched request.
 pub async fn forward(
     conn: &Connection,
@@ -264,7 +260,8 @@ pub async fn forward(
         },
         None => attempts.await,
     };
-    let mut response = result?;
+    let (mut response, answered) = result?;
+    observed.upstream = Some(answered);
     if exchange {
         observed.peer = conn.shared.metrics.take_peer(response.headers_mut());
     }
@@ -289,7 +286,7 @@ pub async fn forward(
     m.vhost.response_headers.apply(headers);
     m.table.response_headers.apply(headers);
     headers.insert(names::X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(start.elapsed().as_millis() as u64));
-    response.extensions_mut().insert(flags);
+    observed.flags = flags;
     Ok(response)
 }
 
@@ -352,6 +349,10 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one look at each name is cheaper than six removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
@@ -577,7 +578,7 @@ async fn attempts(
     retry: Option<&RetryPolicy>,
     hash: Option<u64>,
     flags: &mut Flags,
-) -> Result<Response<Body>, LocalReply> {
+) -> Result<(Response<Body>, Arc<str>), LocalReply> {
     let mut tried: Vec<usize> = Vec::new();
     let mut retries = 0u32;
     let mut _retry_slot = None;
@@ -665,10 +666,9 @@ async fn attempts(
                         None => {}
                     }
                 }
-                let (mut parts, incoming) = response.into_parts();
-                parts.extensions.insert(UpstreamHost(host.address.clone()));
-                let body = Tracked { inner: incoming, _guard: guard };
-                return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
+                let address = host.address.clone();
+                let response = response.map(|inner| Tracked { inner, _guard: guard }.map_err(BoxError::from).boxed());
+                return Ok((response, address));
             }
             Err(failure) => {
                 drop(guard);
@@ -823,5 +823,44 @@ fn forward_client_cert(conn: &Connection, headers: &mut HeaderMap) {
                 headers.insert(XFCC, v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn names(map: &HeaderMap) -> Vec<&str> {
+        map.keys().map(HeaderName::as_str).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_do_not_go_on() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, X-Private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers, deflate"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(names(&map), ["x-kept", "te"]);
+        assert_eq!(map.get("te").map(HeaderValue::as_bytes), Some(&b"trailers"[..]), "only TE: trailers stays");
+
+        let mut plain = headers(&[("host", "a"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(names(&plain), ["host", "x-kept"]);
+        let mut deflate = headers(&[("te", "deflate")]);
+        strip_hop_by_hop(&mut deflate);
+        assert!(deflate.is_empty());
     }
 }

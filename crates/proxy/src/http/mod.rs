@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -118,6 +119,8 @@ where
         // Once set, the connection finishes its requests and closes (HTTP/1: after the
         // current response; HTTP/2: GOAWAY, in-flight streams complete).
         let mut closing = false;
+        let signals = Arc::new(Signals::default());
+        let signal_waker = Waker::from(signals.clone());
         loop {
             // Envoy's idle timeout: no request for this long closes the connection.
             let deadline = state.idle_deadline();
@@ -134,19 +137,45 @@ where
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            tokio::select! {
-                result = connection.as_mut() => {
+            let drained = drain.changed();
+            let idle_timer = sleep_until_or_forever(deadline);
+            tokio::pin!(drained, idle_timer);
+            // The connection is polled on every wake-up; its signals only when one of
+            // them woke the task (each new set once, so that it can register).
+            signals.fired.store(true, Ordering::Release);
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Done(result));
+                }
+                if !signals.woken(cx.waker()) {
+                    return Poll::Pending;
+                }
+                let mut own = Context::from_waker(&signal_waker);
+                if !closing && drained.as_mut().poll(&mut own).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if !closing && retired.as_mut().poll(&mut own).is_ready() {
+                    return Poll::Ready(Event::Retired);
+                }
+                if idle_timer.as_mut().poll(&mut own).is_ready() {
+                    return Poll::Ready(Event::Idle);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Done(result) => {
                     if let Err(e) = result {
                         tracing::debug!("downstream connection ended: {e}");
                     }
                     break;
                 }
-                _ = drain.changed(), if !closing => {
+                Event::Drain => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = &mut retired, if !closing => continue,
-                () = sleep_until_or_forever(deadline) => {
+                Event::Retired => continue,
+                Event::Idle => {
                     let idle = state.active.load(Ordering::Relaxed) == 0
                         && state.idle_deadline().is_some_and(|d| d <= tokio::time::Instant::now());
                     if idle {
@@ -158,6 +187,54 @@ where
     }
     drop(drain);
     stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// What ended one wait of a connection's loop.
+enum Event<E> {
+    /// The connection is done.
+    Done(Result<(), E>),
+    /// The proxy drains.
+    Drain,
+    /// The connection manager was replaced.
+    Retired,
+    /// The idle deadline passed.
+    Idle,
+}
+
+/// Wakes a connection's task for one of its signals (drain, retirement, idle deadline)
+/// and notes it, so that the signals are polled only then rather than on each of the
+/// several wake-ups every request brings.
+#[derive(Default)]
+struct Signals {
+    fired: std::sync::atomic::AtomicBool,
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Signals {
+    /// Keeps the task's waker; whether a signal fired since the last look.
+    fn woken(&self, task: &Waker) -> bool {
+        if let Ok(mut kept) = self.task.lock()
+            && !kept.as_ref().is_some_and(|k| k.will_wake(task))
+        {
+            *kept = Some(task.clone());
+        }
+        self.fired.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl std::task::Wake for Signals {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Ok(task) = self.task.lock()
+            && let Some(task) = task.as_ref()
+        {
+            task.wake_by_ref();
+        }
+    }
 }
 
 async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
@@ -198,10 +275,7 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
         (conn.spec.metrics || !conn.spec.access_logs.is_empty() || observed.span.as_ref().is_some_and(|s| s.sampled()))
             .then(|| observe::Start::new(&conn, &req, grpc, peer));
     let (response, flags) = match route(&conn, req, &mut observed).await {
-        Ok(r) => {
-            let flags = r.extensions().get::<Flags>().copied().unwrap_or_default();
-            (r, flags)
-        }
+        Ok(r) => (r, observed.flags),
         Err(reply) => {
             if reply.flags == Flags::NO_ROUTE {
                 conn.stats.no_route.fetch_add(1, Ordering::Relaxed);

@@ -13,7 +13,6 @@ use hyper::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::Connection;
-use super::forward::UpstreamHost;
 use crate::Shared;
 use crate::access_log::Entry;
 use crate::body::{Body, BoxError};
@@ -29,6 +28,10 @@ pub struct Observed {
     pub cluster: Option<Arc<ClusterSpec>>,
     /// The route's name.
     pub route: Option<Arc<str>>,
+    /// The upstream host that answered (none for a local reply).
+    pub upstream: Option<Arc<str>>,
+    /// The response flags of a forwarded request.
+    pub flags: Flags,
     /// The server's workload, from its metadata in the response (outbound).
     pub peer: Option<Arc<Workload>>,
     /// Request body bytes read from the client, counted as they go upstream.
@@ -165,9 +168,8 @@ impl Start {
             entry.response = response.headers().clone();
             entry.code = labels.code;
             entry.flags = flags;
-            entry.code_details =
-                if response.extensions().get::<UpstreamHost>().is_some() { "via_upstream" } else { "local_reply" };
-            entry.upstream_host = response.extensions().get::<UpstreamHost>().map(|h| h.0.to_string());
+            entry.code_details = if observed.upstream.is_some() { "via_upstream" } else { "local_reply" };
+            entry.upstream_host = observed.upstream.as_deref().map(str::to_owned);
             entry.cluster = observed.cluster.as_ref().map(|c| c.name.clone());
             entry.route = observed.route.as_deref().map(str::to_owned);
             entry
@@ -188,7 +190,7 @@ impl Start {
             destination: conn.destination,
             route: observed.route,
             cluster: observed.cluster,
-            upstream: response.extensions().get::<UpstreamHost>().map(|h| h.0.clone()),
+            upstream: observed.upstream,
         };
         response.map(|inner| Counted { inner, pending: Some(pending) }.boxed())
     }

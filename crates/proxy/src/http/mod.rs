@@ -274,7 +274,9 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
     let start =
         (conn.spec.metrics || !conn.spec.access_logs.is_empty() || observed.span.as_ref().is_some_and(|s| s.sampled()))
             .then(|| observe::Start::new(&conn, &req, grpc, peer));
-    let (response, flags) = match route(&conn, req, &mut observed).await {
+    // Routing's future is large (it holds the upstream exchange); boxed, the request's
+    // own future stays small, and HTTP/2 moves that one several times per stream.
+    let (response, flags) = match Box::pin(route(&conn, req, &mut observed)).await {
         Ok(r) => (r, observed.flags),
         Err(reply) => {
             if reply.flags == Flags::NO_ROUTE {

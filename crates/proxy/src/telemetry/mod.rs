@@ -148,7 +148,7 @@ impl Service {
 }
 
 /// The labels of one series of Istio's standard metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Labels {
     /// `reporter`.
     pub reporter: Reporter,
@@ -172,6 +172,23 @@ pub struct Labels {
     pub flags: Flags,
     /// `connection_security_policy`: `mutual_tls`, `none` or `unknown`.
     pub security: &'static str,
+}
+
+/// Every request looks its series up by these labels: hashing each workload's and the
+/// service's every string would cost more than the rest of the lookup. Equal labels have
+/// equal names, so hashing the names alone keeps `Hash` consistent with `Eq`; labels
+/// that differ only elsewhere share a bucket, which `Eq` then tells apart (the `Arc`s are
+/// mostly the same ones, and those compare by address first).
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.reporter.hash(state);
+        self.source.name.hash(state);
+        self.destination.name.hash(state);
+        self.service.host.hash(state);
+        self.code.hash(state);
+        self.grpc_status.hash(state);
+        self.flags.hash(state);
+    }
 }
 
 impl EncodeLabelSet for Labels {

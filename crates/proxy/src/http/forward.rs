@@ -659,7 +659,7 @@ async fn attempts(
                             drop(guard);
                             retries += 1;
                             upstream.stats.rq_retry.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(backoff(r, retries)).await;
+                            Box::pin(tokio::time::sleep(backoff(r, retries))).await;
                             continue;
                         }
                         None if retries > 0 => *flags |= Flags::RETRY_LIMIT,
@@ -689,7 +689,7 @@ async fn attempts(
                         _retry_slot = Some(s);
                         retries += 1;
                         upstream.stats.rq_retry.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(backoff(r, retries)).await;
+                        Box::pin(tokio::time::sleep(backoff(r, retries))).await;
                         continue;
                     }
                     if retries > 0 {

@@ -107,7 +107,7 @@ impl Pool {
         origin_form(&mut req);
         let mut conn = match self.take() {
             Some(conn) => conn,
-            None => self.connect().await?,
+            None => Box::pin(self.connect()).await?,
         };
         conn.uses += 1;
         let mut pending = std::pin::pin!(conn.send.send_request(req));

@@ -44,27 +44,24 @@ fn is_normal(path: &str, merge_slashes: bool) -> bool {
     !escaped && !doubled && path.split('/').all(|segment| segment != "." && segment != "..")
 }
 
+/// The path with escapes of unreserved characters decoded and every other escape in upper
+/// case; anything not escaped, UTF-8 included, is kept as it is.
 fn decode_unreserved(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = path.get(i + 1..i + 3)?;
-            let value = u8::from_str_radix(hex, 16).ok()?;
-            let c = value as char;
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
-                out.push(c);
-            } else {
-                out.push('%');
-                out.push_str(&hex.to_ascii_uppercase());
-            }
-            i += 3;
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let hex = rest.get(at + 1..at + 3).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        let c = char::from(u8::from_str_radix(hex, 16).ok()?);
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
+            out.push(c);
         } else {
-            out.push(bytes[i] as char);
-            i += 1;
+            out.push('%');
+            out.push_str(&hex.to_ascii_uppercase());
         }
+        rest = &rest[at + 3..];
     }
+    out.push_str(rest);
     Some(out)
 }
 
@@ -108,6 +105,9 @@ mod tests {
             ("/admin/..", "/"),
             ("/admin/.", "/admin/"),
             ("/p?q=/../x", "/p?q=/../x"),
+            ("/café/./x", "/café/x"),
+            ("/café/%7e", "/café/~"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
         ] {
             assert_eq!(normalize(input, false).as_deref(), Some(want), "{input}");
         }
@@ -115,11 +115,13 @@ mod tests {
         assert_eq!(normalize("//admin//x", true).as_deref(), Some("/admin/x"));
         assert_eq!(normalize("/bad%zz", false), None);
         assert_eq!(normalize("/bad%4", false), None);
+        assert_eq!(normalize("/bad%+1", false), None);
+        assert_eq!(normalize("/bad%é", false), None);
     }
 
     #[test]
     fn a_normal_path_is_not_copied() {
-        for input in ["/", "/admin/x", "/a.b/..c/.d?q=/../x", "//a//b"] {
+        for input in ["/", "/admin/x", "/a.b/..c/.d?q=/../x", "//a//b", "/café"] {
             assert!(matches!(normalize(input, false), Some(Cow::Borrowed(p)) if p == input), "{input}");
         }
         for input in ["/a/./b", "/a/..", "/%61", "//a"] {

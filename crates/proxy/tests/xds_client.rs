@@ -194,13 +194,28 @@ fn response(
 }
 
 /// A tiny backend answering every request with `backend says hello`.
+/// How long the backend takes to answer `/slow`.
+const SLOW: Duration = Duration::from_millis(2500);
+
+/// CPU seconds this process has used (user and system), from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn backend(at: SocketAddr) {
     let listener = tokio::net::TcpListener::bind(at).await.unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
+                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    // `/slow` answers after a while, for requests that outlast an idle timeout.
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(SLOW).await;
+                    }
                     Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
                         b"backend says hello",
                     ))))
@@ -313,6 +328,19 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     })
     .await;
     assert!(closed.is_ok(), "the idle connection was still open after 10 s");
+
+    // A request that outlasts the idle timeout is answered, and the connection waits for
+    // it without spinning on its passed deadline (which would burn a core until the end).
+    let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
+    let before = cpu_seconds();
+    stream.write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap_or(Ok(0)).unwrap_or(0);
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let used = cpu_seconds() - before;
+    assert!(
+        used < SLOW.as_secs_f64() / 2.0,
+        "{used:.2} CPU seconds while one request waited {SLOW:?}: the connection spun past its idle deadline"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,8 +98,8 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(spec.headers_timeout.unwrap_or(Duration::from_secs(60)))
-        // No `max_headers`: hyper's default is Envoy's, 100 headers, and hyper keeps it
-        // on the stack; set explicitly, every request would allocate and fill room for it.
+        // No `max_headers`: hyper's default is Envoy's, 100 headers; set explicitly, the
+        // same limit makes hyper fill room for 100 headers on every request.
         .max_buf_size(spec.max_headers_bytes.max(8192));
     builder
         .http2()
@@ -121,9 +121,12 @@ where
         let mut closing = false;
         let signals = Arc::new(Signals::default());
         let signal_waker = Waker::from(signals.clone());
+        // When the idle deadline passed with requests in flight: the next look, an idle
+        // period later (not at once, which would spin until they end).
+        let mut look_again: Option<tokio::time::Instant> = None;
         loop {
             // Envoy's idle timeout: no request for this long closes the connection.
-            let deadline = state.idle_deadline();
+            let deadline = state.idle_deadline().map(|d| look_again.map_or(d, |later| d.max(later)));
             let retired = spec.retire_notify.notified();
             tokio::pin!(retired);
             retired.as_mut().enable();
@@ -181,6 +184,10 @@ where
                     if idle {
                         break;
                     }
+                    look_again = (state.active.load(Ordering::Relaxed) > 0)
+                        .then_some(spec.idle_timeout)
+                        .flatten()
+                        .map(|t| tokio::time::Instant::now() + t);
                 }
             }
         }

@@ -212,13 +212,26 @@ async fn backend(at: SocketAddr) {
             let Ok((stream, _)) = listener.accept().await else { continue };
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    // `/slow` answers after a while, for requests that outlast an idle timeout.
-                    if req.uri().path() == "/slow" {
-                        tokio::time::sleep(SLOW).await;
-                    }
-                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
-                        b"backend says hello",
-                    ))))
+                    use http_body_util::BodyExt;
+                    const HELLO: &[u8] = b"backend says hello";
+                    // `/slow` answers after a while, `/slow-body` sends its head at once and
+                    // its body after a while: requests that outlast an idle timeout.
+                    let body = match req.uri().path() {
+                        "/slow" => {
+                            tokio::time::sleep(SLOW).await;
+                            http_body_util::Full::new(bytes::Bytes::from_static(HELLO)).boxed()
+                        }
+                        "/slow-body" => {
+                            let (tx, rx) = mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, Infallible>>(1);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(SLOW).await;
+                                let _ = tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(HELLO)))).await;
+                            });
+                            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+                        }
+                        _ => http_body_util::Full::new(bytes::Bytes::from_static(HELLO)).boxed(),
+                    };
+                    Ok::<_, Infallible>(hyper::Response::new(body))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -340,6 +353,26 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     assert!(
         used < SLOW.as_secs_f64() / 2.0,
         "{used:.2} CPU seconds while one request waited {SLOW:?}: the connection spun past its idle deadline"
+    );
+
+    // A response whose body outlasts the idle timeout is sent whole: the request counts on
+    // its connection until its body is done, not only until its head goes out.
+    let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(b"GET /slow-body HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&response).contains("backend says hello") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.contains("backend says hello"),
+        "the connection closed while the body was on its way: {response:?}"
     );
 }
 

@@ -263,6 +263,7 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
     conn.stats.rq_total.fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
+    let in_use = InUse(conn.clone());
     let grpc = is_grpc(&req);
     // The caller's peer metadata never reaches the application.
     let peer = match conn.spec.reporter {
@@ -301,11 +302,46 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
     let class = usize::from(response.status().as_u16() / 100).min(5);
     conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
-    conn.active.fetch_sub(1, Ordering::Relaxed);
-    if let Ok(mut last) = conn.last_request_end.lock() {
-        *last = tokio::time::Instant::now();
+    Ok(response.map(|inner| http_body_util::BodyExt::boxed(Held { inner, _in_use: in_use })))
+}
+
+/// A request counted on its connection until its response has been sent (or abandoned):
+/// the idle timeout and a retired connection manager wait for responses still streaming.
+struct InUse(Arc<Connection>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.0.last_request_end.lock() {
+            *last = tokio::time::Instant::now();
+        }
     }
-    Ok(response)
+}
+
+/// A response body that keeps its request counted on the connection while it is sent.
+struct Held {
+    inner: Body,
+    _in_use: InUse,
+}
+
+impl hyper::body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, crate::body::BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `HTTP/1.1`, `HTTP/2`, as Envoy names protocols.

@@ -184,10 +184,11 @@ where
                     if idle {
                         break;
                     }
-                    look_again = (state.active.load(Ordering::Relaxed) > 0)
-                        .then_some(spec.idle_timeout)
-                        .flatten()
-                        .map(|t| tokio::time::Instant::now() + t);
+                    look_again = if state.active.load(Ordering::Relaxed) > 0 {
+                        spec.idle_timeout.map(|t| tokio::time::Instant::now() + t)
+                    } else {
+                        None
+                    };
                 }
             }
         }
@@ -388,6 +389,8 @@ async fn route(
             *req.uri_mut() = hyper::Uri::from_parts(parts).map_err(|_| LocalReply::BAD_REQUEST)?;
         }
     }
+    // Read once: authorization, virtual-host matching, redirects and forwarding share it.
+    let host = authority(&req);
     let mut auth = None;
     if let Some(jwt) = &conn.spec.jwt {
         let query = req.uri().query().map(str::to_owned);
@@ -397,14 +400,14 @@ async fn route(
         }
     }
     if !conn.spec.rbac.is_empty() {
-        authorize(conn, &req, auth.as_ref())?;
+        authorize(conn, &req, host.as_deref().unwrap_or_default(), auth.as_ref())?;
     }
     let data = conn.shared.data.load_full();
     let table: Arc<RouteTable> = match &conn.spec.routes {
         RouteSource::Inline(t) => t.clone(),
         RouteSource::Rds(name) => data.routes.get(name).cloned().ok_or(LocalReply::NO_ROUTE)?,
     };
-    let host = authority(&req).ok_or(LocalReply::BAD_REQUEST)?;
+    let host = host.ok_or(LocalReply::BAD_REQUEST)?;
     let vhost = table.virtual_host(&host).ok_or(LocalReply::NO_ROUTE)?;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let route = vhost.routes.iter().find(|r| r.matcher.matches(path, req.headers())).ok_or(LocalReply::NO_ROUTE)?;
@@ -454,9 +457,9 @@ async fn route(
 fn authorize(
     conn: &Connection,
     req: &Request<Incoming>,
+    authority: &str,
     auth: Option<&crate::model::jwt::AuthMetadata>,
 ) -> Result<(), LocalReply> {
-    let authority = authority(req).unwrap_or_default();
     let subject = crate::model::rbac::Subject {
         peer: Some(conn.peer),
         destination: Some(conn.destination),
@@ -464,7 +467,7 @@ fn authorize(
         sni: conn.sni.as_deref(),
         http: Some(crate::model::rbac::HttpSubject {
             method: req.method().as_str(),
-            authority: &authority,
+            authority,
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             headers: req.headers(),
         }),

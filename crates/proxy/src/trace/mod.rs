@@ -117,7 +117,9 @@ impl Tracer {
     /// Envoy's tracing decision for the request, packed into its `x-request-id` (which
     /// must be set).
     fn decide(&self, headers: &mut HeaderMap) -> bool {
-        let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) else { return false };
+        let Some(id) = headers.get(crate::http::names::X_REQUEST_ID).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
         // Sampling draws on the request id, so every hop that sees it agrees.
         let Some(draw) = id.get(..8).and_then(|h| u64::from_str_radix(h, 16).ok()).map(|v| v % 10_000) else {
             return false;
@@ -139,12 +141,14 @@ impl Tracer {
         if let Some(packed) = reason.pack(id)
             && let Ok(v) = HeaderValue::from_str(&packed)
         {
-            headers.insert("x-request-id", v);
+            headers.insert(crate::http::names::X_REQUEST_ID, v);
         }
         // As Envoy, the decision is what the id carries: an id that is not a UUID holds
         // none, and its request is not traced.
-        let carried =
-            headers.get("x-request-id").and_then(|v| v.to_str().ok()).map_or(Reason::NotTraceable, Reason::of);
+        let carried = headers
+            .get(crate::http::names::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map_or(Reason::NotTraceable, Reason::of);
         carried != Reason::NotTraceable
     }
 

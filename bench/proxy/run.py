@@ -82,10 +82,23 @@ def identity_args(state_dir, name):
     ]
 
 
+# Run the proxies as `weft proxy` even when the sidecar executable is there (--all-in-one).
+ALL_IN_ONE = False
+
+
+def proxy_argv(weft):
+    """How a proxy is started: `weft-proxy`, the executable sidecar and gateway images carry,
+    when it sits beside `weft` (cargo builds both), else `weft proxy`."""
+    alone = Path(weft).with_name("weft-proxy")
+    if not ALL_IN_ONE and os.access(alone, os.X_OK):
+        return [str(alone)]
+    return [str(weft), "proxy"]
+
+
 def weft_proxy_command(weft, name, ip, state_dir=None):
     extra = identity_args(state_dir, name) if state_dir else []
     return [
-        str(weft), "proxy",
+        *proxy_argv(weft),
         "--xds-address", XDS_ADDRESS,
         "--node-id", f"sidecar~{ip}~{name}.default~default.svc.cluster.local",
         "--namespace", "default",
@@ -1145,7 +1158,8 @@ def report_header(meta):
     return (f"weft data-plane bench {meta['date']} at {meta['commit']}, {meta['cpus']} CPUs, "
             f"load average {load(meta['loadavg'])} before, {load(meta['loadavg_after'])} after\n"
             f"{versions}; {meta['pacing']} pacing, {meta['warmup_s']:g} s warm-up per scenario"
-            + ("; one request per connection from A to B" if meta["new_connections"] else ""))
+            + ("; one request per connection from A to B" if meta["new_connections"] else "")
+            + (f"; weft proxies run as `{meta['weft_proxy_command']}`" if meta.get("weft_proxy_command") else ""))
 
 
 def report(results, ratios, plan, args):
@@ -1192,6 +1206,8 @@ def parse_args():
     parser.add_argument("--weft", help="weft binary (default target/release/weft)")
     parser.add_argument("--weft-openssl", type=Path, help="weft built with --features openssl (setup weft-mtls-openssl)")
     parser.add_argument("--weft-fips", type=Path, help="weft built with --features fips (setup weft-mtls-fips)")
+    parser.add_argument("--all-in-one", action="store_true",
+                        help="run the weft proxies as `weft proxy` rather than the sidecar executable `weft-proxy`")
     parser.add_argument("--new-connections", action="store_true",
                         help="one request per connection from proxy A to proxy B: with mTLS, every request "
                              "is a handshake, so rps is handshakes per second (nginx keeps its pool)")
@@ -1235,6 +1251,7 @@ def metadata(tools, args):
         "rate": args.rate,
         "pacing": args.pacing,
         "new_connections": args.new_connections,
+        "weft_proxy_command": " ".join(Path(a).name for a in proxy_argv(tools.weft)) if tools.weft else None,
         "versions": tools.versions,
     }
 
@@ -1293,6 +1310,8 @@ def main():
         print(e, file=sys.stderr)
         return 2
     tools.new_connections = args.new_connections
+    global ALL_IN_ONE
+    ALL_IN_ONE = args.all_in_one
     for provider in ("openssl", "fips"):
         path = getattr(args, f"weft_{provider}")
         if path:

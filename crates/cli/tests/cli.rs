@@ -151,6 +151,33 @@ fn fips_mode_is_refused_without_a_fips_provider() {
             "{args:?}: {err}"
         );
     }
+    let out = sidecar_executable(&["--fips", "--admin-address", "127.0.0.1:0"]);
+    assert!(!out.status.success(), "weft-proxy --fips started");
+    assert!(stderr(&out).contains("FIPS mode was asked for"), "{}", stderr(&out));
+}
+
+/// Runs `weft-proxy ARGS`, the sidecar executable.
+fn sidecar_executable(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start weft-proxy: {e}"))
+}
+
+/// `weft-proxy`, the executable sidecar and gateway images carry, takes exactly the
+/// options of `weft proxy`, and names itself in its usage and version.
+#[test]
+fn the_sidecar_executable_takes_the_proxy_commands_options() {
+    let options = |text: String| text.split_once("Options:").map(|(_, o)| o.to_owned()).unwrap_or_default();
+    let sub = run(&["proxy", "--help"]);
+    let alone = sidecar_executable(&["--help"]);
+    assert!(sub.status.success() && alone.status.success(), "{}{}", stderr(&sub), stderr(&alone));
+    let sub_options = options(stdout(&sub));
+    assert!(sub_options.contains("--xds-address") && sub_options.contains("--drain-grace"), "{sub_options}");
+    assert_eq!(options(stdout(&alone)), sub_options);
+    assert!(stdout(&alone).contains("Usage: weft-proxy [OPTIONS]"), "{}", stdout(&alone));
+    let version = stdout(&sidecar_executable(&["--version"]));
+    assert_eq!(version, format!("weft-proxy {}\n", env!("CARGO_PKG_VERSION")));
 }
 
 /// The FIPS build runs the validated module and says so.

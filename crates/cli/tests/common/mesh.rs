@@ -353,8 +353,9 @@ static_resources:
         extra: &[&str],
     ) {
         let admin = format!("{admin_ip}:15000");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-        cmd.arg("proxy");
+        // The sidecar executable: `weft proxy` without the rest of the CLI (`weft up`'s
+        // tests run `weft proxy` itself).
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
         if !extra.contains(&"--xds-address") {
             cmd.args(["--xds-address", &format!("{}:15010", self.ip(0, 1))]);
         }

@@ -375,12 +375,8 @@ async fn route(
     }
     if conn.spec.normalize_path || conn.spec.merge_slashes {
         let original = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let normalized = if conn.spec.normalize_path {
-            normalize::normalize(original, conn.spec.merge_slashes)
-        } else {
-            Some(original.into())
-        }
-        .ok_or(LocalReply::BAD_REQUEST)?;
+        let normalized = normalize::normalize(original, conn.spec.normalize_path, conn.spec.merge_slashes)
+            .ok_or(LocalReply::BAD_REQUEST)?;
         if let std::borrow::Cow::Owned(normalized) = normalized
             && normalized != original
         {

@@ -1,46 +1,65 @@
 //! Envoy's path normalization (`normalize_path`, `merge_slashes`), applied before routing
 //! and authorization so that `/a/../admin`, `/%61dmin` and `/admin` are one path: RFC 3986
 //! percent-encoding normalization (unreserved characters decoded, other escapes in upper
-//! case) and dot-segment removal; with `merge_slashes`, runs of `/` become one.
+//! case) and dot-segment removal; with `merge_slashes`, runs of `/` become one. Each
+//! applies on its own, as in Envoy: merging slashes does not need `normalize_path`.
 
 use std::borrow::Cow;
 
-/// The normalized path and query, or None when the path is not usable (Envoy answers 400).
-/// A path that is normal already (most are) comes back as it is, without a copy.
-pub fn normalize(path_and_query: &str, merge_slashes: bool) -> Option<Cow<'_, str>> {
+/// The path and query after `normalize_path` (when `normalize`) and `merge_slashes` (when
+/// `merge`), or None when the path is not usable (Envoy answers 400). The query is left
+/// as it is. A path that is normal already (most are) comes back as it is, without a copy.
+pub fn normalize(path_and_query: &str, normalize: bool, merge: bool) -> Option<Cow<'_, str>> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
+    if !normalize {
+        // Merging alone does not judge the path: `*` and the like pass unchanged.
+        return Some(if merge && path.contains("//") {
+            Cow::Owned(with_query(merge_slashes(path), query))
+        } else {
+            Cow::Borrowed(path_and_query)
+        });
+    }
     if !path.starts_with('/') {
         return None;
     }
-    if is_normal(path, merge_slashes) {
+    if is_normal(path, merge) {
         return Some(Cow::Borrowed(path_and_query));
     }
     let decoded = decode_unreserved(path)?;
     let mut out = remove_dot_segments(&decoded);
-    if merge_slashes {
-        let mut merged = String::with_capacity(out.len());
-        for c in out.chars() {
-            if !(c == '/' && merged.ends_with('/')) {
-                merged.push(c);
-            }
-        }
-        out = merged;
+    if merge {
+        out = merge_slashes(&out);
     }
+    Some(Cow::Owned(with_query(out, query)))
+}
+
+fn with_query(mut path: String, query: Option<&str>) -> String {
     if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
+        path.push('?');
+        path.push_str(q);
     }
-    Some(Cow::Owned(out))
+    path
+}
+
+/// `path` with each run of `/` made one.
+fn merge_slashes(path: &str) -> String {
+    let mut merged = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    merged
 }
 
 /// Whether normalizing `path` would leave it as it is: nothing percent-encoded, no dot
 /// segment, and no run of slashes when they are merged.
-fn is_normal(path: &str, merge_slashes: bool) -> bool {
+fn is_normal(path: &str, merge: bool) -> bool {
     let escaped = path.contains('%');
-    let doubled = merge_slashes && path.contains("//");
+    let doubled = merge && path.contains("//");
     !escaped && !doubled && path.split('/').all(|segment| segment != "." && segment != "..")
 }
 
@@ -109,23 +128,40 @@ mod tests {
             ("/café/%7e", "/café/~"),
             ("/caf%c3%a9", "/caf%C3%A9"),
         ] {
-            assert_eq!(normalize(input, false).as_deref(), Some(want), "{input}");
+            assert_eq!(normalize(input, true, false).as_deref(), Some(want), "{input}");
         }
-        assert_eq!(normalize("//admin//x", false).as_deref(), Some("//admin//x"));
-        assert_eq!(normalize("//admin//x", true).as_deref(), Some("/admin/x"));
-        assert_eq!(normalize("/bad%zz", false), None);
-        assert_eq!(normalize("/bad%4", false), None);
-        assert_eq!(normalize("/bad%+1", false), None);
-        assert_eq!(normalize("/bad%é", false), None);
+        assert_eq!(normalize("//admin//x", true, false).as_deref(), Some("//admin//x"));
+        assert_eq!(normalize("//admin//x", true, true).as_deref(), Some("/admin/x"));
+        assert_eq!(normalize("/bad%zz", true, false), None);
+        assert_eq!(normalize("/bad%4", true, false), None);
+        assert_eq!(normalize("/bad%+1", true, false), None);
+        assert_eq!(normalize("/bad%é", true, false), None);
     }
 
     #[test]
     fn a_normal_path_is_not_copied() {
         for input in ["/", "/admin/x", "/a.b/..c/.d?q=/../x", "//a//b", "/café"] {
-            assert!(matches!(normalize(input, false), Some(Cow::Borrowed(p)) if p == input), "{input}");
+            assert!(matches!(normalize(input, true, false), Some(Cow::Borrowed(p)) if p == input), "{input}");
         }
         for input in ["/a/./b", "/a/..", "/%61", "//a"] {
-            assert!(matches!(normalize(input, true), Some(Cow::Owned(_))), "{input}");
+            assert!(matches!(normalize(input, true, true), Some(Cow::Owned(_))), "{input}");
         }
+    }
+
+    /// `merge_slashes` without `normalize_path` merges, as Envoy does, and does nothing else.
+    #[test]
+    fn slashes_are_merged_without_normalizing() {
+        for (input, want) in [
+            ("//admin//x", "/admin/x"),
+            ("/a///b/?q=//x", "/a/b/?q=//x"),
+            ("/a/../b//%61", "/a/../b/%61"),
+            ("/a/./b", "/a/./b"),
+            ("*", "*"),
+        ] {
+            assert_eq!(normalize(input, false, true).as_deref(), Some(want), "{input}");
+        }
+        assert!(matches!(normalize("/a/b?q=//", false, true), Some(Cow::Borrowed(_))));
+        assert!(matches!(normalize("//a", false, false), Some(Cow::Borrowed("//a"))));
+        assert_eq!(normalize("/bad%zz", false, true).as_deref(), Some("/bad%zz"));
     }
 }

@@ -544,7 +544,10 @@ impl IstioMetrics {
         }
         let workload = decode_metadata(value.as_bytes()).map_or_else(Workload::unknown, Arc::new);
         if peers.len() < MAX_PEERS {
-            peers.insert(value, workload.clone());
+            // A copy: the header's bytes are a slice of the whole buffer the message was
+            // read into (8 KB and more), which a kept slice would hold for good.
+            let key = HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value);
+            peers.insert(key, workload.clone());
             Some(workload)
         } else {
             Some(Workload::unknown())
@@ -818,6 +821,27 @@ mod tests {
         let mut bad = HeaderMap::new();
         bad.insert(PEER_METADATA, HeaderValue::from_static("!!not base64!!"));
         assert_eq!(server.take_peer(&mut bad).map(|w| w.name.clone()).as_deref(), Some("unknown"));
+    }
+
+    /// A remembered peer keeps none of the buffer its headers were read into: hyper's
+    /// header values are slices of it, and one kept would hold the whole buffer.
+    #[test]
+    fn a_remembered_peer_holds_no_read_buffer() {
+        let client = IstioMetrics::new(&node("productpage-v1", &[("app", "productpage")]));
+        let server = IstioMetrics::new(&node("reviews-v2", &[]));
+        let mut offered = HeaderMap::new();
+        client.offer(&mut offered);
+        let mut buffer = vec![b' '; 8192];
+        let value = offered.get(PEER_METADATA).map(HeaderValue::as_bytes).unwrap_or_default();
+        buffer[100..100 + value.len()].copy_from_slice(value);
+        let buffer = bytes::Bytes::from(buffer);
+        let mut headers = HeaderMap::new();
+        let slice = HeaderValue::from_maybe_shared(buffer.slice(100..100 + value.len()));
+        headers.insert(PEER_METADATA, slice.unwrap_or_else(|e| panic!("{e}")));
+        let peer = server.take_peer(&mut headers).unwrap_or_else(Workload::unknown);
+        assert_eq!(peer.name, "productpage-v1");
+        drop(headers);
+        assert!(buffer.is_unique(), "the peer cache still holds the read buffer");
     }
 
     #[test]

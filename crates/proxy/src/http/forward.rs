@@ -607,8 +607,15 @@ async fn attempts(
         let mut req = Request::new(attempt_body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
-        // Without a retry policy there is only this attempt: it takes the headers.
-        *req.headers_mut() = if retry.is_some() { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+        // Without a retry policy there is only this attempt: it takes the headers. With
+        // one, a copy stays for the next attempt and the attempt takes the original, so
+        // that its spare room goes on: hyper parses the response into the map it sent.
+        *req.headers_mut() = if retry.is_some() {
+            let copy = parts.headers.clone();
+            std::mem::replace(&mut parts.headers, copy)
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         *req.version_mut() = if upstream.spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         if retries > 0 {
             req.headers_mut().insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(retries + 1));

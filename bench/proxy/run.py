@@ -19,6 +19,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -1206,6 +1207,9 @@ def parse_args():
     parser.add_argument("--weft", help="weft binary (default target/release/weft)")
     parser.add_argument("--weft-openssl", type=Path, help="weft built with --features openssl (setup weft-mtls-openssl)")
     parser.add_argument("--weft-fips", type=Path, help="weft built with --features fips (setup weft-mtls-fips)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every setup through the plan N times, one round after another, and "
+                             "print each ratio's range over the rounds (default 1)")
     parser.add_argument("--all-in-one", action="store_true",
                         help="run the weft proxies as `weft proxy` rather than the sidecar executable `weft-proxy`")
     parser.add_argument("--new-connections", action="store_true",
@@ -1216,6 +1220,8 @@ def parse_args():
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup = 2, 0.5
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     args.protocols = [p for p in args.protocols.split(",") if p]
     args.setups = [s for s in args.setups.split(",") if s]
     for p in args.protocols:
@@ -1262,6 +1268,42 @@ def run(args, tools, processes, workdir):
     check_addresses_free()
     start_server(tools, processes, workdir)
 
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"== round {number} of {args.rounds}", file=sys.stderr, flush=True)
+        rounds.append(run_round(tools, processes, args, workdir, plan))
+
+    meta["loadavg_after"] = os.getloadavg()
+    print(report_header(meta))
+    for number, (results, setups, ratios) in enumerate(rounds, 1):
+        if args.rounds > 1:
+            print(f"\n# Round {number} of {args.rounds}\n")
+        print(report(results, ratios, plan, args))
+        for name, s in setups.items():
+            if s["status"] != "ok":
+                print(f"{name}: {s['status']}: {s['reason']}")
+    if args.rounds > 1:
+        print(f"\n# Ratios over the {args.rounds} rounds: lowest-highest (median)\n")
+        print(ratio_ranges([ratios for _, _, ratios in rounds], plan))
+    if args.json:
+        results, setups, ratios = rounds[-1]
+        document = {
+            "meta": meta,
+            "scenarios": {s.key: {"protocol": s.protocol, "connections": s.connections, "rate": s.rate}
+                          for s in plan},
+            "setups": setups,
+            "results": results,
+            "ratios": ratios,
+        }
+        if args.rounds > 1:
+            document["rounds"] = [{"setups": st, "results": r, "ratios": ra} for r, st, ra in rounds]
+        args.json.write_text(json.dumps(document, indent=1) + "\n")
+
+
+def run_round(tools, processes, args, workdir, plan):
+    """Every chosen setup, one after the other, through the whole plan: the results, each
+    setup's status, and the ratios between setups."""
     results, setups = {}, {}
     for kind in SETUPS:
         if kind.name != "baseline" and kind.name not in args.setups:
@@ -1281,25 +1323,33 @@ def run(args, tools, processes, workdir):
             continue
         results[kind.name] = {r["scenario"]: r for r in rows}
         setups[kind.name] = {"status": "ok", "title": kind.title}
-
     add_baseline_deltas(results)
-    ratios = compute_ratios(results, plan)
-    meta["loadavg_after"] = os.getloadavg()
-    print(report_header(meta))
-    print(report(results, ratios, plan, args))
-    for name, s in setups.items():
-        if s["status"] != "ok":
-            print(f"{name}: {s['status']}: {s['reason']}")
-    if args.json:
-        document = {
-            "meta": meta,
-            "scenarios": {s.key: {"protocol": s.protocol, "connections": s.connections, "rate": s.rate}
-                          for s in plan},
-            "setups": setups,
-            "results": results,
-            "ratios": ratios,
-        }
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
+    return results, setups, compute_ratios(results, plan)
+
+
+def ratio_ranges(per_round, plan):
+    """Each scenario's ratios across rounds, as lowest-highest (median): every round
+    measures the setups close together in time, so a ratio moves less than the figures
+    behind it, and the range shows how much it still moves."""
+    out = []
+    headers = ["ratio"] + [label for _, label, _ in FIGURES]
+    for scenario in plan:
+        rows = []
+        pairs = dict.fromkeys(pair for ratios in per_round for pair in ratios.get(scenario.key, {}))
+        for pair in pairs:
+            row = [pair]
+            for key, _, _ in FIGURES:
+                values = sorted(v for ratios in per_round
+                                if (v := ratios.get(scenario.key, {}).get(pair, {}).get(key)) is not None)
+                if not values:
+                    row.append("-")
+                    continue
+                median = statistics.median(values)
+                row.append(f"{values[0]:.2f}-{values[-1]:.2f} ({median:.2f})")
+            rows.append(row)
+        if rows:
+            out.append(f"{scenario.title}\n{table(rows, headers)}\n")
+    return "\n".join(out)
 
 
 def main():

@@ -620,6 +620,9 @@ async fn attempts(
         if retries > 0 {
             req.headers_mut().insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(retries + 1));
         }
+        if upstream.spec.http2 {
+            super::hpack::detach_values(req.headers_mut());
+        }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
         let pooled = host.h1.as_ref().filter(|_| whole && !upgrading);

@@ -4,6 +4,7 @@
 
 mod filters;
 pub(crate) mod forward;
+pub(crate) mod hpack;
 pub(crate) mod names;
 pub mod normalize;
 mod observe;
@@ -266,6 +267,7 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
     conn.active.fetch_add(1, Ordering::Relaxed);
     let in_use = InUse(conn.clone());
     let grpc = is_grpc(&req);
+    let http2 = req.version() == hyper::Version::HTTP_2;
     // The caller's peer metadata never reaches the application.
     let peer = match conn.spec.reporter {
         crate::telemetry::Reporter::Destination => conn.shared.metrics.take_peer(req.headers_mut()),
@@ -297,14 +299,17 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Res
             (reply.response(grpc), flags)
         }
     };
-    let response = match start {
+    let mut response = match start {
         Some(start) => start.finish(&conn, observed, response, flags),
         None => response,
     };
+    if http2 {
+        hpack::detach_values(response.headers_mut());
+    }
     let class = usize::from(response.status().as_u16() / 100).min(5);
     conn.stats.rq_by_class[class].fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
-    Ok(response.map(|inner| http_body_util::BodyExt::boxed(Held { inner, _in_use: in_use })))
+    Ok(response.map(|inner| http_body_util::BodyExt::boxed(Held { inner, http2, _in_use: in_use })))
 }
 
 /// A request counted on its connection until its response has been sent (or abandoned):
@@ -323,6 +328,8 @@ impl Drop for InUse {
 /// A response body that keeps its request counted on the connection while it is sent.
 struct Held {
     inner: Body,
+    /// Trailers going out on HTTP/2 have their values detached (see [`hpack`]).
+    http2: bool,
     _in_use: InUse,
 }
 
@@ -334,7 +341,14 @@ impl hyper::body::Body for Held {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, crate::body::BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let mut polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if self.http2
+            && let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            hpack::detach_values(trailers);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -498,6 +498,9 @@ fn shadow(target: Arc<Upstream>, parts: &Parts, uri: &Uri, body: Bytes) {
     {
         headers.insert(HOST, v);
     }
+    if target.spec.http2 {
+        super::hpack::detach_values(&mut headers);
+    }
     let method = parts.method.clone();
     tokio::spawn(async move {
         let set = target.hosts_full();

@@ -498,9 +498,6 @@ fn shadow(target: Arc<Upstream>, parts: &Parts, uri: &Uri, body: Bytes) {
     {
         headers.insert(HOST, v);
     }
-    if target.spec.http2 {
-        super::hpack::detach_values(&mut headers);
-    }
     let method = parts.method.clone();
     tokio::spawn(async move {
         let set = target.hosts_full();
@@ -511,7 +508,7 @@ fn shadow(target: Arc<Upstream>, parts: &Parts, uri: &Uri, body: Bytes) {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         *req.version_mut() = if target.spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(30), host.client.request(req)).await {
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(30), host.send(req)).await {
             let _ = resp.into_body().collect().await;
         }
     });
@@ -623,9 +620,6 @@ async fn attempts(
         if retries > 0 {
             req.headers_mut().insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(retries + 1));
         }
-        if upstream.spec.http2 {
-            super::hpack::detach_values(req.headers_mut());
-        }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
         let pooled = host.h1.as_ref().filter(|_| whole && !upgrading);
@@ -638,11 +632,8 @@ async fn attempts(
                 return Ok(response.map(UpstreamBody::Driven));
             }
             let connection = (per_connection > 0).then(|| capture_connection(&mut req));
-            let response = host
-                .client
-                .request(req)
-                .await
-                .map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })?;
+            let response =
+                host.send(req).await.map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })?;
             // A connection that has carried its share is not reused.
             if let (Some(connection), Some(uses)) = (&connection, response.extensions().get::<Uses>())
                 && uses.0.fetch_add(1, Ordering::Relaxed) + 1 >= per_connection

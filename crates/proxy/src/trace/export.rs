@@ -183,7 +183,7 @@ impl tower_service::Service<hyper::Request<tonic::body::Body>> for ClusterChanne
             parts.version = hyper::Version::HTTP_2;
             // Export requests are small and whole: the body is read before it goes.
             let body: Body = crate::body::full(body.collect().await?.to_bytes());
-            Ok(host.client.request(hyper::Request::from_parts(parts, body)).await?)
+            Ok(host.send(hyper::Request::from_parts(parts, body)).await?)
         })
     }
 }

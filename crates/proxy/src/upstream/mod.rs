@@ -33,7 +33,8 @@ pub struct Host {
     pub address: Arc<str>,
     /// Requests in flight to this host (least-request balancing).
     pub active: AtomicU32,
-    /// The pool of connections to this host (HTTP/2, upgrades and mirrors).
+    /// The pool of connections to this host (HTTP/2, upgrades and mirrors); send with
+    /// [`Host::send`].
     pub client: Client<HostConnector, Body>,
     /// HTTP/1.1 connections driven by the requests that use them (clusters that do not
     /// speak HTTP/2 upstream).
@@ -368,6 +369,16 @@ impl Upstream {
 }
 
 impl Host {
+    /// Sends `req` through [`Host::client`]. A request going out on HTTP/2 first has its
+    /// header values detached from the buffer they were read into, which the connection's
+    /// HPACK table would otherwise keep (see [`crate::http::hpack`]).
+    pub fn send(&self, mut req: hyper::Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
+        if req.version() == hyper::Version::HTTP_2 {
+            crate::http::hpack::detach_values(req.headers_mut());
+        }
+        self.client.request(req)
+    }
+
     /// A connector to this host, for connections outside the HTTP pool (TCP proxy).
     pub fn client_connector(&self) -> HostConnector {
         self.connector.clone()

@@ -193,7 +193,6 @@ fn response(
     }
 }
 
-/// A tiny backend answering every request with `backend says hello`.
 /// How long the backend takes to answer `/slow`.
 const SLOW: Duration = Duration::from_millis(2500);
 
@@ -205,6 +204,8 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A tiny backend answering every request with `backend says hello`; `/slow` and
+/// `/slow-body` take [`SLOW`] to do it.
 async fn backend(at: SocketAddr) {
     let listener = tokio::net::TcpListener::bind(at).await.unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move {

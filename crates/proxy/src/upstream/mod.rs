@@ -371,7 +371,7 @@ impl Upstream {
 impl Host {
     /// Sends `req` through [`Host::client`]. A request going out on HTTP/2 first has its
     /// header values detached from the buffer they were read into, which the connection's
-    /// HPACK table would otherwise keep (see [`crate::http::hpack`]).
+    /// HPACK table would otherwise keep (see `http/hpack.rs`).
     pub fn send(&self, mut req: hyper::Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
         if req.version() == hyper::Version::HTTP_2 {
             crate::http::hpack::detach_values(req.headers_mut());

@@ -103,6 +103,14 @@ impl Replay {
         }
     }
 
+    /// The body, when it has been read whole.
+    fn whole(&self) -> Option<Bytes> {
+        match self {
+            Replay::Buffered(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
     fn replayable(&self) -> bool {
         match self {
             Replay::Buffered(_) => true,
@@ -587,7 +595,6 @@ async fn attempts(
     // HTTP/2 and upgrades (whose connections outlive the response): its upload must go
     // on even while nobody reads the response. `forward` has already kept `Upgrade` only
     // on upgrades, so its presence is enough to tell.
-    let whole = matches!(body, Replay::Buffered(_));
     let upgrading = parts.headers.contains_key(hyper::header::UPGRADE) || parts.method == Method::CONNECT;
     loop {
         let host = if upstream.spec.discovery == Discovery::OriginalDst {
@@ -603,8 +610,9 @@ async fn attempts(
             set.hosts[index].clone()
         };
         let slot = upstream.slot().await.map_err(|_| LocalReply::OVERFLOW)?;
-        let Some(attempt_body) = body.for_attempt() else { return Err(LocalReply::RESET) };
-        let mut req = Request::new(attempt_body);
+        // A whole body to an HTTP/1.1 host goes on a connection the request drives itself.
+        let pooled = host.h1.as_ref().filter(|_| !upgrading).zip(body.whole());
+        let mut req = Request::new(());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         // Without a retry policy there is only this attempt: it takes the headers. With
@@ -622,15 +630,19 @@ async fn attempts(
         }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
-        let pooled = host.h1.as_ref().filter(|_| whole && !upgrading);
+        let attempt_body = match &pooled {
+            Some(_) => None,
+            None => Some(body.for_attempt().ok_or(LocalReply::RESET)?),
+        };
         let sent = async {
-            if let Some(pool) = pooled {
-                let response = pool.request(req, per_connection).await.map_err(|e| match e {
+            if let Some((pool, whole)) = pooled {
+                let response = pool.request(req.map(|()| whole), per_connection).await.map_err(|e| match e {
                     h1::Error::Connect(_) => Failure::Connect,
                     h1::Error::Reset => Failure::Reset,
                 })?;
                 return Ok(response.map(UpstreamBody::Driven));
             }
+            let mut req = req.map(|()| attempt_body.unwrap_or_else(crate::body::empty));
             let connection = (per_connection > 0).then(|| capture_connection(&mut req));
             let response =
                 host.send(req).await.map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })?;
@@ -671,7 +683,7 @@ async fn attempts(
                     }
                 }
                 let address = host.address.clone();
-                let response = response.map(|inner| Tracked { inner, _guard: guard }.map_err(BoxError::from).boxed());
+                let response = response.map(|inner| Tracked { inner, _guard: guard }.boxed());
                 return Ok((response, address));
             }
             Err(failure) => {
@@ -746,12 +758,12 @@ struct Tracked {
 
 impl HttpBody for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.inner {
-            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Driven(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
         }
     }
 

@@ -1,43 +1,57 @@
 //! HTTP/1.1 connections to one host, driven by the requests that use them.
 //!
-//! A pooled connection has no task of its own. The request that takes it polls it while
-//! waiting for the response head, and the response body polls it while the client reads
-//! the body. Both happen in the downstream connection's task, so a request costs that
-//! task one wake-up per direction, rather than a hand-off to a connection task and back
-//! for the request, and again for the response.
+//! A pooled connection has no task of its own. The request that takes it writes the
+//! request and reads the response head, and the response body reads the rest while the
+//! client reads the body. Both happen in the downstream connection's task, so a request
+//! costs that task one wake-up per direction, rather than a hand-off to a connection task
+//! and back for the request, and again for the response.
+//!
+//! The requests that come here have their bodies whole (most have none), so a request is
+//! one write; [`codec`] frames it and reads the response. This path carries most of a
+//! sidecar's traffic, and a general-purpose client's machinery (a channel to a connection
+//! task, a second copy of the message's state) cost more than the parsing itself.
 //!
 //! An idle connection is polled by nobody but the pool's sweeper, a task that runs while
 //! the pool has idle connections and drops, every [`SWEEP`], those the host has closed or
 //! that have been idle for longer than the cluster's idle timeout. A connection is also
 //! checked when taken.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper::{Request, Response, Uri};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper::{Method, Request, Response};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::connect::{ConnectError, HostConnector, Stream};
-use crate::body::Body;
 
-type Driver = Pin<Box<http1::Connection<TokioIo<Stream>, Body>>>;
+pub mod codec;
+
+use codec::{Decoded, Decoder};
 
 /// How often idle connections are checked.
 pub const SWEEP: Duration = Duration::from_secs(1);
+
+/// The read buffer's size: a response head and a little body fit in one read.
+const READ_BUFFER: usize = 8 * 1024;
+/// Below this much free room, the read buffer grows before a read.
+const MIN_READ_ROOM: usize = 1024;
+/// A write buffer grown past this by a large request is not kept.
+const MAX_KEPT_WRITE_BUFFER: usize = 64 * 1024;
 
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum Error {
     /// No connection could be made.
     Connect(ConnectError),
-    /// The connection failed or closed before the response head.
+    /// The connection failed or closed before the response head, or the head was not
+    /// valid HTTP/1.1.
     Reset,
 }
 
@@ -58,29 +72,79 @@ struct Idle {
     since: Instant,
 }
 
-/// A connection: the handle requests are sent on and the future that does its I/O.
+/// A connection and its buffers.
+#[derive(Debug)]
 struct Conn {
-    send: http1::SendRequest<Body>,
-    driver: Driver,
+    io: Stream,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    /// The request being written.
+    write: Vec<u8>,
+    /// Scratch space for parsing a response head.
+    fields: Vec<codec::Field>,
     uses: u32,
 }
 
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("uses", &self.uses).finish_non_exhaustive()
-    }
-}
-
 impl Conn {
-    /// Polls the connection's I/O; false once the connection has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        self.driver.as_mut().poll(cx).is_pending()
+    fn new(io: Stream) -> Conn {
+        Conn { io, read: BytesMut::new(), write: Vec::new(), fields: Vec::new(), uses: 0 }
     }
 
-    /// Whether the connection is open and ready for its next request. It has to have been
-    /// driven since its last response ended.
+    /// Whether the connection is open and has nothing unasked for to read: the host has
+    /// neither closed it nor sent anything since the last response.
     fn ready(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) && self.send.is_ready()
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        Pin::new(&mut self.io).poll_read(&mut Context::from_waker(Waker::noop()), &mut probe).is_pending()
+    }
+
+    /// Reads more into the read buffer; 0 when the host has closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < MIN_READ_ROOM {
+            self.read.reserve(READ_BUFFER);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Writes `req` and reads its response head.
+    async fn exchange(&mut self, req: Request<Bytes>) -> Result<codec::Head, Error> {
+        let (parts, body) = req.into_parts();
+        let body_apart = codec::encode_request(&mut self.write, &parts, &body);
+        let written = async {
+            self.io.write_all(&self.write).await?;
+            if body_apart {
+                self.io.write_all(&body).await?;
+            }
+            self.io.flush().await
+        };
+        written.await.map_err(|_| Error::Reset)?;
+        if self.write.capacity() > MAX_KEPT_WRITE_BUFFER {
+            self.write = Vec::new();
+        }
+        let method = parts.method;
+        poll_fn(|cx| self.poll_head(cx, &method)).await
+    }
+
+    fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<codec::Head, Error>> {
+        loop {
+            if !self.read.is_empty() {
+                match codec::parse_head(&mut self.read, method, &mut self.fields) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!("upstream response refused: {e}");
+                        return Poll::Ready(Err(Error::Reset));
+                    }
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) | Err(_) => return Poll::Ready(Err(Error::Reset)),
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -95,44 +159,29 @@ impl Pool {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
 
-    /// Sends `req` on an idle connection, or a new one, and drives that connection until
-    /// the response head arrives. The response body drives it on; once the body has been
-    /// read the connection comes back to the pool, unless it has carried `max_uses`
-    /// requests (0: no limit).
-    pub async fn request(
-        self: &Arc<Self>,
-        mut req: Request<Body>,
-        max_uses: u32,
-    ) -> Result<Response<PooledBody>, Error> {
-        origin_form(&mut req);
+    /// Sends `req` on an idle connection, or a new one, and reads the response head. The
+    /// response body reads on; once it has been read the connection comes back to the
+    /// pool, unless it has carried `max_uses` requests (0: no limit) or the response said
+    /// to close it. A request in absolute form goes out in origin form (`/path?query`),
+    /// as a client that is not talking to a forward proxy sends it.
+    pub async fn request(self: &Arc<Self>, req: Request<Bytes>, max_uses: u32) -> Result<Response<PooledBody>, Error> {
         let mut conn = match self.take() {
             Some(conn) => conn,
-            None => Box::pin(self.connect()).await?,
+            None => Conn::new(self.connector.connect().await.map_err(Error::Connect)?),
         };
         conn.uses += 1;
-        let mut pending = std::pin::pin!(conn.send.send_request(req));
-        let mut open = true;
-        let head = poll_fn(|cx| {
-            if let Poll::Ready(r) = pending.as_mut().poll(cx) {
-                return Poll::Ready(r.map_err(|_| Error::Reset));
-            }
-            if open && !conn.drive(cx) {
-                open = false;
-                // The connection ended: the response has come whole, or never will.
-                return Poll::Ready(match pending.as_mut().poll(cx) {
-                    Poll::Ready(r) => r.map_err(|_| Error::Reset),
-                    Poll::Pending => Err(Error::Reset),
-                });
-            }
-            Poll::Pending
-        })
-        .await?;
-        let (parts, inner) = head.into_parts();
-        let mut body = PooledBody { inner, conn: open.then_some(conn), pool: Arc::downgrade(self), max_uses };
-        if body.inner.is_end_stream() {
+        let head = conn.exchange(req).await?;
+        let mut body = PooledBody {
+            decoder: head.body,
+            keep_alive: head.keep_alive,
+            conn: Some(conn),
+            pool: Arc::downgrade(self),
+            max_uses,
+        };
+        if body.decoder.is_done() {
             body.release();
         }
-        Ok(Response::from_parts(parts, body))
+        Ok(Response::from_parts(head.parts, body))
     }
 
     fn take(&self) -> Option<Conn> {
@@ -143,12 +192,6 @@ impl Pool {
             }
         }
         None
-    }
-
-    async fn connect(&self) -> Result<Conn, Error> {
-        let stream = self.connector.connect().await.map_err(Error::Connect)?;
-        let (send, driver) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|_| Error::Reset)?;
-        Ok(Conn { send, driver: Box::pin(driver), uses: 0 })
     }
 
     fn put(self: &Arc<Self>, conn: Conn) {
@@ -187,88 +230,82 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-/// HTTP/1.1 to an upstream takes the origin form (`/path?query`), as a client that is
-/// not talking to a forward proxy sends it.
-fn origin_form(req: &mut Request<Body>) {
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = path.parse::<Uri>() {
-            *req.uri_mut() = uri;
-        }
-    }
-}
-
-/// A response body that drives its connection while it is read, and gives the
-/// connection back to its pool once it has been read whole.
+/// A response body that reads its connection as it is read, and gives the connection
+/// back to its pool once it has been read whole.
 #[derive(Debug)]
 pub struct PooledBody {
-    inner: Incoming,
+    decoder: Decoder,
+    keep_alive: bool,
+    /// None once the body has ended or failed.
     conn: Option<Conn>,
     pool: Weak<Pool>,
     max_uses: u32,
 }
 
 impl PooledBody {
-    /// Returns the connection to the pool if the response is over and the connection can
-    /// carry another.
+    /// Returns the connection to the pool if it can carry another request.
     fn release(&mut self) {
-        let Some(mut conn) = self.conn.take() else { return };
+        let Some(conn) = self.conn.take() else { return };
         let spent = self.max_uses > 0 && conn.uses >= self.max_uses;
-        if !spent
-            && conn.ready()
+        // Bytes after the response are bytes nobody asked for: not a connection to reuse.
+        if self.keep_alive
+            && !spent
+            && conn.read.is_empty()
             && let Some(pool) = self.pool.upgrade()
         {
             pool.put(conn);
         }
     }
 
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(conn) = &mut self.conn
-            && !conn.drive(cx)
-        {
-            self.conn = None;
-        }
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
     }
 }
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let mut frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if frame.is_pending() && this.conn.is_some() {
-            // The connection reads what the body is waiting for.
-            this.drive(cx);
-            frame = Pin::new(&mut this.inner).poll_frame(cx);
+        loop {
+            let Some(conn) = &mut this.conn else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(&mut conn.read) {
+                Ok(Decoded::Frame(frame)) => {
+                    if this.decoder.is_done() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Decoded::End) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => {}
+                Err(e) => return this.fail(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    this.keep_alive = false;
+                    if this.decoder.closed().is_none() {
+                        return this.fail(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
         }
-        match &frame {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            // Trailers come after the body's data: the message is over.
-            Poll::Ready(Some(Ok(f))) if f.is_trailers() || this.inner.is_end_stream() => this.release(),
-            _ => {}
-        }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A body dropped after its end (or one that had none) leaves a reusable
-        // connection; one dropped midway leaves a connection in an unknown state, closed.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        self.decoder.remaining().map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -277,10 +314,12 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use http_body_util::BodyExt;
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
 
     use super::*;
-    use crate::body::{empty, full};
+    use crate::body::{Body, empty, full};
 
     /// An HTTP/1.1 server on loopback that answers `/close` with `Connection: close`,
     /// `/empty` with no body, and anything else with the request's target.
@@ -348,7 +387,8 @@ mod tests {
 
     async fn get(pool: &Arc<Pool>, path: &str, max_uses: u32) -> String {
         let uri = format!("http://backend{path}");
-        let req = Request::builder().uri(uri).header("host", "backend").body(empty()).unwrap_or_else(|e| panic!("{e}"));
+        let req =
+            Request::builder().uri(uri).header("host", "backend").body(Bytes::new()).unwrap_or_else(|e| panic!("{e}"));
         let response = pool.request(req, max_uses).await.unwrap_or_else(|e| panic!("{e:?}"));
         let body = response.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
         String::from_utf8_lossy(&body).into_owned()
@@ -374,7 +414,7 @@ mod tests {
             let req = Request::builder()
                 .uri("/trailers")
                 .header("te", "trailers")
-                .body(empty())
+                .body(Bytes::new())
                 .unwrap_or_else(|e| panic!("{e}"));
             let mut body = pool.request(req, 0).await.unwrap_or_else(|e| panic!("{e:?}")).into_body();
             let mut trailers = false;
@@ -462,7 +502,7 @@ mod tests {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         drop(listener);
         let (pool, _) = pool(addr);
-        let req = Request::builder().uri("/").body(empty()).unwrap_or_else(|e| panic!("{e}"));
+        let req = Request::builder().uri("/").body(Bytes::new()).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(pool.request(req, 0).await, Err(Error::Connect(_))));
     }
 }

@@ -34,8 +34,9 @@ use crate::upstream::{Host, Outcome, Upstream, h1};
 /// Bodies up to this size are buffered so that a request can be retried or mirrored.
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
 
-/// Headers that belong to one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Headers that belong to one connection, never forwarded. A static, not a constant: a
+/// constant array is built and dropped again at each use.
+static HOP_BY_HOP: [HeaderName; 6] = [
     hyper::header::CONNECTION,
     names::KEEP_ALIVE,
     names::PROXY_CONNECTION,

@@ -267,14 +267,14 @@ fn build(head: Bytes, code: u16, http10: bool, method: &Method, fields: &[Field]
 /// The names weft's own proxies add to responses, which `http` would otherwise copy into
 /// a new allocation for every response (it keeps only standard names as constants).
 fn known(raw: &[u8]) -> Option<HeaderName> {
-    const KNOWN: [HeaderName; 5] = [
+    static KNOWN: [HeaderName; 5] = [
         names::X_ENVOY_UPSTREAM_SERVICE_TIME,
         PEER_METADATA,
         PEER_METADATA_ID,
         names::X_REQUEST_ID,
         names::GRPC_STATUS,
     ];
-    KNOWN.into_iter().find(|k| k.as_str().len() == raw.len() && k.as_str().as_bytes().eq_ignore_ascii_case(raw))
+    KNOWN.iter().find(|k| k.as_str().len() == raw.len() && k.as_str().as_bytes().eq_ignore_ascii_case(raw)).cloned()
 }
 
 impl Decoder {

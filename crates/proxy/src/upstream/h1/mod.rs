@@ -68,7 +68,7 @@ pub struct Pool {
 /// A connection with no request on it.
 #[derive(Debug)]
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -86,8 +86,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(io: Stream) -> Conn {
-        Conn { io, read: BytesMut::new(), write: Vec::new(), fields: Vec::new(), uses: 0 }
+    /// Boxed: a connection moves in and out of the pool and with its response, and a box
+    /// moves as one pointer.
+    fn new(io: Stream) -> Box<Conn> {
+        Box::new(Conn { io, read: BytesMut::new(), write: Vec::new(), fields: Vec::new(), uses: 0 })
     }
 
     /// Whether the connection is open and has nothing unasked for to read: the host has
@@ -184,7 +186,7 @@ impl Pool {
         Ok(Response::from_parts(head.parts, body))
     }
 
-    fn take(&self) -> Option<Conn> {
+    fn take(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut candidate) = idle.pop() {
             if candidate.since.elapsed() < self.idle_timeout && candidate.conn.ready() {
@@ -194,7 +196,7 @@ impl Pool {
         None
     }
 
-    fn put(self: &Arc<Self>, conn: Conn) {
+    fn put(self: &Arc<Self>, conn: Box<Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(Idle { conn, since: Instant::now() });
         }
@@ -237,7 +239,7 @@ pub struct PooledBody {
     decoder: Decoder,
     keep_alive: bool,
     /// None once the body has ended or failed.
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Weak<Pool>,
     max_uses: u32,
 }

@@ -33,11 +33,11 @@ pub struct Host {
     pub address: Arc<str>,
     /// Requests in flight to this host (least-request balancing).
     pub active: AtomicU32,
-    /// The pool of connections to this host (HTTP/2, upgrades and mirrors); send with
-    /// [`Host::send`].
+    /// hyper's pool of connections to this host (HTTP/2, upgrades, streamed request
+    /// bodies and mirrors); send with [`Host::send`].
     pub client: Client<HostConnector, Body>,
-    /// HTTP/1.1 connections driven by the requests that use them (clusters that do not
-    /// speak HTTP/2 upstream).
+    /// HTTP/1.1 connections driven by the requests that use them, through weft's own
+    /// codec (requests with whole bodies, to clusters that do not speak HTTP/2 upstream).
     pub h1: Option<Arc<h1::Pool>>,
     connector: HostConnector,
     /// Open connections.

@@ -613,6 +613,10 @@ async fn attempts(
         let slot = upstream.slot().await.map_err(|_| LocalReply::OVERFLOW)?;
         // A whole body to an HTTP/1.1 host goes on a connection the request drives itself.
         let pooled = host.h1.as_ref().filter(|_| !upgrading).zip(body.whole());
+        let attempt_body = match &pooled {
+            Some(_) => None,
+            None => Some(body.for_attempt().ok_or(LocalReply::RESET)?),
+        };
         let mut req = Request::new(());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
@@ -631,10 +635,6 @@ async fn attempts(
         }
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
-        let attempt_body = match &pooled {
-            Some(_) => None,
-            None => Some(body.for_attempt().ok_or(LocalReply::RESET)?),
-        };
         let sent = async {
             if let Some((pool, whole)) = pooled {
                 let response = pool.request(req.map(|()| whole), per_connection).await.map_err(|e| match e {

@@ -612,10 +612,9 @@ async fn attempts(
         };
         let slot = upstream.slot().await.map_err(|_| LocalReply::OVERFLOW)?;
         // A whole body to an HTTP/1.1 host goes on a connection the request drives itself.
-        let pooled = host.h1.as_ref().filter(|_| !upgrading).zip(body.whole());
-        let attempt_body = match &pooled {
-            Some(_) => None,
-            None => Some(body.for_attempt().ok_or(LocalReply::RESET)?),
+        let outgoing = match host.h1.as_ref().filter(|_| !upgrading).zip(body.whole()) {
+            Some((pool, whole)) => Outgoing::Driven(pool.clone(), whole),
+            None => Outgoing::Pooled(body.for_attempt().ok_or(LocalReply::RESET)?),
         };
         let mut req = Request::new(());
         *req.method_mut() = parts.method.clone();
@@ -636,14 +635,17 @@ async fn attempts(
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
         let sent = async {
-            if let Some((pool, whole)) = pooled {
-                let response = pool.request(req.map(|()| whole), per_connection).await.map_err(|e| match e {
-                    h1::Error::Connect(_) => Failure::Connect,
-                    h1::Error::Reset => Failure::Reset,
-                })?;
-                return Ok(response.map(UpstreamBody::Driven));
-            }
-            let mut req = req.map(|()| attempt_body.unwrap_or_else(crate::body::empty));
+            let attempt_body = match outgoing {
+                Outgoing::Driven(pool, whole) => {
+                    let response = pool.request(req.map(|()| whole), per_connection).await.map_err(|e| match e {
+                        h1::Error::Connect(_) => Failure::Connect,
+                        h1::Error::Reset => Failure::Reset,
+                    })?;
+                    return Ok(response.map(UpstreamBody::Driven));
+                }
+                Outgoing::Pooled(attempt_body) => attempt_body,
+            };
+            let mut req = req.map(|()| attempt_body);
             let connection = (per_connection > 0).then(|| capture_connection(&mut req));
             let response =
                 host.send(req).await.map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })?;
@@ -741,6 +743,14 @@ impl Drop for InFlight {
         self.upstream.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
         self.host.active.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// How an attempt's request goes upstream.
+enum Outgoing {
+    /// Whole, on an HTTP/1.1 connection the request drives itself.
+    Driven(Arc<h1::Pool>, Bytes),
+    /// Through hyper's pool, which runs each connection as a task.
+    Pooled(Body),
 }
 
 /// An upstream response's body, from either kind of connection pool.

@@ -138,8 +138,7 @@ pub fn encode_request(out: &mut Vec<u8>, parts: &request::Parts, body: &Bytes) -
     // clients do.
     let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || declared_length || expects_body {
-        let mut digits = [0u8; 20];
-        field(out, b"content-length", decimal(body.len() as u64, &mut digits));
+        field(out, b"content-length", itoa::Buffer::new().format(body.len()).as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     if body.len() <= INLINE_BODY {
@@ -154,19 +153,6 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, written at the end of `digits`.
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
 }
 
 /// Parses the response head at the start of `buf` and takes it off `buf`; `None` while
@@ -351,16 +337,14 @@ impl Decoder {
         }
     }
 
-    /// The connection has closed: the end of a body that lasts until then, and an error
-    /// for any other body that has not ended.
-    pub fn closed(&mut self) -> Option<Decoded> {
-        match self {
-            Decoder::UntilClose | Decoder::Done => {
-                *self = Decoder::Done;
-                Some(Decoded::End)
-            }
-            _ => None,
+    /// The connection has closed: whether the body ended with it (a body that lasts until
+    /// then, or one already done); for any other body, the close cut it short.
+    pub fn closed(&mut self) -> bool {
+        let ended = matches!(self, Decoder::UntilClose | Decoder::Done);
+        if ended {
+            *self = Decoder::Done;
         }
+        ended
     }
 }
 
@@ -434,10 +418,7 @@ mod tests {
                 Decoded::End => return Ok((data, trailers)),
                 Decoded::More => match rest.next() {
                     Some(b) => buf.extend_from_slice(&[*b]),
-                    None if close => match decoder.closed() {
-                        Some(_) => return Ok((data, trailers)),
-                        None => return Err(Invalid::Chunked),
-                    },
+                    None if close && decoder.closed() => return Ok((data, trailers)),
                     None => return Err(Invalid::Chunked),
                 },
             }

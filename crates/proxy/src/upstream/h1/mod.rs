@@ -292,7 +292,7 @@ impl HttpBody for PooledBody {
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) => {
                     this.keep_alive = false;
-                    if this.decoder.closed().is_none() {
+                    if !this.decoder.closed() {
                         return this.fail(io::ErrorKind::UnexpectedEof.into());
                     }
                 }

@@ -121,18 +121,19 @@ pub fn encode_request(out: &mut Vec<u8>, parts: &request::Parts, body: &Bytes) -
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-    {
-        field(out, b"host", authority.as_str().as_bytes());
-    }
     let mut declared_length = false;
+    let mut host = false;
     for (name, value) in &parts.headers {
         if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
             declared_length = true;
             continue;
         }
+        host |= *name == header::HOST;
         field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // The proxy always sets Host; a request without one takes the URI's authority.
+    if !host && let Some(authority) = parts.uri.authority() {
+        field(out, b"host", authority.as_str().as_bytes());
     }
     // Methods whose requests carry a body say how long it is even when it is empty, as
     // clients do.

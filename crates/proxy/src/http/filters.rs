@@ -1,7 +1,7 @@
 //! The HTTP filters that answer or hold a request before it is forwarded: CORS,
 //! fault injection, redirects and direct responses.
 
-use hyper::body::Incoming;
+use crate::body::Inbound;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD,
@@ -24,7 +24,7 @@ pub enum CorsOutcome {
 }
 
 /// Envoy's CORS filter.
-pub fn cors(policy: &Cors, req: &Request<Incoming>) -> CorsOutcome {
+pub fn cors(policy: &Cors, req: &Request<Inbound>) -> CorsOutcome {
     let Some(origin) = req.headers().get(ORIGIN) else { return CorsOutcome::NotCors };
     let allowed = origin.to_str().is_ok_and(|o| policy.origins.iter().any(|m| m.matches(o)));
     if !allowed {
@@ -88,7 +88,7 @@ pub async fn fault(fault: &Fault, flags: &mut Flags) -> Result<(), LocalReply> {
 }
 
 /// A redirect response, with the location Envoy would build.
-pub fn redirect(r: &Redirect, req: &Request<Incoming>, host: &str, prefix_len: Option<usize>) -> Response<Body> {
+pub fn redirect(r: &Redirect, req: &Request<Inbound>, host: &str, prefix_len: Option<usize>) -> Response<Body> {
     let scheme_now = req
         .headers()
         .get("x-forwarded-proto")

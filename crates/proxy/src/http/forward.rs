@@ -18,7 +18,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::capture_connection;
 
 use super::{Connection, names};
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, Inbound, full};
 use crate::model::cluster::Discovery;
 use crate::model::route::{
     Clusters, Forward, HashPolicy, RetryPolicy, Route, RouteTable, VirtualHost, WeightedCluster,
@@ -179,7 +179,7 @@ impl HttpBody for Tee {
 pub async fn forward(
     conn: &Connection,
     data: &DataPlane,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     m: Matched<'_>,
     mut flags: Flags,
     observed: &mut super::observe::Observed,
@@ -316,7 +316,7 @@ fn choose_cluster(clusters: &Clusters) -> (&str, Option<&WeightedCluster>) {
     }
 }
 
-fn request_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer: SocketAddr) -> Option<u64> {
+fn request_hash(policies: &[HashPolicy], req: &Request<Inbound>, peer: SocketAddr) -> Option<u64> {
     let mut hash: Option<u64> = None;
     for p in policies {
         let value = match p {
@@ -431,7 +431,7 @@ fn rewrite_path(original: &str, fwd: &Forward, route: &Route) -> Option<String> 
 
 /// The request body as it arrives from the client, counted (for metrics and logs).
 pub(crate) struct Received {
-    inner: Incoming,
+    inner: Inbound,
     count: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -459,13 +459,18 @@ impl HttpBody for Received {
 }
 
 async fn prepare_body(
-    body: Incoming,
+    body: Inbound,
     headers: &HeaderMap,
     fwd: &Forward,
     count: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Replay, LocalReply> {
     if body.is_end_stream() {
         return Ok(Replay::Buffered(Bytes::new()));
+    }
+    // A body weft's own HTTP/1.1 server read whole can be replayed as it is.
+    if let Some(whole) = body.whole() {
+        count.fetch_add(whole.len() as u64, Ordering::Relaxed);
+        return Ok(Replay::Buffered(whole));
     }
     let body = Received { inner: body, count };
     let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());

@@ -8,6 +8,7 @@ pub(crate) mod hpack;
 pub(crate) mod names;
 pub mod normalize;
 mod observe;
+mod server;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Shared;
-use crate::body::Body;
+use crate::body::{Body, Inbound};
 use crate::model::listener::{Codec, HttpSpec, RouteSource};
 use crate::model::route::{Action, RouteTable};
 use crate::reply::{Flags, LocalReply};
@@ -83,17 +84,39 @@ impl Connection {
 }
 
 /// Serves one downstream connection until it closes or the proxy drains.
-pub async fn serve<I>(conn: Arc<Connection>, io: I)
+pub async fn serve<I>(conn: Arc<Connection>, mut io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     conn.stats.cx_total.fetch_add(1, Ordering::Relaxed);
     conn.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-    let spec = conn.spec.clone();
-    let shared = conn.shared.clone();
     let stats = conn.stats.clone();
+    // Held while the connection lives: the proxy's drain waits for every one to go.
+    let mut drain = conn.shared.drain.subscribe();
+    // A connection accepted while the proxy drains is closed at once.
+    if !*drain.borrow_and_update() {
+        if conn.spec.codec == Codec::Http2 {
+            serve_hyper(conn, io, &mut drain).await;
+        } else {
+            let mut read = bytes::BytesMut::new();
+            if let server::Ended::Handoff = server::serve(&conn, &mut io, &mut read, &mut drain).await {
+                serve_hyper(conn, Rewind { read: read.freeze(), io }, &mut drain).await;
+            }
+        }
+    }
+    drop(drain);
+    stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Serves a connection with hyper's server: HTTP/2, and HTTP/1.1 from the first request
+/// weft's own server hands over.
+async fn serve_hyper<I>(conn: Arc<Connection>, io: I, drain: &mut tokio::sync::watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let spec = conn.spec.clone();
     let state = conn.clone();
-    let service = service_fn(move |req| handle(conn.clone(), req));
+    let service = service_fn(move |req: Request<Incoming>| handle(conn.clone(), req.map(Inbound::Streamed)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -111,91 +134,139 @@ where
         Codec::Http2 => builder.http2_only(),
         Codec::Auto => builder,
     };
-    // Held while the connection lives: the proxy's drain waits for every one to go.
-    let mut drain = shared.drain.subscribe();
-    // A connection accepted while the proxy drains is closed at once.
-    if !*drain.borrow_and_update() {
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        // Once set, the connection finishes its requests and closes (HTTP/1: after the
-        // current response; HTTP/2: GOAWAY, in-flight streams complete).
-        let mut closing = false;
-        let signals = Arc::new(Signals::default());
-        let signal_waker = Waker::from(signals.clone());
-        // When the idle deadline passed with requests in flight: the next look, an idle
-        // period later (not at once, which would spin until they end).
-        let mut look_again: Option<tokio::time::Instant> = None;
-        loop {
-            // Envoy's idle timeout: no request for this long closes the connection.
-            let deadline = state.idle_deadline().map(|d| look_again.map_or(d, |later| d.max(later)));
-            let retired = spec.retire_notify.notified();
-            tokio::pin!(retired);
-            retired.as_mut().enable();
-            // A replaced connection manager's connections close, so that the client's
-            // next request meets the new configuration: idle ones at once, busy ones
-            // when their requests are done.
-            if !closing && spec.retired.load(Ordering::Relaxed) {
-                if state.active.load(Ordering::Relaxed) == 0 {
-                    break;
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    // Once set, the connection finishes its requests and closes (HTTP/1: after the
+    // current response; HTTP/2: GOAWAY, in-flight streams complete). A connection handed
+    // over while the proxy drains closes after the request it was handed over for.
+    let mut closing = *drain.borrow();
+    if closing {
+        connection.as_mut().graceful_shutdown();
+    }
+    let signals = Arc::new(Signals::default());
+    let signal_waker = Waker::from(signals.clone());
+    // When the idle deadline passed with requests in flight: the next look, an idle
+    // period later (not at once, which would spin until they end).
+    let mut look_again: Option<tokio::time::Instant> = None;
+    loop {
+        // Envoy's idle timeout: no request for this long closes the connection.
+        let deadline = state.idle_deadline().map(|d| look_again.map_or(d, |later| d.max(later)));
+        let retired = spec.retire_notify.notified();
+        tokio::pin!(retired);
+        retired.as_mut().enable();
+        // A replaced connection manager's connections close, so that the client's
+        // next request meets the new configuration: idle ones at once, busy ones
+        // when their requests are done.
+        if !closing && spec.retired.load(Ordering::Relaxed) {
+            if state.active.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            connection.as_mut().graceful_shutdown();
+            closing = true;
+        }
+        let drained = drain.changed();
+        let idle_timer = sleep_until_or_forever(deadline);
+        tokio::pin!(drained, idle_timer);
+        // The connection is polled on every wake-up; its signals only when one of
+        // them woke the task (each new set once, so that it can register).
+        signals.fired.store(true, Ordering::Release);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Event::Done(result));
+            }
+            if !signals.woken(cx.waker()) {
+                return Poll::Pending;
+            }
+            let mut own = Context::from_waker(&signal_waker);
+            if !closing && drained.as_mut().poll(&mut own).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            if !closing && retired.as_mut().poll(&mut own).is_ready() {
+                return Poll::Ready(Event::Retired);
+            }
+            if idle_timer.as_mut().poll(&mut own).is_ready() {
+                return Poll::Ready(Event::Idle);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Done(result) => {
+                if let Err(e) = result {
+                    tracing::debug!("downstream connection ended: {e}");
                 }
+                break;
+            }
+            Event::Drain => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            let drained = drain.changed();
-            let idle_timer = sleep_until_or_forever(deadline);
-            tokio::pin!(drained, idle_timer);
-            // The connection is polled on every wake-up; its signals only when one of
-            // them woke the task (each new set once, so that it can register).
-            signals.fired.store(true, Ordering::Release);
-            let event = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Done(result));
-                }
-                if !signals.woken(cx.waker()) {
-                    return Poll::Pending;
-                }
-                let mut own = Context::from_waker(&signal_waker);
-                if !closing && drained.as_mut().poll(&mut own).is_ready() {
-                    return Poll::Ready(Event::Drain);
-                }
-                if !closing && retired.as_mut().poll(&mut own).is_ready() {
-                    return Poll::Ready(Event::Retired);
-                }
-                if idle_timer.as_mut().poll(&mut own).is_ready() {
-                    return Poll::Ready(Event::Idle);
-                }
-                Poll::Pending
-            })
-            .await;
-            match event {
-                Event::Done(result) => {
-                    if let Err(e) = result {
-                        tracing::debug!("downstream connection ended: {e}");
-                    }
+            Event::Retired => continue,
+            Event::Idle => {
+                let idle = state.active.load(Ordering::Relaxed) == 0
+                    && state.idle_deadline().is_some_and(|d| d <= tokio::time::Instant::now());
+                if idle {
                     break;
                 }
-                Event::Drain => {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                Event::Retired => continue,
-                Event::Idle => {
-                    let idle = state.active.load(Ordering::Relaxed) == 0
-                        && state.idle_deadline().is_some_and(|d| d <= tokio::time::Instant::now());
-                    if idle {
-                        break;
-                    }
-                    look_again = if state.active.load(Ordering::Relaxed) > 0 {
-                        spec.idle_timeout.map(|t| tokio::time::Instant::now() + t)
-                    } else {
-                        None
-                    };
-                }
+                look_again = if state.active.load(Ordering::Relaxed) > 0 {
+                    spec.idle_timeout.map(|t| tokio::time::Instant::now() + t)
+                } else {
+                    None
+                };
             }
         }
     }
-    drop(drain);
-    stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A connection with bytes already read from it, which are read again first.
+struct Rewind<I> {
+    read: bytes::Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// What ended one wait of a connection's loop.
@@ -254,14 +325,14 @@ async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Whether the request is gRPC (local replies are then gRPC statuses).
-fn is_grpc(req: &Request<Incoming>) -> bool {
+fn is_grpc(req: &Request<Inbound>) -> bool {
     req.headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn handle(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(conn: Arc<Connection>, mut req: Request<Inbound>) -> Result<Response<Body>, Infallible> {
     conn.stats.rq_total.fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
@@ -371,7 +442,7 @@ pub fn protocol_name(version: hyper::Version) -> &'static str {
 }
 
 /// The request's authority: `:authority` (HTTP/2) or `Host`.
-pub fn authority(req: &Request<Incoming>) -> Option<String> {
+pub fn authority(req: &Request<Inbound>) -> Option<String> {
     req.uri()
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -380,7 +451,7 @@ pub fn authority(req: &Request<Incoming>) -> Option<String> {
 
 async fn route(
     conn: &Connection,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     observed: &mut observe::Observed,
 ) -> Result<Response<Body>, LocalReply> {
     // Request smuggling: a message with both framings is refused, not guessed at.
@@ -466,7 +537,7 @@ async fn route(
 /// The connection manager's RBAC filters, in order: the first that refuses answers 403.
 fn authorize(
     conn: &Connection,
-    req: &Request<Incoming>,
+    req: &Request<Inbound>,
     authority: &str,
     auth: Option<&crate::model::jwt::AuthMetadata>,
 ) -> Result<(), LocalReply> {

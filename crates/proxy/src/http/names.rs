@@ -23,3 +23,9 @@ pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `proxy-connection`.
 pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The name in `known` that `raw` spells (in any case), taken from there rather than
+/// copied: `http` keeps only standard names as constants.
+pub fn known(known: &[HeaderName], raw: &[u8]) -> Option<HeaderName> {
+    known.iter().find(|k| k.as_str().len() == raw.len() && k.as_str().as_bytes().eq_ignore_ascii_case(raw)).cloned()
+}

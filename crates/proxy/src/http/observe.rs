@@ -67,7 +67,7 @@ impl Start {
     /// workload from its metadata (inbound).
     pub fn new(
         conn: &Connection,
-        req: &hyper::Request<hyper::body::Incoming>,
+        req: &hyper::Request<crate::body::Inbound>,
         grpc: bool,
         peer: Option<Arc<Workload>>,
     ) -> Start {

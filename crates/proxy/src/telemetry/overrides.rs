@@ -105,7 +105,7 @@ impl Overrides {
     }
 
     /// What the added labels need from the request, taken as it arrives.
-    pub fn capture(&self, req: &hyper::Request<hyper::body::Incoming>) -> Captured {
+    pub fn capture(&self, req: &hyper::Request<crate::body::Inbound>) -> Captured {
         let mut headers = HeaderMap::new();
         for name in &self.headers {
             if let Some(v) = req.headers().get(name) {

@@ -156,7 +156,7 @@ impl Tracer {
     /// the caller's context cannot be read. `x-request-id` must already be set.
     pub fn begin(
         self: &Arc<Tracer>,
-        req: &mut hyper::Request<hyper::body::Incoming>,
+        req: &mut hyper::Request<crate::body::Inbound>,
         peer: std::net::SocketAddr,
         tls: bool,
         node: &crate::config::NodeInfo,

@@ -64,6 +64,30 @@ pub struct Field {
     value: (usize, usize),
 }
 
+impl Field {
+    /// The spans of httparse's `header`, parsed from the buffer at address `base`.
+    pub fn of(base: usize, header: &httparse::Header<'_>) -> Field {
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            (start, start + s.len())
+        };
+        Field { name: span(header.name.as_bytes()), value: span(header.value) }
+    }
+
+    /// The field as `http` keeps it, its value a slice of `head` (the frozen buffer);
+    /// names in `known` are taken from there instead of being copied.
+    pub fn parse(&self, head: &Bytes, known: &[HeaderName]) -> Result<(HeaderName, HeaderValue), Invalid> {
+        let raw = &head[self.name.0..self.name.1];
+        let name = match names::known(known, raw) {
+            Some(name) => name,
+            None => HeaderName::from_bytes(raw).map_err(|_| Invalid::Header(String::from_utf8_lossy(raw).into()))?,
+        };
+        let value = HeaderValue::from_maybe_shared(head.slice(self.value.0..self.value.1))
+            .map_err(|_| Invalid::Header(name.to_string()))?;
+        Ok((name, value))
+    }
+}
+
 /// A parsed response head.
 #[derive(Debug)]
 pub struct Head {
@@ -185,12 +209,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method, fields: &mut Vec<Field>) 
         }
         let http10 = response.version == Some(0);
         let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            (start, start + s.len())
-        };
         fields.clear();
-        fields.extend(response.headers.iter().map(|h| Field { name: span(h.name.as_bytes()), value: span(h.value) }));
+        fields.extend(response.headers.iter().map(|h| Field::of(base, h)));
         let head = buf.split_to(len).freeze();
         return build(head, code, http10, method, fields).map(Some);
     }
@@ -204,13 +224,7 @@ fn build(head: Bytes, code: u16, http10: bool, method: &Method, fields: &[Field]
     let mut close = false;
     let mut keep_alive_token = false;
     for f in fields {
-        let raw = &head[f.name.0..f.name.1];
-        let name = match known(raw) {
-            Some(name) => name,
-            None => HeaderName::from_bytes(raw).map_err(|_| Invalid::Header(String::from_utf8_lossy(raw).into()))?,
-        };
-        let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.1))
-            .map_err(|_| Invalid::Header(name.to_string()))?;
+        let (name, value) = f.parse(&head, &KNOWN)?;
         if name == header::CONTENT_LENGTH {
             let n = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(Invalid::ContentLength)?;
             if length.is_some_and(|l| l != n) {
@@ -253,16 +267,13 @@ fn build(head: Bytes, code: u16, http10: bool, method: &Method, fields: &[Field]
 
 /// The names weft's own proxies add to responses, which `http` would otherwise copy into
 /// a new allocation for every response (it keeps only standard names as constants).
-fn known(raw: &[u8]) -> Option<HeaderName> {
-    static KNOWN: [HeaderName; 5] = [
-        names::X_ENVOY_UPSTREAM_SERVICE_TIME,
-        PEER_METADATA,
-        PEER_METADATA_ID,
-        names::X_REQUEST_ID,
-        names::GRPC_STATUS,
-    ];
-    KNOWN.iter().find(|k| k.as_str().len() == raw.len() && k.as_str().as_bytes().eq_ignore_ascii_case(raw)).cloned()
-}
+static KNOWN: [HeaderName; 5] = [
+    names::X_ENVOY_UPSTREAM_SERVICE_TIME,
+    PEER_METADATA,
+    PEER_METADATA_ID,
+    names::X_REQUEST_ID,
+    names::GRPC_STATUS,
+];
 
 impl Decoder {
     /// `Length(0)` is `Done`.

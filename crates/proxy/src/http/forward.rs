@@ -34,6 +34,13 @@ use crate::upstream::{Host, Outcome, Upstream, h1};
 /// Bodies up to this size are buffered so that a request can be retried or mirrored.
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
 
+/// A count of milliseconds as a header value; the common small ones made once.
+fn millis(n: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..100u64).map(HeaderValue::from).collect());
+    usize::try_from(n).ok().and_then(|n| SMALL.get(n)).cloned().unwrap_or_else(|| HeaderValue::from(n))
+}
+
 /// Headers that belong to one connection, never forwarded. A static, not a constant: a
 /// constant array is built and dropped again at each use.
 static HOP_BY_HOP: [HeaderName; 6] = [
@@ -44,6 +51,9 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     hyper::header::TE,
     hyper::header::UPGRADE,
 ];
+
+/// A retry's attempt count, as a static so that requests can borrow it.
+static ATTEMPT_COUNT: HeaderName = names::X_ENVOY_ATTEMPT_COUNT;
 
 /// The route a request matched, with its enclosing virtual host and table.
 pub struct Matched<'a> {
@@ -294,8 +304,9 @@ pub async fn forward(
     m.route.response_headers.apply(headers);
     m.vhost.response_headers.apply(headers);
     m.table.response_headers.apply(headers);
-    headers.insert(names::X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(start.elapsed().as_millis() as u64));
+    headers.insert(names::X_ENVOY_UPSTREAM_SERVICE_TIME, millis(start.elapsed().as_millis() as u64));
     observed.flags = flags;
+    super::maps::recycle(parts.headers);
     Ok(response)
 }
 
@@ -621,28 +632,21 @@ async fn attempts(
             Some((pool, whole)) => Outgoing::Driven(pool.clone(), whole),
             None => Outgoing::Pooled(body.for_attempt().ok_or(LocalReply::RESET)?),
         };
-        let mut req = Request::new(());
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri.clone();
-        // Without a retry policy there is only this attempt: it takes the headers. With
-        // one, a copy stays for the next attempt and the attempt takes the original, so
-        // that its spare room goes on: hyper parses the response into the map it sent.
-        *req.headers_mut() = if retry.is_some() {
-            let copy = parts.headers.clone();
-            std::mem::replace(&mut parts.headers, copy)
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
-        *req.version_mut() = if upstream.spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        if retries > 0 {
-            req.headers_mut().insert(names::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(retries + 1));
-        }
+        let attempt = (retries > 0).then(|| HeaderValue::from(retries + 1));
         let guard = InFlight::new(upstream.clone(), host.clone(), slot);
         let per_connection = upstream.spec.limits.max_requests_per_connection;
         let sent = async {
             let attempt_body = match outgoing {
+                // Written from the request as it is: nothing is copied for the attempt.
                 Outgoing::Driven(pool, whole) => {
-                    let response = pool.request(req.map(|()| whole), per_connection).await.map_err(|e| match e {
+                    let request = h1::Outbound {
+                        method: &parts.method,
+                        uri,
+                        headers: &parts.headers,
+                        extra: attempt.as_ref().map(|v| (&ATTEMPT_COUNT, v)),
+                        body: &whole,
+                    };
+                    let response = pool.request(request, per_connection).await.map_err(|e| match e {
                         h1::Error::Connect(_) => Failure::Connect,
                         h1::Error::Reset => Failure::Reset,
                     })?;
@@ -650,7 +654,23 @@ async fn attempts(
                 }
                 Outgoing::Pooled(attempt_body) => attempt_body,
             };
-            let mut req = req.map(|()| attempt_body);
+            let mut req = Request::new(attempt_body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = uri.clone();
+            // Without a retry policy there is only this attempt: it takes the headers.
+            // With one, a copy stays for the next attempt and the attempt takes the
+            // original, so that its spare room goes on: hyper parses the response into
+            // the map it sent.
+            *req.headers_mut() = if retry.is_some() {
+                let copy = parts.headers.clone();
+                std::mem::replace(&mut parts.headers, copy)
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            *req.version_mut() = if upstream.spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            if let Some(attempt) = attempt {
+                req.headers_mut().insert(names::X_ENVOY_ATTEMPT_COUNT, attempt);
+            }
             let connection = (per_connection > 0).then(|| capture_connection(&mut req));
             let response =
                 host.send(req).await.map_err(|e| if e.is_connect() { Failure::Connect } else { Failure::Reset })?;

@@ -5,6 +5,7 @@
 mod filters;
 pub(crate) mod forward;
 pub(crate) mod hpack;
+pub(crate) mod maps;
 pub(crate) mod names;
 pub mod normalize;
 mod observe;

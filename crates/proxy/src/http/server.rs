@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::Body as HttpBody;
-use hyper::header::{self, HeaderMap, HeaderName};
+use hyper::header::{self, HeaderName};
 use hyper::http::response;
 use hyper::{Method, Request, Response, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -119,7 +119,12 @@ struct Server<'a, I> {
 
 /// Serves HTTP/1.1 requests on `io` until the connection closes, the proxy drains, or a
 /// request needs hyper's server. `read` holds what was read and not yet served.
-pub async fn serve<I>(conn: &Arc<Connection>, io: &mut I, read: &mut BytesMut, drain: &mut watch::Receiver<bool>) -> Ended
+pub async fn serve<I>(
+    conn: &Arc<Connection>,
+    io: &mut I,
+    read: &mut BytesMut,
+    drain: &mut watch::Receiver<bool>,
+) -> Ended
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -239,7 +244,7 @@ where
         let method = Method::from_bytes(&head[p.method.0..p.method.1]).ok()?;
         let uri = Uri::from_maybe_shared(head.slice(p.target.0..p.target.1)).ok()?;
         // Room for the headers the proxy adds on the way upstream.
-        let mut headers = HeaderMap::with_capacity(self.fields.len() + 6);
+        let mut headers = super::maps::header_map(self.fields.len() + 6);
         for f in &self.fields {
             let (name, value) = f.parse(&head, &KNOWN).ok()?;
             headers.append(name, value);
@@ -282,11 +287,17 @@ where
 
     /// Writes the response; whether it went out whole, framed so that the connection can
     /// carry another request.
-    async fn respond(&mut self, response: Response<Body>, head_request: bool, keep_alive: bool, trailers: bool) -> bool {
+    async fn respond(
+        &mut self,
+        response: Response<Body>,
+        head_request: bool,
+        keep_alive: bool,
+        trailers: bool,
+    ) -> bool {
         let (parts, mut body) = response.into_parts();
         self.write.clear();
         let mut framing = encode_head(&mut self.write, &parts, &body, head_request, keep_alive);
-        drop(parts);
+        super::maps::recycle(parts.headers);
         if framing == Framing::None {
             drop(body);
             return self.flush().await;
@@ -373,17 +384,14 @@ fn inspect(buf: &[u8], max_head: usize, h2: bool, fields: &mut Vec<Field>) -> He
     }
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
-    let head = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut request,
-        buf,
-        &mut headers,
-    ) {
-        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => return Head::Refuse(431),
-        Ok(httparse::Status::Partial) if buf.len() > max_head => return Head::Refuse(431),
-        Ok(httparse::Status::Partial) => return Head::Partial,
-        Err(_) => return Head::Refuse(400),
-    };
+    let head =
+        match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, &mut headers) {
+            Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+            Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => return Head::Refuse(431),
+            Ok(httparse::Status::Partial) if buf.len() > max_head => return Head::Refuse(431),
+            Ok(httparse::Status::Partial) => return Head::Partial,
+            Err(_) => return Head::Refuse(400),
+        };
     let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else {
         // HTTP/1.0, with its own rules for keeping a connection.
         return Head::Handoff;
@@ -666,8 +674,7 @@ mod tests {
         assert_eq!(framing, Framing::None);
     }
 
-    fn one_chunk()
-    -> tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, crate::body::BoxError>>> {
+    fn one_chunk() -> tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, crate::body::BoxError>>> {
         tokio_stream::iter(vec![Ok(Frame::data(Bytes::from_static(b"a")))])
     }
 

@@ -12,8 +12,8 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Frame;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::{request, response};
-use hyper::{Method, Response, StatusCode, Version};
+use hyper::http::response;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::http::names;
 use crate::telemetry::{PEER_METADATA, PEER_METADATA_ID};
@@ -136,18 +136,41 @@ pub enum Decoded {
     More,
 }
 
-/// Writes `parts` and `body` as an HTTP/1.1 request in origin form into `out`, with
-/// `Content-Length` framing. A body of up to [`INLINE_BODY`] bytes is written into `out`
-/// too; the result says whether the body still has to be written after it.
-pub fn encode_request(out: &mut Vec<u8>, parts: &request::Parts, body: &Bytes) -> bool {
+/// A request as the pool writes it, borrowed: a request kept for retries is not copied
+/// for each attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The target; written in origin form, its authority used when there is no `Host`.
+    pub uri: &'a Uri,
+    /// The header fields.
+    pub headers: &'a HeaderMap,
+    /// One more field, written after `headers` (a retry's attempt count).
+    pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
+    /// The whole body.
+    pub body: &'a Bytes,
+}
+
+impl<'a> From<&'a Request<Bytes>> for Outbound<'a> {
+    fn from(req: &'a Request<Bytes>) -> Outbound<'a> {
+        Outbound { method: req.method(), uri: req.uri(), headers: req.headers(), extra: None, body: req.body() }
+    }
+}
+
+/// Writes `req` as an HTTP/1.1 request in origin form into `out`, with `Content-Length`
+/// framing. A body of up to [`INLINE_BODY`] bytes is written into `out` too; the result
+/// says whether the body still has to be written after it.
+pub fn encode_request(out: &mut Vec<u8>, req: &Outbound<'_>) -> bool {
+    let body = req.body;
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(req.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut declared_length = false;
     let mut host = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers.iter().chain(req.extra) {
         if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
             declared_length = true;
             continue;
@@ -156,12 +179,12 @@ pub fn encode_request(out: &mut Vec<u8>, parts: &request::Parts, body: &Bytes) -
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     // The proxy always sets Host; a request without one takes the URI's authority.
-    if !host && let Some(authority) = parts.uri.authority() {
+    if !host && let Some(authority) = req.uri.authority() {
         field(out, b"host", authority.as_str().as_bytes());
     }
     // Methods whose requests carry a body say how long it is even when it is empty, as
     // clients do.
-    let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    let expects_body = matches!(*req.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || declared_length || expects_body {
         field(out, b"content-length", itoa::Buffer::new().format(body.len()).as_bytes());
     }
@@ -217,7 +240,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method, fields: &mut Vec<Field>) 
 }
 
 fn build(head: Bytes, code: u16, http10: bool, method: &Method, fields: &[Field]) -> Result<Head, Invalid> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = crate::http::maps::header_map(fields.len());
     let mut length = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
@@ -267,13 +290,8 @@ fn build(head: Bytes, code: u16, http10: bool, method: &Method, fields: &[Field]
 
 /// The names weft's own proxies add to responses, which `http` would otherwise copy into
 /// a new allocation for every response (it keeps only standard names as constants).
-static KNOWN: [HeaderName; 5] = [
-    names::X_ENVOY_UPSTREAM_SERVICE_TIME,
-    PEER_METADATA,
-    PEER_METADATA_ID,
-    names::X_REQUEST_ID,
-    names::GRPC_STATUS,
-];
+static KNOWN: [HeaderName; 5] =
+    [names::X_ENVOY_UPSTREAM_SERVICE_TIME, PEER_METADATA, PEER_METADATA_ID, names::X_REQUEST_ID, names::GRPC_STATUS];
 
 impl Decoder {
     /// `Length(0)` is `Done`.
@@ -400,9 +418,9 @@ mod tests {
         for (n, v) in headers {
             builder = builder.header(*n, *v);
         }
-        let (parts, ()) = builder.body(()).unwrap_or_else(|e| panic!("{e}")).into_parts();
+        let req = builder.body(Bytes::from_static(body)).unwrap_or_else(|e| panic!("{e}"));
         let mut out = Vec::new();
-        assert!(!encode_request(&mut out, &parts, &Bytes::from_static(body)));
+        assert!(!encode_request(&mut out, &Outbound::from(&req)));
         String::from_utf8(out).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -454,9 +472,10 @@ mod tests {
 
     #[test]
     fn a_large_body_is_left_for_a_write_of_its_own() {
-        let (parts, ()) = hyper::Request::post("/").body(()).unwrap_or_else(|e| panic!("{e}")).into_parts();
+        let req =
+            hyper::Request::post("/").body(Bytes::from(vec![b'x'; INLINE_BODY + 1])).unwrap_or_else(|e| panic!("{e}"));
         let mut out = Vec::new();
-        assert!(encode_request(&mut out, &parts, &Bytes::from(vec![b'x'; INLINE_BODY + 1])));
+        assert!(encode_request(&mut out, &Outbound::from(&req)));
         assert!(out.ends_with(b"content-length: 16385\r\n\r\n"));
     }
 

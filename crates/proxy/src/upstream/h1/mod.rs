@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use hyper::{Method, Request, Response};
+use hyper::{Method, Response};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -33,6 +33,7 @@ use super::connect::{ConnectError, HostConnector, Stream};
 
 pub mod codec;
 
+pub use codec::Outbound;
 use codec::{Decoded, Decoder};
 
 /// How often idle connections are checked.
@@ -112,13 +113,12 @@ impl Conn {
     }
 
     /// Writes `req` and reads its response head.
-    async fn exchange(&mut self, req: Request<Bytes>) -> Result<codec::Head, Error> {
-        let (parts, body) = req.into_parts();
-        let body_apart = codec::encode_request(&mut self.write, &parts, &body);
+    async fn exchange(&mut self, req: Outbound<'_>) -> Result<codec::Head, Error> {
+        let body_apart = codec::encode_request(&mut self.write, &req);
         let written = async {
             self.io.write_all(&self.write).await?;
             if body_apart {
-                self.io.write_all(&body).await?;
+                self.io.write_all(req.body).await?;
             }
             self.io.flush().await
         };
@@ -126,8 +126,7 @@ impl Conn {
         if self.write.capacity() > MAX_KEPT_WRITE_BUFFER {
             self.write = Vec::new();
         }
-        let method = parts.method;
-        poll_fn(|cx| self.poll_head(cx, &method)).await
+        poll_fn(|cx| self.poll_head(cx, req.method)).await
     }
 
     fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<codec::Head, Error>> {
@@ -166,7 +165,7 @@ impl Pool {
     /// pool, unless it has carried `max_uses` requests (0: no limit) or the response said
     /// to close it. A request in absolute form goes out in origin form (`/path?query`),
     /// as a client that is not talking to a forward proxy sends it.
-    pub async fn request(self: &Arc<Self>, req: Request<Bytes>, max_uses: u32) -> Result<Response<PooledBody>, Error> {
+    pub async fn request(self: &Arc<Self>, req: Outbound<'_>, max_uses: u32) -> Result<Response<PooledBody>, Error> {
         let mut conn = match self.take() {
             Some(conn) => conn,
             None => Conn::new(self.connector.connect().await.map_err(Error::Connect)?),
@@ -316,6 +315,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use http_body_util::BodyExt;
+    use hyper::Request;
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -391,7 +391,7 @@ mod tests {
         let uri = format!("http://backend{path}");
         let req =
             Request::builder().uri(uri).header("host", "backend").body(Bytes::new()).unwrap_or_else(|e| panic!("{e}"));
-        let response = pool.request(req, max_uses).await.unwrap_or_else(|e| panic!("{e:?}"));
+        let response = pool.request((&req).into(), max_uses).await.unwrap_or_else(|e| panic!("{e:?}"));
         let body = response.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
@@ -418,7 +418,7 @@ mod tests {
                 .header("te", "trailers")
                 .body(Bytes::new())
                 .unwrap_or_else(|e| panic!("{e}"));
-            let mut body = pool.request(req, 0).await.unwrap_or_else(|e| panic!("{e:?}")).into_body();
+            let mut body = pool.request((&req).into(), 0).await.unwrap_or_else(|e| panic!("{e:?}")).into_body();
             let mut trailers = false;
             // As a server does: frames until the trailers, and no poll after them.
             while let Some(frame) = body.frame().await {
@@ -505,6 +505,6 @@ mod tests {
         drop(listener);
         let (pool, _) = pool(addr);
         let req = Request::builder().uri("/").body(Bytes::new()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(pool.request(req, 0).await, Err(Error::Connect(_))));
+        assert!(matches!(pool.request((&req).into(), 0).await, Err(Error::Connect(_))));
     }
 }

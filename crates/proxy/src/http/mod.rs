@@ -100,7 +100,7 @@ where
             serve_hyper(conn, io, &mut drain).await;
         } else {
             let mut read = bytes::BytesMut::new();
-            if let server::Ended::Handoff = server::serve(&conn, &mut io, &mut read, &mut drain).await {
+            if let server::Ended::Handoff = server::serve(&conn, &mut io, &mut read, &drain).await {
                 serve_hyper(conn, Rewind { read: read.freeze(), io }, &mut drain).await;
             }
         }

@@ -24,7 +24,7 @@ use hyper::body::Body as HttpBody;
 use hyper::header::{self, HeaderName};
 use hyper::http::response;
 use hyper::{Method, Request, Response, Uri, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::{Connection, names};
@@ -103,38 +103,87 @@ enum Next {
     Refuse(u16),
 }
 
+/// A signal's wait, kept for the connection's life: registered once, not per request.
+type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// One downstream HTTP/1.1 connection.
 struct Server<'a, I> {
     conn: &'a Arc<Connection>,
     io: &'a mut I,
     read: &'a mut BytesMut,
-    drain: &'a mut watch::Receiver<bool>,
+    drain: &'a watch::Receiver<bool>,
     /// The proxy drains: the connection closes after the current request.
     draining: bool,
+    /// The connection manager was replaced: likewise.
+    retired: bool,
     /// Whether an HTTP/2 preface may still come (only as the connection's first bytes).
     h2: bool,
     fields: Vec<Field>,
     write: Vec<u8>,
+    /// Ends when the proxy drains.
+    drained: Signal,
+    /// Ends when the connection manager is replaced.
+    replaced: Signal,
+    /// Notes that a signal woke the task, so that they are polled only then.
+    signals: Arc<super::Signals>,
+    signal_waker: std::task::Waker,
+    /// The idle or header-read deadline, moved only when it must be earlier, or when it
+    /// passes early: an idle deadline that moves later with every request costs nothing
+    /// until the timer fires.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timer_at: tokio::time::Instant,
 }
 
 /// Serves HTTP/1.1 requests on `io` until the connection closes, the proxy drains, or a
 /// request needs hyper's server. `read` holds what was read and not yet served.
-pub async fn serve<I>(
-    conn: &Arc<Connection>,
-    io: &mut I,
-    read: &mut BytesMut,
-    drain: &mut watch::Receiver<bool>,
-) -> Ended
+pub async fn serve<I>(conn: &Arc<Connection>, io: &mut I, read: &mut BytesMut, drain: &watch::Receiver<bool>) -> Ended
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let h2 = conn.spec.codec == crate::model::listener::Codec::Auto;
-    let mut server = Server { conn, io, read, drain, draining: false, h2, fields: Vec::new(), write: Vec::new() };
+    let mut changes = drain.clone();
+    let drained: Signal = Box::pin(async move {
+        while changes.changed().await.is_ok() {
+            if *changes.borrow() {
+                return;
+            }
+        }
+    });
+    let spec = conn.spec.clone();
+    let replaced: Signal = Box::pin(async move { spec.retire_notify.notified().await });
+    let signals = Arc::new(super::Signals::default());
+    let timer_at = far_future();
+    let mut server = Server {
+        conn,
+        io,
+        read,
+        drain,
+        draining: false,
+        retired: false,
+        h2: conn.spec.codec == crate::model::listener::Codec::Auto,
+        fields: Vec::new(),
+        write: Vec::new(),
+        drained,
+        replaced,
+        signal_waker: std::task::Waker::from(signals.clone()),
+        signals,
+        timer: Box::pin(tokio::time::sleep_until(timer_at)),
+        timer_at,
+    };
+    // Registered before the first look at the flags, so that no signal falls between.
+    server.poll_signals();
     let ended = server.run().await;
     if matches!(ended, Ended::Closed) {
         let _ = server.io.shutdown().await;
     }
     ended
+}
+
+/// What ended a wait for more of a request.
+enum Wait {
+    Read,
+    Closed,
+    Timer,
+    Signal,
 }
 
 impl<I> Server<'_, I>
@@ -162,6 +211,7 @@ where
             let Some(response) = self.dispatch(request).await else { return Ended::Closed };
             let keep_alive = !pending.close
                 && !self.draining
+                && !self.retired
                 && !*self.drain.borrow()
                 && !self.conn.spec.retired.load(Ordering::Relaxed);
             let sent = self.respond(response, head_request, keep_alive, pending.trailers).await;
@@ -201,40 +251,70 @@ where
                 },
             }
             let started = !self.read.is_empty();
-            let retired = spec.retire_notify.notified();
-            tokio::pin!(retired);
-            retired.as_mut().enable();
-            if !started && (self.draining || spec.retired.load(Ordering::Relaxed)) {
+            if !started && (self.draining || self.retired || spec.retired.load(Ordering::Relaxed)) {
                 return Next::Closed;
             }
-            let deadline = if started {
-                *head_deadline.get_or_insert_with(|| {
+            let wanted = if started {
+                Some(*head_deadline.get_or_insert_with(|| {
                     tokio::time::Instant::now() + spec.headers_timeout.unwrap_or(DEFAULT_HEADERS_TIMEOUT)
-                })
+                }))
             } else {
-                match self.conn.idle_deadline() {
-                    Some(d) => d,
-                    None => far_future(),
-                }
+                self.conn.idle_deadline()
             };
+            if let Some(wanted) = wanted
+                && wanted < self.timer_at
+            {
+                self.set_timer(wanted);
+            }
             if self.read.capacity() - self.read.len() < 1024 {
                 self.read.reserve(4096);
             }
-            tokio::select! {
-                biased;
-                read = self.io.read_buf(self.read) => match read {
-                    Ok(0) | Err(_) => return Next::Closed,
-                    Ok(_) => {}
-                },
-                // The head's deadline passed (Envoy's request_headers_timeout), or the
-                // idle one.
-                () = tokio::time::sleep_until(deadline) => return Next::Closed,
-                changed = self.drain.changed(), if !self.draining => {
-                    self.draining = changed.is_err() || *self.drain.borrow();
+            let wait = std::future::poll_fn(|cx| {
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *self.io), cx, self.read) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Wait::Closed),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Wait::Read),
+                    Poll::Pending => {}
                 }
-                () = &mut retired => {}
+                if wanted.is_some() && self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wait::Timer);
+                }
+                if self.signals.woken(cx.waker()) && self.poll_signals() {
+                    return Poll::Ready(Wait::Signal);
+                }
+                Poll::Pending
+            })
+            .await;
+            match wait {
+                Wait::Read | Wait::Signal => {}
+                Wait::Closed => return Next::Closed,
+                // The head's deadline passed (Envoy's request_headers_timeout), or the idle
+                // one; or the timer was set for a deadline that has since moved on.
+                Wait::Timer => match wanted {
+                    Some(wanted) if wanted > tokio::time::Instant::now() => self.set_timer(wanted),
+                    _ => return Next::Closed,
+                },
             }
         }
+    }
+
+    fn set_timer(&mut self, at: tokio::time::Instant) {
+        self.timer.as_mut().reset(at);
+        self.timer_at = at;
+    }
+
+    /// Polls the signals not yet seen; whether one fired.
+    fn poll_signals(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(&self.signal_waker);
+        let mut fired = false;
+        if !self.draining && self.drained.as_mut().poll(&mut cx).is_ready() {
+            self.draining = true;
+            fired = true;
+        }
+        if !self.retired && self.replaced.as_mut().poll(&mut cx).is_ready() {
+            self.retired = true;
+            fired = true;
+        }
+        fired
     }
 
     /// The request `p` describes, taking its head and body off the buffer.

@@ -95,7 +95,9 @@ struct Pending {
     trailers: bool,
 }
 
-/// What the wait for the next request came to.
+/// What the wait for the next request came to. Returned once per request and taken apart
+/// at once: boxing the request would cost an allocation each time to save a move.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Request(Request<Inbound>, Pending),
     Closed,

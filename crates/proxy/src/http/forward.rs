@@ -267,8 +267,17 @@ pub async fn forward(
         }
     }
 
-    let attempts =
-        attempts(&upstream, conn.destination, &mut parts, &uri, &mut body, fwd.retry.as_ref(), hash, &mut flags);
+    let attempts = attempts(
+        &upstream,
+        conn.destination,
+        &mut parts,
+        &uri,
+        &mut body,
+        fwd.retry.as_ref(),
+        hash,
+        exchange,
+        &mut flags,
+    );
     let result = match fwd.timeout {
         Some(t) => match tokio::time::timeout(t, attempts).await {
             Ok(r) => r,
@@ -279,10 +288,13 @@ pub async fn forward(
         },
         None => attempts.await,
     };
-    let (mut response, answered) = result?;
+    let (mut response, answered, peer) = result?;
     observed.upstream = Some(answered);
     if exchange {
-        observed.peer = conn.shared.metrics.take_peer(response.headers_mut());
+        observed.peer = match peer {
+            Some(metadata) => Some(conn.shared.metrics.peer(&metadata)),
+            None => conn.shared.metrics.take_peer(response.headers_mut()),
+        };
     }
     if let Some(span) = observed.span.as_mut() {
         let operation = m.route.decorator.as_ref().filter(|d| d.propagate).map(|d| d.operation.as_str());
@@ -602,8 +614,9 @@ async fn attempts(
     body: &mut Replay,
     retry: Option<&RetryPolicy>,
     hash: Option<u64>,
+    take_peer: bool,
     flags: &mut Flags,
-) -> Result<(Response<Body>, Arc<str>), LocalReply> {
+) -> Result<(Response<Body>, Arc<str>, Option<Bytes>), LocalReply> {
     let mut tried: Vec<usize> = Vec::new();
     let mut retries = 0u32;
     let mut _retry_slot = None;
@@ -645,12 +658,13 @@ async fn attempts(
                         headers: &parts.headers,
                         extra: attempt.as_ref().map(|v| (&ATTEMPT_COUNT, v)),
                         body: &whole,
+                        take_peer,
                     };
-                    let response = pool.request(request, per_connection).await.map_err(|e| match e {
+                    let (response, peer) = pool.request(request, per_connection).await.map_err(|e| match e {
                         h1::Error::Connect(_) => Failure::Connect,
                         h1::Error::Reset => Failure::Reset,
                     })?;
-                    return Ok(response.map(UpstreamBody::Driven));
+                    return Ok((response.map(UpstreamBody::Driven), peer));
                 }
                 Outgoing::Pooled(attempt_body) => attempt_body,
             };
@@ -681,7 +695,7 @@ async fn attempts(
             {
                 connected.poison();
             }
-            Ok(response.map(UpstreamBody::Pooled))
+            Ok((response.map(UpstreamBody::Pooled), None))
         };
         let result = match retry.and_then(|r| r.per_try_timeout) {
             Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::PerTryTimeout)),
@@ -690,7 +704,7 @@ async fn attempts(
         // Whether another attempt is possible: retries left and the body can be replayed.
         let retry_left = retry.filter(|r| retries < r.num_retries && body.replayable());
         match result {
-            Ok(response) => {
+            Ok((response, peer)) => {
                 let status = response.status().as_u16();
                 upstream.record(&host, Outcome::Status(status));
                 if let Some(r) = retry
@@ -712,7 +726,7 @@ async fn attempts(
                 }
                 let address = host.address.clone();
                 let response = response.map(|inner| Tracked { inner, _guard: guard }.boxed());
-                return Ok((response, address));
+                return Ok((response, address, peer));
             }
             Err(failure) => {
                 drop(guard);

@@ -117,7 +117,7 @@ where
 {
     let spec = conn.spec.clone();
     let state = conn.clone();
-    let service = service_fn(move |req: Request<Incoming>| handle(conn.clone(), req.map(Inbound::Streamed)));
+    let service = service_fn(move |req: Request<Incoming>| handle(conn.clone(), req.map(Inbound::Streamed), None));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -333,7 +333,13 @@ fn is_grpc(req: &Request<Inbound>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn handle(conn: Arc<Connection>, mut req: Request<Inbound>) -> Result<Response<Body>, Infallible> {
+/// Runs a request through the connection manager. `received_peer` is the caller's peer
+/// metadata when the server has already taken it out of the headers.
+async fn handle(
+    conn: Arc<Connection>,
+    mut req: Request<Inbound>,
+    received_peer: Option<bytes::Bytes>,
+) -> Result<Response<Body>, Infallible> {
     conn.stats.rq_total.fetch_add(1, Ordering::Relaxed);
     conn.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::Relaxed);
@@ -342,7 +348,10 @@ async fn handle(conn: Arc<Connection>, mut req: Request<Inbound>) -> Result<Resp
     let http2 = req.version() == hyper::Version::HTTP_2;
     // The caller's peer metadata never reaches the application.
     let peer = match conn.spec.reporter {
-        crate::telemetry::Reporter::Destination => conn.shared.metrics.take_peer(req.headers_mut()),
+        crate::telemetry::Reporter::Destination => match received_peer {
+            Some(metadata) => Some(conn.shared.metrics.peer(&metadata)),
+            None => conn.shared.metrics.take_peer(req.headers_mut()),
+        },
         crate::telemetry::Reporter::Source => None,
     };
     let mut observed = observe::Observed::default();

@@ -24,8 +24,47 @@ pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `proxy-connection`.
 pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The name in `known` that `raw` spells (in any case), taken from there rather than
-/// copied: `http` keeps only standard names as constants.
-pub fn known(known: &[HeaderName], raw: &[u8]) -> Option<HeaderName> {
-    known.iter().find(|k| k.as_str().len() == raw.len() && k.as_str().as_bytes().eq_ignore_ascii_case(raw)).cloned()
+/// Names looked up by [`Known::get`], with a mask of their lengths, so that most other
+/// names are passed over with one test.
+#[derive(Debug)]
+pub struct Known {
+    names: &'static [HeaderName],
+    lengths: u64,
+}
+
+impl Known {
+    /// The lookup for `names`.
+    pub fn new(names: &'static [HeaderName]) -> Known {
+        let lengths = names.iter().map(|n| n.as_str().len()).filter(|l| *l < 64).fold(0, |m, l| m | 1 << l);
+        Known { names, lengths }
+    }
+
+    /// The name that `raw` spells (in any case), taken from here rather than copied:
+    /// `http` keeps only standard names as constants.
+    pub fn get(&self, raw: &[u8]) -> Option<HeaderName> {
+        if raw.len() >= 64 || self.lengths & 1 << raw.len() == 0 {
+            return None;
+        }
+        self.names
+            .iter()
+            .find(|k| k.as_str().len() == raw.len() && k.as_str().as_bytes().eq_ignore_ascii_case(raw))
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_names_are_found_in_any_case_and_others_are_not() {
+        static NAMES: [HeaderName; 2] = [X_REQUEST_ID, GRPC_STATUS];
+        let known = Known::new(&NAMES);
+        assert_eq!(known.get(b"X-Request-ID"), Some(X_REQUEST_ID));
+        assert_eq!(known.get(b"grpc-status"), Some(GRPC_STATUS));
+        // Same length as a known name, different name.
+        assert_eq!(known.get(b"x-request-ie"), None);
+        assert_eq!(known.get(b"content-length"), None);
+        assert_eq!(known.get(&[b'x'; 80]), None);
+    }
 }

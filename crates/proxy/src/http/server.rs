@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use super::{Connection, names};
 use crate::body::{Body, Inbound};
 use crate::telemetry::{PEER_METADATA, PEER_METADATA_ID};
-use crate::upstream::h1::codec::Field;
+use crate::upstream::h1::codec::{Field, is_peer_metadata};
 
 /// A request body of known length up to this size is read whole before routing; a
 /// larger one is streamed, by hyper's server.
@@ -46,7 +46,7 @@ const DEFAULT_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Names one weft proxy sends the next, taken from here rather than copied per request.
-static KNOWN: [HeaderName; 7] = [
+static KNOWN_NAMES: [HeaderName; 7] = [
     names::X_REQUEST_ID,
     names::X_FORWARDED_PROTO,
     PEER_METADATA,
@@ -55,6 +55,7 @@ static KNOWN: [HeaderName; 7] = [
     names::X_ENVOY_ATTEMPT_COUNT,
     names::X_FORWARDED_CLIENT_CERT,
 ];
+static KNOWN: std::sync::LazyLock<names::Known> = std::sync::LazyLock::new(|| names::Known::new(&KNOWN_NAMES));
 
 /// How a connection left this server.
 pub enum Ended {
@@ -99,7 +100,8 @@ struct Pending {
 /// at once: boxing the request would cost an allocation each time to save a move.
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    Request(Request<Inbound>, Pending),
+    /// A request, with the peer metadata taken out of its headers.
+    Request(Request<Inbound>, Pending, Option<Bytes>),
     Closed,
     Handoff,
     Refuse(u16),
@@ -194,8 +196,8 @@ where
 {
     async fn run(&mut self) -> Ended {
         loop {
-            let (request, pending) = match self.next_request().await {
-                Next::Request(request, pending) => (request, pending),
+            let (request, pending, peer) = match self.next_request().await {
+                Next::Request(request, pending, peer) => (request, pending, peer),
                 Next::Closed => return Ended::Closed,
                 Next::Handoff => return Ended::Handoff,
                 Next::Refuse(status) => {
@@ -210,7 +212,7 @@ where
             };
             self.h2 = false;
             let head_request = request.method() == Method::HEAD;
-            let Some(response) = self.dispatch(request).await else { return Ended::Closed };
+            let Some(response) = self.dispatch(request, peer).await else { return Ended::Closed };
             let keep_alive = !pending.close
                 && !self.draining
                 && !self.retired
@@ -235,7 +237,7 @@ where
                 Some(p) if self.read.len() >= p.head + p.body => {
                     let Some(p) = pending.take() else { return Next::Closed };
                     return match self.build(&p) {
-                        Some(request) => Next::Request(request, p),
+                        Some((request, peer)) => Next::Request(request, p, peer),
                         None => Next::Refuse(400),
                     };
                 }
@@ -319,15 +321,25 @@ where
         fired
     }
 
-    /// The request `p` describes, taking its head and body off the buffer.
-    fn build(&mut self, p: &Pending) -> Option<Request<Inbound>> {
+    /// The request `p` describes, taking its head and body off the buffer. A sidecar's
+    /// inbound side takes the caller's peer metadata out of the headers (unchecked: it is
+    /// only decoded, never forwarded).
+    fn build(&mut self, p: &Pending) -> Option<(Request<Inbound>, Option<Bytes>)> {
         let head = self.read.split_to(p.head).freeze();
         let body = (p.body > 0).then(|| self.read.split_to(p.body).freeze());
         let method = Method::from_bytes(&head[p.method.0..p.method.1]).ok()?;
         let uri = Uri::from_maybe_shared(head.slice(p.target.0..p.target.1)).ok()?;
         // Room for the headers the proxy adds on the way upstream.
         let mut headers = super::maps::header_map(self.fields.len() + 6);
+        let take_peer = self.conn.spec.reporter == crate::telemetry::Reporter::Destination;
+        let mut peer = None;
         for f in &self.fields {
+            if take_peer && let Some(metadata) = is_peer_metadata(f.name(&head)) {
+                if metadata {
+                    peer = Some(f.raw_value(&head));
+                }
+                continue;
+            }
             let (name, value) = f.parse(&head, &KNOWN).ok()?;
             headers.append(name, value);
         }
@@ -336,15 +348,15 @@ where
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
-        Some(request)
+        Some((request, peer))
     }
 
     /// Runs the request through the connection manager. Meanwhile the connection is read,
     /// so that a client that goes away abandons its request (as Envoy resets the
     /// upstream stream); bytes of the next request (pipelining) are kept, up to a head's
     /// worth, after which the kernel holds them.
-    async fn dispatch(&mut self, request: Request<Inbound>) -> Option<Response<Body>> {
-        let handler = super::handle(self.conn.clone(), request);
+    async fn dispatch(&mut self, request: Request<Inbound>, peer: Option<Bytes>) -> Option<Response<Body>> {
+        let handler = super::handle(self.conn.clone(), request, peer);
         tokio::pin!(handler);
         let limit = self.conn.spec.max_headers_bytes + MAX_WHOLE_BODY;
         let (io, read) = (&mut *self.io, &mut *self.read);

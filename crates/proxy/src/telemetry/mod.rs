@@ -482,7 +482,7 @@ pub struct IstioMetrics {
     tcp: Arc<TcpMap>,
     tcp_overridden: Arc<TcpOverriddenMap>,
     own: Own,
-    peers: Mutex<HashMap<HeaderValue, Arc<Workload>, foldhash::fast::RandomState>>,
+    peers: Mutex<HashMap<bytes::Bytes, Arc<Workload>, foldhash::fast::RandomState>>,
     hosts: Mutex<HashMap<String, Arc<Service>>>,
 }
 
@@ -538,19 +538,23 @@ impl IstioMetrics {
     pub fn take_peer(&self, headers: &mut HeaderMap) -> Option<Arc<Workload>> {
         headers.remove(PEER_METADATA_ID);
         let value = headers.remove(PEER_METADATA)?;
-        let Ok(mut peers) = self.peers.lock() else { return Some(Workload::unknown()) };
-        if let Some(known) = peers.get(&value) {
-            return Some(known.clone());
+        Some(self.peer(value.as_bytes()))
+    }
+
+    /// The workload a peer-metadata value describes (`unknown` when it cannot be read).
+    pub fn peer(&self, value: &[u8]) -> Arc<Workload> {
+        let Ok(mut peers) = self.peers.lock() else { return Workload::unknown() };
+        if let Some(known) = peers.get(value) {
+            return known.clone();
         }
-        let workload = decode_metadata(value.as_bytes()).map_or_else(Workload::unknown, Arc::new);
+        let workload = decode_metadata(value).map_or_else(Workload::unknown, Arc::new);
         if peers.len() < MAX_PEERS {
-            // A copy: the header's bytes are a slice of the whole buffer the message was
-            // read into (8 KB and more), which a kept slice would hold for good.
-            let key = HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value);
-            peers.insert(key, workload.clone());
-            Some(workload)
+            // A copy: the value is often a slice of the whole buffer the message was read
+            // into (8 KB and more), which a kept slice would hold for good.
+            peers.insert(bytes::Bytes::copy_from_slice(value), workload.clone());
+            workload
         } else {
-            Some(Workload::unknown())
+            Workload::unknown()
         }
     }
 

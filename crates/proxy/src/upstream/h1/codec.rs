@@ -74,11 +74,21 @@ impl Field {
         Field { name: span(header.name.as_bytes()), value: span(header.value) }
     }
 
+    /// The field's name as it was sent.
+    pub fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.name.0..self.name.1]
+    }
+
+    /// The field's value, a slice of `head`, unchecked.
+    pub fn raw_value(&self, head: &Bytes) -> Bytes {
+        head.slice(self.value.0..self.value.1)
+    }
+
     /// The field as `http` keeps it, its value a slice of `head` (the frozen buffer);
     /// names in `known` are taken from there instead of being copied.
-    pub fn parse(&self, head: &Bytes, known: &[HeaderName]) -> Result<(HeaderName, HeaderValue), Invalid> {
-        let raw = &head[self.name.0..self.name.1];
-        let name = match names::known(known, raw) {
+    pub fn parse(&self, head: &Bytes, known: &names::Known) -> Result<(HeaderName, HeaderValue), Invalid> {
+        let raw = self.name(head);
+        let name = match known.get(raw) {
             Some(name) => name,
             None => HeaderName::from_bytes(raw).map_err(|_| Invalid::Header(String::from_utf8_lossy(raw).into()))?,
         };
@@ -97,6 +107,9 @@ pub struct Head {
     pub body: Decoder,
     /// Whether the connection may carry another request once the body has been read.
     pub keep_alive: bool,
+    /// The peer's metadata, taken out of the headers when asked for (unchecked: it is
+    /// only decoded, never forwarded).
+    pub peer: Option<Bytes>,
 }
 
 /// Reads a body off the connection's buffer, frame by frame.
@@ -150,11 +163,20 @@ pub struct Outbound<'a> {
     pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
     /// The whole body.
     pub body: &'a Bytes,
+    /// Whether the response's peer metadata is to be taken out of its headers.
+    pub take_peer: bool,
 }
 
 impl<'a> From<&'a Request<Bytes>> for Outbound<'a> {
     fn from(req: &'a Request<Bytes>) -> Outbound<'a> {
-        Outbound { method: req.method(), uri: req.uri(), headers: req.headers(), extra: None, body: req.body() }
+        Outbound {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extra: None,
+            body: req.body(),
+            take_peer: false,
+        }
     }
 }
 
@@ -206,7 +228,12 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Parses the response head at the start of `buf` and takes it off `buf`; `None` while
 /// the head is not whole. Interim responses (1xx other than 101) are skipped, as Envoy
 /// does when it does not proxy them. `fields` is scratch space kept by the connection.
-pub fn parse_head(buf: &mut BytesMut, method: &Method, fields: &mut Vec<Field>) -> Result<Option<Head>, Invalid> {
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    take_peer: bool,
+    fields: &mut Vec<Field>,
+) -> Result<Option<Head>, Invalid> {
     loop {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -235,18 +262,32 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method, fields: &mut Vec<Field>) 
         fields.clear();
         fields.extend(response.headers.iter().map(|h| Field::of(base, h)));
         let head = buf.split_to(len).freeze();
-        return build(head, code, http10, method, fields).map(Some);
+        return build(head, code, http10, method, take_peer, fields).map(Some);
     }
 }
 
-fn build(head: Bytes, code: u16, http10: bool, method: &Method, fields: &[Field]) -> Result<Head, Invalid> {
+fn build(
+    head: Bytes,
+    code: u16,
+    http10: bool,
+    method: &Method,
+    take_peer: bool,
+    fields: &[Field],
+) -> Result<Head, Invalid> {
     let mut headers = crate::http::maps::header_map(fields.len());
     let mut length = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut peer = None;
     for f in fields {
+        if take_peer && let Some(metadata) = is_peer_metadata(f.name(&head)) {
+            if metadata {
+                peer = Some(f.raw_value(&head));
+            }
+            continue;
+        }
         let (name, value) = f.parse(&head, &KNOWN)?;
         if name == header::CONTENT_LENGTH {
             let n = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(Invalid::ContentLength)?;
@@ -285,13 +326,25 @@ fn build(head: Bytes, code: u16, http10: bool, method: &Method, fields: &[Field]
     *response.status_mut() = StatusCode::from_u16(code).map_err(|_| Invalid::Head(httparse::Error::Status))?;
     *response.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
     *response.headers_mut() = headers;
-    Ok(Head { parts: response.into_parts().0, body: body.normalized(), keep_alive })
+    Ok(Head { parts: response.into_parts().0, body: body.normalized(), keep_alive, peer })
 }
 
 /// The names weft's own proxies add to responses, which `http` would otherwise copy into
 /// a new allocation for every response (it keeps only standard names as constants).
-static KNOWN: [HeaderName; 5] =
+static KNOWN_NAMES: [HeaderName; 5] =
     [names::X_ENVOY_UPSTREAM_SERVICE_TIME, PEER_METADATA, PEER_METADATA_ID, names::X_REQUEST_ID, names::GRPC_STATUS];
+static KNOWN: std::sync::LazyLock<names::Known> = std::sync::LazyLock::new(|| names::Known::new(&KNOWN_NAMES));
+
+/// Whether `raw` names the peer-metadata header or its id.
+pub fn is_peer_metadata(raw: &[u8]) -> Option<bool> {
+    if raw.eq_ignore_ascii_case(PEER_METADATA.as_str().as_bytes()) {
+        Some(true)
+    } else if raw.eq_ignore_ascii_case(PEER_METADATA_ID.as_str().as_bytes()) {
+        Some(false)
+    } else {
+        None
+    }
+}
 
 impl Decoder {
     /// `Length(0)` is `Done`.
@@ -426,7 +479,7 @@ mod tests {
 
     fn head(bytes: &[u8], method: &Method) -> Result<Option<Head>, Invalid> {
         let mut buf = BytesMut::from(bytes);
-        parse_head(&mut buf, method, &mut Vec::new())
+        parse_head(&mut buf, method, false, &mut Vec::new())
     }
 
     fn parsed(bytes: &[u8]) -> Head {
@@ -484,7 +537,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-Envoy-Peer-Metadata-Id: a\r\nSet-Cookie: 1\r\nset-cookie: 2\r\nContent-Length: 4\r\n\r\nbody"[..],
         );
-        let head = parse_head(&mut buf, &Method::GET, &mut Vec::new())
+        let head = parse_head(&mut buf, &Method::GET, false, &mut Vec::new())
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("partial"));
         assert_eq!(&buf[..], b"body");
@@ -550,6 +603,22 @@ mod tests {
             let h = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
             assert_eq!(head(h.as_bytes(), &Method::GET).err(), Some(Invalid::ContentLength), "{bad}");
         }
+    }
+
+    #[test]
+    fn peer_metadata_is_taken_out_of_the_headers_only_when_asked() {
+        let bytes = b"HTTP/1.1 200 OK\r\nX-Envoy-Peer-Metadata: Cg8K\r\nx-envoy-peer-metadata-id: sidecar~b\r\nserver: s\r\n\r\n";
+        let mut buf = BytesMut::from(&bytes[..]);
+        let taken = parse_head(&mut buf, &Method::GET, true, &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("partial"));
+        assert_eq!(taken.peer.as_deref(), Some(&b"Cg8K"[..]));
+        assert_eq!(taken.parts.headers.len(), 1);
+        assert!(taken.parts.headers.contains_key("server"));
+        let kept = parsed(bytes);
+        assert_eq!(kept.peer, None);
+        assert_eq!(kept.parts.headers[PEER_METADATA], "Cg8K");
+        assert_eq!(kept.parts.headers[PEER_METADATA_ID], "sidecar~b");
     }
 
     #[test]

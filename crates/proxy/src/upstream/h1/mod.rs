@@ -126,13 +126,13 @@ impl Conn {
         if self.write.capacity() > MAX_KEPT_WRITE_BUFFER {
             self.write = Vec::new();
         }
-        poll_fn(|cx| self.poll_head(cx, req.method)).await
+        poll_fn(|cx| self.poll_head(cx, req.method, req.take_peer)).await
     }
 
-    fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<codec::Head, Error>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method, peer: bool) -> Poll<Result<codec::Head, Error>> {
         loop {
             if !self.read.is_empty() {
-                match codec::parse_head(&mut self.read, method, &mut self.fields) {
+                match codec::parse_head(&mut self.read, method, peer, &mut self.fields) {
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
                     Err(e) => {
@@ -164,8 +164,13 @@ impl Pool {
     /// response body reads on; once it has been read the connection comes back to the
     /// pool, unless it has carried `max_uses` requests (0: no limit) or the response said
     /// to close it. A request in absolute form goes out in origin form (`/path?query`),
-    /// as a client that is not talking to a forward proxy sends it.
-    pub async fn request(self: &Arc<Self>, req: Outbound<'_>, max_uses: u32) -> Result<Response<PooledBody>, Error> {
+    /// as a client that is not talking to a forward proxy sends it. With the response
+    /// comes the peer metadata taken out of its headers, when `req` asked for that.
+    pub async fn request(
+        self: &Arc<Self>,
+        req: Outbound<'_>,
+        max_uses: u32,
+    ) -> Result<(Response<PooledBody>, Option<Bytes>), Error> {
         let mut conn = match self.take() {
             Some(conn) => conn,
             None => Conn::new(self.connector.connect().await.map_err(Error::Connect)?),
@@ -182,7 +187,7 @@ impl Pool {
         if body.decoder.is_done() {
             body.release();
         }
-        Ok(Response::from_parts(head.parts, body))
+        Ok((Response::from_parts(head.parts, body), head.peer))
     }
 
     fn take(&self) -> Option<Box<Conn>> {
@@ -391,7 +396,7 @@ mod tests {
         let uri = format!("http://backend{path}");
         let req =
             Request::builder().uri(uri).header("host", "backend").body(Bytes::new()).unwrap_or_else(|e| panic!("{e}"));
-        let response = pool.request((&req).into(), max_uses).await.unwrap_or_else(|e| panic!("{e:?}"));
+        let (response, _) = pool.request((&req).into(), max_uses).await.unwrap_or_else(|e| panic!("{e:?}"));
         let body = response.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
@@ -418,7 +423,7 @@ mod tests {
                 .header("te", "trailers")
                 .body(Bytes::new())
                 .unwrap_or_else(|e| panic!("{e}"));
-            let mut body = pool.request((&req).into(), 0).await.unwrap_or_else(|e| panic!("{e:?}")).into_body();
+            let mut body = pool.request((&req).into(), 0).await.unwrap_or_else(|e| panic!("{e:?}")).0.into_body();
             let mut trailers = false;
             // As a server does: frames until the trailers, and no poll after them.
             while let Some(frame) = body.frame().await {

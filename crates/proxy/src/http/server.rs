@@ -229,7 +229,7 @@ where
     /// connection at its idle timeout, when the proxy drains, or when its connection
     /// manager is replaced, and one whose head is late at the header-read timeout.
     async fn next_request(&mut self) -> Next {
-        let spec = self.conn.spec.clone();
+        let spec = &self.conn.spec;
         let mut pending: Option<Pending> = None;
         let mut head_deadline = None;
         loop {

@@ -232,6 +232,9 @@ where
         let spec = &self.conn.spec;
         let mut pending: Option<Pending> = None;
         let mut head_deadline = None;
+        // How much of the buffer has been looked at for the end of a head: a head that
+        // arrives a few bytes at a time is parsed once it can be whole, not once per read.
+        let mut scanned = 0;
         loop {
             match &pending {
                 Some(p) if self.read.len() >= p.head + p.body => {
@@ -243,8 +246,11 @@ where
                 }
                 Some(_) => {}
                 None if self.read.is_empty() => {}
+                None if self.read.len() <= spec.max_headers_bytes && !may_end_a_head(self.read, scanned) => {
+                    scanned = self.read.len();
+                }
                 None => match inspect(self.read, spec.max_headers_bytes, self.h2, &mut self.fields) {
-                    Head::Partial => {}
+                    Head::Partial => scanned = self.read.len(),
                     Head::Serve(p) => {
                         self.read.reserve((p.head + p.body).saturating_sub(self.read.len()));
                         pending = Some(p);
@@ -469,6 +475,18 @@ where
         self.write.clear();
         written
     }
+}
+
+/// Whether the bytes of `buf` from `from` on (with the two before, for a line end split
+/// between reads) hold an empty line, which ends a head: LF LF or LF CR LF, the line ends
+/// httparse accepts.
+fn may_end_a_head(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    buf.get(start..).is_some_and(|tail| {
+        tail.iter()
+            .enumerate()
+            .any(|(i, b)| *b == b'\n' && (tail.get(i + 1) == Some(&b'\n') || tail.get(i + 1..i + 3) == Some(b"\r\n")))
+    })
 }
 
 /// What the start of `buf` is, with its header fields' spans in `fields`.
@@ -711,6 +729,21 @@ mod tests {
         // The preface's first bytes wait for the rest; only a connection's first bytes can be one.
         assert_eq!(inspected(b"PRI * HT").0, Head::Partial);
         assert_eq!(inspect(H2_PREFACE, 1024, false, &mut Vec::new()), Head::Refuse(400));
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_it_can_be_whole() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        // Byte by byte, the end shows only with the last byte, wherever the last look was.
+        for len in 1..head.len() {
+            assert!(!may_end_a_head(&head[..len], len.saturating_sub(1)), "{len}");
+        }
+        assert!(may_end_a_head(head, head.len() - 1));
+        assert!(may_end_a_head(head, 0));
+        // Bare LF line ends count too, split across reads.
+        assert!(may_end_a_head(b"GET / HTTP/1.1\nHost: x\n\n", 22));
+        assert!(!may_end_a_head(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+        assert!(!may_end_a_head(b"", 0));
     }
 
     #[test]

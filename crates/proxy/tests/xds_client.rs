@@ -308,6 +308,30 @@ fn config(ads_at: SocketAddr, admin_at: SocketAddr) -> ProxyConfig {
     }
 }
 
+/// A proxy on `ip` fed by a scripted control plane: a cluster of one backend, and the
+/// listener `make` builds on its address. The listener's address once it serves, and the
+/// control plane's stream (the proxy keeps it open).
+async fn serving(ip: &str, make: impl FnOnce(SocketAddr) -> Listener) -> (SocketAddr, StreamHandle) {
+    let (ads_at, backend_at, listener_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip), free_port(ip));
+    backend(backend_at).await;
+    let (streams_tx, mut streams) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx }))
+            .serve(ads_at),
+    );
+    tokio::spawn(weft_proxy::run(config(ads_at, admin_at), std::future::pending()));
+    let mut s = tokio::time::timeout(Duration::from_secs(20), streams.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the proxy never connected"))
+        .unwrap_or_else(|| panic!("server gone"));
+    let _ = s.responses.send(Ok(response(types::CLUSTER, "1", "backend", pack_any(cluster(backend_at))))).await;
+    let _ = s.responses.send(Ok(response(types::LISTENER, "2", "test-listener", pack_any(make(listener_at))))).await;
+    assert!(reply_to(&mut s, "2").await.error_detail.is_none());
+    eventually("traffic through the listener", async || get(listener_at, "/x").await.0 == 200).await;
+    (listener_at, s)
+}
+
 /// Reads one response off `stream` (`buf` keeps what arrived beyond it): its head and its
 /// body, framed by `Content-Length` (none for a HEAD).
 async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head_request: bool) -> (String, String) {
@@ -339,25 +363,8 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, he
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_connections_pipeline_keep_alive_and_hand_over_what_weft_does_not_serve_itself() {
-    let ip = "127.201.0.4";
-    let (ads_at, backend_at, listener_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip), free_port(ip));
-    backend(backend_at).await;
-    let (streams_tx, mut streams) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx }))
-            .serve(ads_at),
-    );
-    tokio::spawn(weft_proxy::run(config(ads_at, admin_at), std::future::pending()));
-    let mut s = tokio::time::timeout(Duration::from_secs(20), streams.recv())
-        .await
-        .unwrap_or_else(|_| panic!("the proxy never connected"))
-        .unwrap_or_else(|| panic!("server gone"));
-    let _ = s.responses.send(Ok(response(types::CLUSTER, "1", "backend", pack_any(cluster(backend_at))))).await;
-    let plain = listener(listener_at, route_match::PathSpecifier::Prefix("/".into()));
-    let _ = s.responses.send(Ok(response(types::LISTENER, "2", "test-listener", pack_any(plain)))).await;
-    assert!(reply_to(&mut s, "2").await.error_detail.is_none());
-    eventually("traffic through the listener", async || get(listener_at, "/x").await.0 == 200).await;
+    let (listener_at, _control_plane) =
+        serving("127.201.0.4", |at| listener(at, route_match::PathSpecifier::Prefix("/".into()))).await;
 
     let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
     let mut buf = Vec::new();
@@ -421,26 +428,10 @@ async fn http1_connections_pipeline_keep_alive_and_hand_over_what_weft_does_not_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_after_the_idle_timeout() {
-    let ip = "127.201.0.2";
-    let (ads_at, backend_at, listener_at, admin_at) = (free_port(ip), free_port(ip), free_port(ip), free_port(ip));
-    backend(backend_at).await;
-    let (streams_tx, mut streams) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(Scripted { streams: streams_tx }))
-            .serve(ads_at),
-    );
-    tokio::spawn(weft_proxy::run(config(ads_at, admin_at), std::future::pending()));
-    let mut s = tokio::time::timeout(Duration::from_secs(20), streams.recv())
-        .await
-        .unwrap_or_else(|_| panic!("the proxy never connected"))
-        .unwrap_or_else(|| panic!("server gone"));
-    let _ = s.responses.send(Ok(response(types::CLUSTER, "1", "backend", pack_any(cluster(backend_at))))).await;
-    let idle =
-        listener_with_idle(listener_at, route_match::PathSpecifier::Prefix("/".into()), Some(Duration::from_secs(1)));
-    let _ = s.responses.send(Ok(response(types::LISTENER, "2", "test-listener", pack_any(idle)))).await;
-    assert!(reply_to(&mut s, "2").await.error_detail.is_none());
-    eventually("traffic through the listener", async || get(listener_at, "/x").await.0 == 200).await;
+    let (listener_at, _control_plane) = serving("127.201.0.2", |at| {
+        listener_with_idle(at, route_match::PathSpecifier::Prefix("/".into()), Some(Duration::from_secs(1)))
+    })
+    .await;
 
     // One request on a kept-alive connection, then silence: the proxy closes it.
     let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));

@@ -139,8 +139,9 @@ where
     tokio::pin!(connection);
     // Once set, the connection finishes its requests and closes (HTTP/1: after the
     // current response; HTTP/2: GOAWAY, in-flight streams complete). A connection handed
-    // over while the proxy drains closes after the request it was handed over for.
-    let mut closing = *drain.borrow();
+    // over while the proxy drains, or after its connection manager was replaced, closes
+    // after the request it was handed over for (which is already read, so not idle).
+    let mut closing = *drain.borrow() || spec.retired.load(Ordering::Relaxed);
     if closing {
         connection.as_mut().graceful_shutdown();
     }

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use super::{Connection, names};
 use crate::body::{Body, Inbound};
 use crate::telemetry::{PEER_METADATA, PEER_METADATA_ID};
-use crate::upstream::h1::codec::{Field, is_peer_metadata};
+use crate::upstream::h1::codec::{Field, content_length, field, is_peer_metadata};
 
 /// A request body of known length up to this size is read whole before routing; a
 /// larger one is streamed, by hyper's server.
@@ -516,21 +516,15 @@ fn inspect(buf: &[u8], max_head: usize, h2: bool, fields: &mut Vec<Field>) -> He
         let start = s.as_ptr() as usize - base;
         (start, start + s.len())
     };
-    let mut length: Option<usize> = None;
+    let mut length: Option<u64> = None;
     let (mut close, mut trailers) = (false, false);
     fields.clear();
     for h in request.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            // A list of equal values is one length; anything else is refused.
-            for value in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                let Some(n) = std::str::from_utf8(value).ok().and_then(|v| v.parse::<usize>().ok()) else {
-                    return Head::Refuse(400);
-                };
-                if !value.iter().all(u8::is_ascii_digit) || length.is_some_and(|l| l != n) {
-                    return Head::Refuse(400);
-                }
-                length = Some(n);
+            match content_length(h.value) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return Head::Refuse(400),
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -549,10 +543,9 @@ fn inspect(buf: &[u8], max_head: usize, h2: bool, fields: &mut Vec<Field>) -> He
         }
         fields.push(Field::of(base, h));
     }
-    let body = length.unwrap_or(0);
-    if body > MAX_WHOLE_BODY {
+    let Some(body) = usize::try_from(length.unwrap_or(0)).ok().filter(|b| *b <= MAX_WHOLE_BODY) else {
         return Head::Handoff;
-    }
+    };
     Head::Serve(Pending {
         head,
         body,
@@ -624,7 +617,7 @@ fn encode_head(
             if bodyless && status != 304 {
                 continue;
             }
-            length = std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            length = content_length(value.as_bytes());
         } else if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
@@ -660,13 +653,6 @@ fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(digits.format(status).as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

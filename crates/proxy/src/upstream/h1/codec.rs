@@ -218,7 +218,8 @@ pub fn encode_request(out: &mut Vec<u8>, req: &Outbound<'_>) -> bool {
     true
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes one header field, `name: value` and its line end.
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -290,7 +291,7 @@ fn build(
         }
         let (name, value) = f.parse(&head, &KNOWN)?;
         if name == header::CONTENT_LENGTH {
-            let n = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(Invalid::ContentLength)?;
+            let n = content_length(value.as_bytes()).ok_or(Invalid::ContentLength)?;
             if length.is_some_and(|l| l != n) {
                 return Err(Invalid::ContentLength);
             }
@@ -334,6 +335,23 @@ fn build(
 static KNOWN_NAMES: [HeaderName; 5] =
     [names::X_ENVOY_UPSTREAM_SERVICE_TIME, PEER_METADATA, PEER_METADATA_ID, names::X_REQUEST_ID, names::GRPC_STATUS];
 static KNOWN: std::sync::LazyLock<names::Known> = std::sync::LazyLock::new(|| names::Known::new(&KNOWN_NAMES));
+
+/// A `Content-Length` value: digits only, or a list of equal ones (RFC 9110 section
+/// 8.6); `None` for anything else.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for item in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(item).ok()?.parse::<u64>().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
 
 /// Whether `raw` names the peer-metadata header or its id.
 pub fn is_peer_metadata(raw: &[u8]) -> Option<bool> {

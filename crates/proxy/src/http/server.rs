@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use super::{Connection, names};
 use crate::body::{Body, Inbound};
 use crate::telemetry::{PEER_METADATA, PEER_METADATA_ID};
-use crate::upstream::h1::codec::{Field, content_length, field, is_peer_metadata};
+use crate::upstream::h1::codec::{Field, content_length, field};
 
 /// A request body of known length up to this size is read whole before routing; a
 /// larger one is streamed, by hyper's server.
@@ -340,10 +340,7 @@ where
         let take_peer = self.conn.spec.reporter == crate::telemetry::Reporter::Destination;
         let mut peer = None;
         for f in &self.fields {
-            if take_peer && let Some(metadata) = is_peer_metadata(f.name(&head)) {
-                if metadata {
-                    peer = Some(f.raw_value(&head));
-                }
+            if take_peer && f.take_peer(&head, &mut peer) {
                 continue;
             }
             let (name, value) = f.parse(&head, &KNOWN).ok()?;

@@ -75,13 +75,21 @@ impl Field {
     }
 
     /// The field's name as it was sent.
-    pub fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+    fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
         &head[self.name.0..self.name.1]
     }
 
-    /// The field's value, a slice of `head`, unchecked.
-    pub fn raw_value(&self, head: &Bytes) -> Bytes {
-        head.slice(self.value.0..self.value.1)
+    /// Whether this is the peer-metadata field or its id, which the proxy takes out of
+    /// a message rather than forwarding; the metadata's value (unchecked: it is only
+    /// decoded) goes into `peer`.
+    pub fn take_peer(&self, head: &Bytes, peer: &mut Option<Bytes>) -> bool {
+        let name = self.name(head);
+        if name.eq_ignore_ascii_case(PEER_METADATA.as_str().as_bytes()) {
+            *peer = Some(head.slice(self.value.0..self.value.1));
+            true
+        } else {
+            name.eq_ignore_ascii_case(PEER_METADATA_ID.as_str().as_bytes())
+        }
     }
 
     /// The field as `http` keeps it, its value a slice of `head` (the frozen buffer);
@@ -283,10 +291,7 @@ fn build(
     let mut keep_alive_token = false;
     let mut peer = None;
     for f in fields {
-        if take_peer && let Some(metadata) = is_peer_metadata(f.name(&head)) {
-            if metadata {
-                peer = Some(f.raw_value(&head));
-            }
+        if take_peer && f.take_peer(&head, &mut peer) {
             continue;
         }
         let (name, value) = f.parse(&head, &KNOWN)?;
@@ -351,17 +356,6 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
         length = Some(n);
     }
     length
-}
-
-/// Whether `raw` names the peer-metadata header or its id.
-pub fn is_peer_metadata(raw: &[u8]) -> Option<bool> {
-    if raw.eq_ignore_ascii_case(PEER_METADATA.as_str().as_bytes()) {
-        Some(true)
-    } else if raw.eq_ignore_ascii_case(PEER_METADATA_ID.as_str().as_bytes()) {
-        Some(false)
-    } else {
-        None
-    }
 }
 
 impl Decoder {

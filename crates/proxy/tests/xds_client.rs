@@ -332,33 +332,54 @@ async fn serving(ip: &str, make: impl FnOnce(SocketAddr) -> Listener) -> (Socket
     (listener_at, s)
 }
 
-/// Reads one response off `stream` (`buf` keeps what arrived beyond it): its head and its
-/// body, framed by `Content-Length` (none for a HEAD).
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head_request: bool) -> (String, String) {
-    let read = async {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let length = if head_request || head.starts_with("HTTP/1.1 100") { 0 } else { length };
-                if buf.len() >= end + 4 + length {
-                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
-                    buf.drain(..end + 4 + length);
-                    return (head, body);
+/// A client connection that speaks HTTP/1.1 as raw bytes.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    /// What arrived beyond the last response read.
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(at: SocketAddr) -> Raw {
+        let stream = tokio::net::TcpStream::connect(at).await.unwrap_or_else(|e| panic!("{e}"));
+        Raw { stream, buf: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The next response: its head and its body, framed by `Content-Length` (none for a
+    /// HEAD or an interim response).
+    async fn response(&mut self, head_request: bool) -> (String, String) {
+        let (stream, buf) = (&mut self.stream, &mut self.buf);
+        let read = async {
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let length = if head_request || head.starts_with("HTTP/1.1 100") { 0 } else { length };
+                    if buf.len() >= end + 4 + length {
+                        let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+                        buf.drain(..end + 4 + length);
+                        return (head, body);
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return (String::from_utf8_lossy(buf).into_owned(), "<closed>".to_owned()),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return (String::from_utf8_lossy(buf).into_owned(), "<closed>".to_owned()),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.unwrap_or_else(|_| panic!("no response in 10 s"))
+        };
+        tokio::time::timeout(Duration::from_secs(10), read).await.unwrap_or_else(|_| panic!("no response in 10 s"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,63 +387,54 @@ async fn http1_connections_pipeline_keep_alive_and_hand_over_what_weft_does_not_
     let (listener_at, _control_plane) =
         serving("127.201.0.4", |at| listener(at, route_match::PathSpecifier::Prefix("/".into()))).await;
 
-    let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    let send = async |stream: &mut tokio::net::TcpStream, bytes: &[u8]| {
-        stream.write_all(bytes).await.unwrap_or_else(|e| panic!("{e}"));
-    };
+    let mut client = Raw::connect(listener_at).await;
     // Two requests in one write come back in order; the HEAD's response has no body.
-    send(&mut stream, b"GET /a HTTP/1.1\r\nHost: test\r\n\r\nHEAD /b HTTP/1.1\r\nHost: test\r\n\r\n").await;
-    let (head, body) = read_response(&mut stream, &mut buf, false).await;
+    client.send(b"GET /a HTTP/1.1\r\nHost: test\r\n\r\nHEAD /b HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let (head, body) = client.response(false).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("date: "), "{head}");
     assert_eq!(body, "backend says hello");
-    let (head, body) = read_response(&mut stream, &mut buf, true).await;
+    let (head, body) = client.response(true).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("content-length: 18\r\n"), "{head}");
     assert_eq!(body, "");
     // A body sent apart from its head is waited for.
-    send(&mut stream, b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 12\r\n\r\nhello").await;
+    client.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 12\r\n\r\nhello").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    send(&mut stream, b", world").await;
-    let (head, body) = read_response(&mut stream, &mut buf, false).await;
+    client.send(b", world").await;
+    let (head, body) = client.response(false).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert_eq!(body, "hello, world");
     // A chunked upload on the same connection: hyper's server takes the connection over
     // at this request, and serves it from there on.
-    send(
-        &mut stream,
-        b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
-    )
-    .await;
-    let (head, body) = read_response(&mut stream, &mut buf, false).await;
+    client
+        .send(b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n0\r\n\r\n")
+        .await;
+    let (head, body) = client.response(false).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert_eq!(body, "world");
-    send(&mut stream, b"GET /after HTTP/1.1\r\nHost: test\r\n\r\n").await;
-    assert_eq!(read_response(&mut stream, &mut buf, false).await.1, "backend says hello");
+    client.send(b"GET /after HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(client.response(false).await.1, "backend says hello");
 
     // `Expect: 100-continue`: the interim response, then the answer.
-    let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    send(&mut stream, b"PUT /echo HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").await;
-    let (head, _) = read_response(&mut stream, &mut buf, false).await;
+    let mut client = Raw::connect(listener_at).await;
+    client.send(b"PUT /echo HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").await;
+    let (head, _) = client.response(false).await;
     assert!(head.starts_with("HTTP/1.1 100 Continue\r\n"), "{head}");
-    send(&mut stream, b"abc").await;
-    assert_eq!(read_response(&mut stream, &mut buf, false).await.1, "abc");
+    client.send(b"abc").await;
+    assert_eq!(client.response(false).await.1, "abc");
 
     // `Connection: close` is answered in kind, and the connection closes.
-    let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    send(&mut stream, b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await;
-    let (head, _) = read_response(&mut stream, &mut buf, false).await;
+    let mut client = Raw::connect(listener_at).await;
+    client.send(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await;
+    let (head, _) = client.response(false).await;
     assert!(head.contains("connection: close\r\n"), "{head}");
     let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.stream.read_to_end(&mut rest)).await;
     assert!(closed.is_ok_and(|r| r.is_ok()) && rest.is_empty(), "{rest:?}");
 
     // A malformed length is refused, and the connection closed.
-    let mut stream = tokio::net::TcpStream::connect(listener_at).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    send(&mut stream, b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1x\r\n\r\n").await;
-    let (head, _) = read_response(&mut stream, &mut buf, false).await;
+    let mut client = Raw::connect(listener_at).await;
+    client.send(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1x\r\n\r\n").await;
+    let (head, _) = client.response(false).await;
     assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n") && head.contains("connection: close"), "{head}");
 }
 
